@@ -1,0 +1,234 @@
+//! Coordinator configuration: command-line flags over an optional TOML file over defaults,
+//! validated once into [`CoordinatorConfig`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::rsm::NodeId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("parse config file {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("{0} is required (flag or config file)")]
+    Missing(&'static str),
+    #[error("invalid {field}: {message}")]
+    Invalid { field: &'static str, message: String },
+}
+
+/// Command-line flags of `cairn-coordinator`. Each overrides the same key of the config file.
+#[derive(Debug, Default, clap::Parser)]
+#[command(
+    name = "cairn-coordinator",
+    version,
+    about = "Cairn coordinator: Raft-replicated, etcd-v3-compatible KV, watch and leases"
+)]
+pub struct Flags {
+    /// TOML config file; flags override its values.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// This node's id within the cluster (a positive integer).
+    #[arg(long)]
+    pub node_id: Option<u64>,
+    /// Directory holding this node's RocksDB and snapshots.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address for etcd-v3 gRPC clients, e.g. 127.0.0.1:2379.
+    #[arg(long)]
+    pub listen_client: Option<SocketAddr>,
+    /// Address for Raft traffic between coordinators, e.g. 127.0.0.1:2380.
+    #[arg(long)]
+    pub listen_peer: Option<SocketAddr>,
+    /// Address for /health, /status and /metrics over HTTP.
+    #[arg(long)]
+    pub listen_http: Option<SocketAddr>,
+    /// Peer address this node announces (defaults to --listen-peer).
+    #[arg(long)]
+    pub advertise_peer: Option<String>,
+    /// Members of a new cluster: `1=127.0.0.1:2380,2=127.0.0.1:2381,...` (peer addresses).
+    /// Used only when the data dir is empty; the lowest id bootstraps the cluster.
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// Raft heartbeat interval, e.g. "100ms".
+    #[arg(long)]
+    pub heartbeat_interval: Option<String>,
+    /// Minimum election timeout, e.g. "1s" (the maximum is twice this).
+    #[arg(long)]
+    pub election_timeout: Option<String>,
+    /// Applied entries between snapshots (the log is purged behind a snapshot).
+    #[arg(long)]
+    pub snapshot_count: Option<u64>,
+    /// Interval of progress notifications on watches that asked for them, e.g. "10m".
+    #[arg(long)]
+    pub watch_progress_notify_interval: Option<String>,
+}
+
+/// The config file: same keys as the flags, in snake_case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<u64>,
+    data_dir: Option<PathBuf>,
+    listen_client: Option<SocketAddr>,
+    listen_peer: Option<SocketAddr>,
+    listen_http: Option<SocketAddr>,
+    advertise_peer: Option<String>,
+    initial_cluster: Option<String>,
+    heartbeat_interval: Option<String>,
+    election_timeout: Option<String>,
+    snapshot_count: Option<u64>,
+    watch_progress_notify_interval: Option<String>,
+}
+
+/// Validated configuration of one coordinator node.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    pub listen_client: SocketAddr,
+    pub listen_peer: SocketAddr,
+    pub listen_http: SocketAddr,
+    pub advertise_peer: String,
+    pub initial_cluster: BTreeMap<NodeId, String>,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+    pub snapshot_count: u64,
+    pub watch_progress_notify_interval_ms: u64,
+}
+
+fn parse_duration_ms(field: &'static str, text: &str) -> Result<u64, ConfigError> {
+    humantime::parse_duration(text)
+        .map(|d: Duration| d.as_millis() as u64)
+        .map_err(|e| ConfigError::Invalid { field, message: format!("{text:?}: {e}") })
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_initial_cluster(text: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
+    let mut members = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part.split_once('=').ok_or_else(|| ConfigError::Invalid {
+            field: "initial_cluster",
+            message: format!("{part:?} is not id=host:port"),
+        })?;
+        let id: NodeId = id.trim().parse().map_err(|_| ConfigError::Invalid {
+            field: "initial_cluster",
+            message: format!("{id:?} is not a node id"),
+        })?;
+        if id == 0 {
+            return Err(ConfigError::Invalid { field: "initial_cluster", message: "node id 0 is reserved".into() });
+        }
+        if members.insert(id, addr.trim().to_string()).is_some() {
+            return Err(ConfigError::Invalid { field: "initial_cluster", message: format!("node {id} listed twice") });
+        }
+    }
+    Ok(members)
+}
+
+impl Flags {
+    /// Merges flags over the config file and validates the result.
+    pub fn resolve(self) -> Result<CoordinatorConfig, ConfigError> {
+        let file = match &self.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.clone(), source })?
+            }
+        };
+        let node_id = self.node_id.or(file.node_id).ok_or(ConfigError::Missing("node_id"))?;
+        if node_id == 0 {
+            return Err(ConfigError::Invalid { field: "node_id", message: "must be positive".into() });
+        }
+        let data_dir = self.data_dir.or(file.data_dir).ok_or(ConfigError::Missing("data_dir"))?;
+        let listen_client = self.listen_client.or(file.listen_client).ok_or(ConfigError::Missing("listen_client"))?;
+        let listen_peer = self.listen_peer.or(file.listen_peer).ok_or(ConfigError::Missing("listen_peer"))?;
+        let listen_http = self.listen_http.or(file.listen_http).ok_or(ConfigError::Missing("listen_http"))?;
+        let advertise_peer = self.advertise_peer.or(file.advertise_peer).unwrap_or_else(|| listen_peer.to_string());
+        let initial_cluster = match self.initial_cluster.or(file.initial_cluster) {
+            Some(text) => parse_initial_cluster(&text)?,
+            None => BTreeMap::from([(node_id, advertise_peer.clone())]),
+        };
+        if !initial_cluster.contains_key(&node_id) {
+            return Err(ConfigError::Invalid {
+                field: "initial_cluster",
+                message: format!("does not list this node ({node_id})"),
+            });
+        }
+        let heartbeat_interval_ms = match self.heartbeat_interval.or(file.heartbeat_interval) {
+            Some(t) => parse_duration_ms("heartbeat_interval", &t)?,
+            None => 100,
+        };
+        let election_timeout_ms = match self.election_timeout.or(file.election_timeout) {
+            Some(t) => parse_duration_ms("election_timeout", &t)?,
+            None => 1000,
+        };
+        if election_timeout_ms < 3 * heartbeat_interval_ms {
+            return Err(ConfigError::Invalid {
+                field: "election_timeout",
+                message: format!(
+                    "{election_timeout_ms}ms must be at least 3 heartbeat intervals ({heartbeat_interval_ms}ms)"
+                ),
+            });
+        }
+        let snapshot_count = self.snapshot_count.or(file.snapshot_count).unwrap_or(10_000).max(1);
+        let watch_progress_notify_interval_ms =
+            match self.watch_progress_notify_interval.or(file.watch_progress_notify_interval) {
+                Some(t) => parse_duration_ms("watch_progress_notify_interval", &t)?,
+                None => 10 * 60 * 1000,
+            };
+        Ok(CoordinatorConfig {
+            node_id,
+            data_dir,
+            listen_client,
+            listen_peer,
+            listen_http,
+            advertise_peer,
+            initial_cluster,
+            heartbeat_interval_ms,
+            election_timeout_ms,
+            snapshot_count,
+            watch_progress_notify_interval_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_parses_and_rejects_bad_input() {
+        let m = parse_initial_cluster("1=127.0.0.1:1, 2=127.0.0.1:2").expect("parse");
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[&2], "127.0.0.1:2");
+        assert!(parse_initial_cluster("1=a,1=b").is_err());
+        assert!(parse_initial_cluster("x=a").is_err());
+        assert!(parse_initial_cluster("0=a").is_err());
+        assert!(parse_initial_cluster("1").is_err());
+    }
+
+    #[test]
+    fn flags_override_file_and_validate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "node_id = 2\ndata_dir = \"/tmp/x\"\nlisten_client = \"127.0.0.1:1\"\nlisten_peer = \"127.0.0.1:2\"\nlisten_http = \"127.0.0.1:3\"\nelection_timeout = \"2s\"\n",
+        )
+        .expect("write");
+        let flags = Flags { config: Some(path.clone()), node_id: Some(1), ..Default::default() };
+        let c = flags.resolve().expect("resolve");
+        assert_eq!(c.node_id, 1);
+        assert_eq!(c.election_timeout_ms, 2000);
+        assert_eq!(c.initial_cluster[&1], "127.0.0.1:2");
+        std::fs::write(&path, "bogus_key = 1\n").expect("write");
+        assert!(Flags { config: Some(path), ..Default::default() }.resolve().is_err());
+        assert!(Flags::default().resolve().is_err());
+    }
+}

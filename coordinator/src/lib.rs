@@ -1,0 +1,14 @@
+//! Cairn's coordinator: a consensus runtime ([`rsm`]) that any replicated state machine can run
+//! on, and an etcd-v3-compatible coordination service built on it (MVCC KV, Watch, Lease).
+
+pub mod api;
+pub mod backend;
+pub mod config;
+pub mod http;
+pub mod lessor;
+pub mod limits;
+pub mod metrics;
+pub mod mvcc;
+pub mod node;
+pub mod rsm;
+pub mod watch;

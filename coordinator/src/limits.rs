@@ -1,0 +1,74 @@
+//! Every bound in the coordinator, in one place.
+//!
+//! Queues, batches, streams and timeouts all have a limit named here, so that overload shows up
+//! as a clear error or as back-pressure, never as unbounded memory growth.
+
+use std::time::Duration;
+
+// ---- Consensus runtime (rsm) ----
+
+/// Client commands waiting to be batched into a Raft entry; proposers wait when it is full.
+pub const PROPOSAL_QUEUE_MAX: usize = 4096;
+/// Commands carried by one Raft log entry (group commit).
+pub const BATCH_COMMANDS_MAX: usize = 512;
+/// Bytes of commands carried by one Raft log entry.
+pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Batches proposed to Raft but not yet committed, per leader.
+pub const BATCHES_IN_FLIGHT_MAX: usize = 8;
+/// Log appends whose fsync is pending; appenders wait when it is full.
+pub const LOG_SYNC_QUEUE_MAX: usize = 1024;
+/// Largest gRPC message on the peer (Raft) transport.
+pub const RAFT_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Snapshot chunk sent per InstallSnapshot RPC.
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+/// Deadline for a write forwarded to the leader, including commit.
+pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(7);
+/// Deadline for establishing a linearizable read point.
+pub const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline for connecting to a peer.
+pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Read-index requests waiting to share one leadership check.
+pub const READ_INDEX_QUEUE_MAX: usize = 4096;
+
+const _: () = assert!(BATCH_BYTES_MAX < RAFT_MESSAGE_BYTES_MAX / 4);
+const _: () = assert!((SNAPSHOT_CHUNK_BYTES as usize) < RAFT_MESSAGE_BYTES_MAX / 2);
+
+// ---- etcd API ----
+
+/// etcd's --max-request-bytes default: the largest request that may be proposed.
+pub const REQUEST_BYTES_MAX: usize = 1536 * 1024;
+/// gRPC receive limit on the client port: the request limit plus etcd's 512 KiB overhead.
+pub const GRPC_RECV_BYTES_MAX: usize = REQUEST_BYTES_MAX + 512 * 1024;
+/// gRPC send limit on the client port (large range responses).
+pub const GRPC_SEND_BYTES_MAX: usize = i32::MAX as usize;
+/// etcd's MaxLeaseTTL.
+pub const LEASE_TTL_SECS_MAX: i64 = 9_000_000_000;
+/// Leases expired by one proposal.
+pub const LEASE_EXPIRE_BATCH_MAX: usize = 1000;
+/// How often the leader checks lease deadlines.
+pub const LEASE_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// Watches on one gRPC stream.
+pub const WATCHES_PER_STREAM_MAX: usize = 10_000;
+/// Watch responses buffered per stream before the sender waits for the client.
+pub const WATCH_STREAM_BUFFER: usize = 256;
+/// Events per watch response when replaying history.
+pub const WATCH_HISTORY_EVENTS_PER_RESPONSE: usize = 1000;
+/// Live event batches buffered for watchers; a watcher that falls further behind catches up
+/// from the stored history instead.
+pub const WATCH_BROADCAST_BATCHES: usize = 4096;
+/// Keep-alive requests in flight per stream.
+pub const KEEPALIVE_STREAM_BUFFER: usize = 64;
+
+const _: () = assert!(REQUEST_BYTES_MAX < BATCH_BYTES_MAX);
+
+// ---- MVCC key-value and lease state machine (mvcc) ----
+
+/// etcd's --max-txn-ops default: compares, or operations per branch, in one txn.
+pub const KV_TXN_OPS_MAX: usize = 128;
+/// Event batches applied but not yet published (the runtime publishes after every command, so
+/// this is only reached if it stops doing so); beyond it the oldest are dropped and watchers
+/// catch up from history.
+pub const KV_STAGED_EVENT_BATCHES_MAX: usize = 4096;
+
+const _: () = assert!(KV_TXN_OPS_MAX > 0);
+const _: () = assert!(KV_STAGED_EVENT_BATCHES_MAX >= WATCH_BROADCAST_BATCHES);

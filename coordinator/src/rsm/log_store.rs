@@ -1,0 +1,210 @@
+//! The Raft log in RocksDB.
+//!
+//! Promises: an append is reported flushed to openraft only after the WAL holding it is synced;
+//! the vote is synced before `save_vote` returns. Many appends share one fsync: `append` writes
+//! its entries (unsynced, immediately readable) and queues the flush callback for the syncer
+//! thread, which syncs the WAL once for everything queued so far and then completes every
+//! callback. RocksDB writes are sequential in the WAL, so one sync covers all earlier writes.
+//!
+//! Layout (column families of the node's single RocksDB instance):
+//! - `raft_log`: big-endian log index -> bincode(Entry)
+//! - `raft_meta`: `vote`, `committed`, `last_purged` -> bincode values
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError};
+use tokio::sync::mpsc;
+
+use super::types::{decode, encode, Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::limits;
+
+pub(crate) const LOG_TABLE: &str = "raft_log";
+pub(crate) const META_TABLE: &str = "raft_meta";
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_logs(&e).into()
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_logs(&e).into()
+}
+
+/// The RocksDB log store. Cheap to clone: clones share the database and the syncer.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<rocksdb::DB>,
+    sync_tx: mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+impl LogStore {
+    /// Opens the log store over `db`, which must have the [`LOG_TABLE`] and [`META_TABLE`]
+    /// column families, and starts its syncer thread (it stops when every clone is dropped).
+    pub fn new(db: Arc<rocksdb::DB>) -> std::io::Result<Self> {
+        let (sync_tx, sync_rx) = mpsc::channel(limits::LOG_SYNC_QUEUE_MAX);
+        let sync_db = db.clone();
+        std::thread::Builder::new().name("raft-log-sync".into()).spawn(move || sync_loop(sync_db, sync_rx))?;
+        Ok(Self { db, sync_tx })
+    }
+
+    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StorageError> {
+        self.db.cf_handle(name).ok_or_else(|| read_err(std::io::Error::other(format!("missing column family {name}"))))
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        let cf = self.cf(META_TABLE)?;
+        match self.db.get_cf(cf, key).map_err(read_err)? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(decode(&bytes).map_err(read_err)?)),
+        }
+    }
+
+    fn put_meta<T: serde::Serialize>(&self, key: &[u8], value: &T, sync: bool) -> Result<(), StorageError> {
+        let cf = self.cf(META_TABLE)?;
+        let bytes = encode(value).map_err(write_err)?;
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(sync);
+        self.db.put_cf_opt(cf, key, bytes, &opts).map_err(write_err)
+    }
+
+    fn last_entry_log_id(&self) -> Result<Option<LogId>, StorageError> {
+        let cf = self.cf(LOG_TABLE)?;
+        let mut it = self.db.raw_iterator_cf(cf);
+        it.seek_to_last();
+        match it.value() {
+            Some(v) => {
+                let entry: Entry = decode(v).map_err(read_err)?;
+                Ok(Some(entry.log_id))
+            }
+            None => {
+                it.status().map_err(read_err)?;
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Syncs the WAL for every queued append and completes their callbacks, one fsync per round.
+fn sync_loop(db: Arc<rocksdb::DB>, mut rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    let mut pending = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        pending.push(first);
+        while let Ok(more) = rx.try_recv() {
+            pending.push(more);
+        }
+        let result = db.flush_wal(true);
+        for callback in pending.drain(..) {
+            let r = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            callback.log_io_completed(r);
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Some(i.saturating_add(1)),
+            Bound::Excluded(i) => Some(*i),
+            Bound::Unbounded => None,
+        };
+        let cf = self.cf(LOG_TABLE)?;
+        let mut opts = rocksdb::ReadOptions::default();
+        if let Some(end) = end {
+            if end <= start {
+                return Ok(Vec::new());
+            }
+            opts.set_iterate_upper_bound(index_key(end).to_vec());
+        }
+        let mut it = self.db.raw_iterator_cf_opt(cf, opts);
+        it.seek(index_key(start));
+        let mut entries = Vec::new();
+        while let Some(v) = it.value() {
+            entries.push(decode::<Entry>(v).map_err(read_err)?);
+            it.next();
+        }
+        it.status().map_err(read_err)?;
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id = self.get_meta::<Option<LogId>>(KEY_LAST_PURGED)?.flatten();
+        let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        // Synced: a vote granted and then forgotten in a crash could elect two leaders.
+        self.put_meta(KEY_VOTE, vote, true)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.get_meta(KEY_VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not synced: losing it only means re-learning the commit index from the leader.
+        self.put_meta(KEY_COMMITTED, &committed, false)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let cf = self.cf(LOG_TABLE)?;
+        let mut batch = rocksdb::WriteBatch::default();
+        for entry in entries {
+            batch.put_cf(cf, index_key(entry.log_id.index), encode(&entry).map_err(write_err)?);
+        }
+        self.db.write(batch).map_err(write_err)?;
+        self.sync_tx.send(callback).await.map_err(|_| write_err(std::io::Error::other("log syncer stopped")))
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let cf = self.cf(LOG_TABLE)?;
+        self.db.delete_range_cf(cf, index_key(log_id.index), index_key(u64::MAX)).map_err(write_err)?;
+        // delete_range's end is exclusive; u64::MAX is never a real index.
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Record the purge point first: a crash between the two writes leaves extra entries,
+        // never a gap that get_log_state would misreport.
+        self.put_meta(KEY_LAST_PURGED, &Some(log_id), false)?;
+        let cf = self.cf(LOG_TABLE)?;
+        self.db.delete_range_cf(cf, index_key(0), index_key(log_id.index.saturating_add(1))).map_err(write_err)
+    }
+}

@@ -1,0 +1,462 @@
+//! The runtime's handle: starts Raft over the RocksDB stores, batches proposals, serves
+//! linearizable read points, and forwards what a follower cannot do to the leader.
+//!
+//! Promises:
+//! - [`Rsm::propose`] returns the command's result only after it is committed and applied here
+//!   (on the leader) or on the leader (when forwarded). On `Timeout` the outcome is unknown, as
+//!   with etcd; on `NotLeader`/`NoLeader` the command was not proposed.
+//! - After [`Rsm::read_barrier`] returns, this node's state includes every write committed
+//!   before the call began (read-index; followers ask the leader for the index).
+//! - Proposals are batched: every command waiting when a batch is cut shares one log entry,
+//!   one fsync and one replication round; up to `BATCHES_IN_FLIGHT_MAX` batches are pipelined.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use cairn_proto::raft::raft_service_client::RaftServiceClient;
+use cairn_proto::raft::{AppRpcRequest, ForwardRequest, ReadIndexRequest};
+use futures::future::BoxFuture;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tonic::transport::Channel;
+
+use super::app::App;
+use super::error::RsmError;
+use super::log_store::{LogStore, LOG_TABLE, META_TABLE};
+use super::network::{peer_channel, peer_client, NetworkFactory};
+use super::state_machine::{StateMachine, SM_TABLE};
+use super::store::RocksStore;
+use super::types::{CommandBatch, NodeId, Raft, RaftMetrics};
+use crate::limits;
+
+/// Header carrying the leader's id on a "not leader" answer from a peer.
+pub(crate) const LEADER_HINT_HEADER: &str = "cairn-leader";
+
+/// Settings of one replica.
+#[derive(Debug, Clone)]
+pub struct RsmConfig {
+    pub node_id: NodeId,
+    /// Directory for the RocksDB store and snapshot files.
+    pub data_dir: PathBuf,
+    /// Name of the cluster, for openraft's checks.
+    pub cluster_name: String,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot (and then purge the log) after this many applied entries.
+    pub snapshot_logs_since_last: u64,
+    /// Entries kept in the log behind a snapshot, for followers that are slightly behind.
+    pub logs_to_keep_after_snapshot: u64,
+    /// Purge the log in steps of at least this many entries.
+    pub purge_batch_size: u64,
+}
+
+impl RsmConfig {
+    pub fn new(node_id: NodeId, data_dir: PathBuf) -> Self {
+        Self {
+            node_id,
+            data_dir,
+            cluster_name: "cairn".into(),
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 600,
+            election_timeout_max_ms: 1200,
+            snapshot_logs_since_last: 10_000,
+            logs_to_keep_after_snapshot: 1_000,
+            purge_batch_size: 256,
+        }
+    }
+}
+
+/// Leader-only application calls forwarded from followers (see `RaftService.AppRpc`).
+pub trait AppRpcHandler: Send + Sync + 'static {
+    fn call(&self, method: String, body: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, RsmError>>;
+}
+
+struct Proposal {
+    command: Vec<u8>,
+    reply: oneshot::Sender<Result<Vec<u8>, RsmError>>,
+}
+
+type ReadWaiter = oneshot::Sender<Result<u64, RsmError>>;
+
+struct Inner<A: App> {
+    node_id: NodeId,
+    raft: Raft,
+    store: Arc<RocksStore>,
+    app: Arc<A>,
+    proposals: mpsc::Sender<Proposal>,
+    reads: mpsc::Sender<ReadWaiter>,
+    peers: Mutex<HashMap<String, RaftServiceClient<Channel>>>,
+    app_rpc: OnceLock<Arc<dyn AppRpcHandler>>,
+}
+
+/// A replica of a replicated state machine. Cheap to clone.
+pub struct Rsm<A: App> {
+    inner: Arc<Inner<A>>,
+}
+
+impl<A: App> Clone for Rsm<A> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone() }
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> RsmError {
+    RsmError::Internal(e.to_string())
+}
+
+impl<A: App> Rsm<A> {
+    /// Opens the stores under `config.data_dir` and starts Raft. The node joins a cluster when
+    /// it is bootstrapped ([`Rsm::bootstrap`]) or added by the leader.
+    pub async fn open(config: RsmConfig, app: Arc<A>) -> Result<Self, RsmError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(internal)?;
+        let mut tables: Vec<&str> = vec![LOG_TABLE, META_TABLE, SM_TABLE];
+        tables.extend(app.tables().iter().copied());
+        let store = Arc::new(RocksStore::open(&config.data_dir.join("db"), &tables).map_err(internal)?);
+        let log_store = LogStore::new(store.db().clone()).map_err(internal)?;
+        let state_machine = StateMachine::new(store.clone(), app.clone(), config.data_dir.clone()).map_err(internal)?;
+
+        let raft_config = openraft::Config {
+            cluster_name: config.cluster_name.clone(),
+            heartbeat_interval: config.heartbeat_interval_ms,
+            election_timeout_min: config.election_timeout_min_ms,
+            election_timeout_max: config.election_timeout_max_ms,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs_since_last),
+            max_in_snapshot_log_to_keep: config.logs_to_keep_after_snapshot,
+            snapshot_max_chunk_size: limits::SNAPSHOT_CHUNK_BYTES,
+            max_payload_entries: 300,
+            purge_batch_size: config.purge_batch_size.max(1),
+            ..Default::default()
+        };
+        let raft_config = Arc::new(raft_config.validate().map_err(internal)?);
+        let raft =
+            Raft::new(config.node_id, raft_config, NetworkFactory, log_store, state_machine).await.map_err(internal)?;
+
+        let (proposals, proposal_rx) = mpsc::channel(limits::PROPOSAL_QUEUE_MAX);
+        let (reads, read_rx) = mpsc::channel(limits::READ_INDEX_QUEUE_MAX);
+        let inner = Arc::new(Inner {
+            node_id: config.node_id,
+            raft,
+            store,
+            app,
+            proposals,
+            reads,
+            peers: Mutex::new(HashMap::new()),
+            app_rpc: OnceLock::new(),
+        });
+        tokio::spawn(batch_proposals(inner.raft.clone(), proposal_rx));
+        tokio::spawn(coalesce_read_index(Arc::downgrade(&inner), read_rx));
+        Ok(Self { inner })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    pub fn app(&self) -> &Arc<A> {
+        &self.inner.app
+    }
+
+    pub fn store(&self) -> &Arc<RocksStore> {
+        &self.inner.store
+    }
+
+    pub fn metrics(&self) -> tokio::sync::watch::Receiver<RaftMetrics> {
+        self.inner.raft.metrics()
+    }
+
+    /// Installs the handler for leader-only application calls forwarded by followers.
+    pub fn set_app_rpc_handler(&self, handler: Arc<dyn AppRpcHandler>) {
+        let _ = self.inner.app_rpc.set(handler);
+    }
+
+    /// The leader as this node currently knows it, with its peer address.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())?;
+        Some((id, addr))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.inner.node_id)
+    }
+
+    /// Bootstraps a new cluster with `members` (id -> peer address) unless this node already
+    /// holds state. Safe to call on every restart.
+    pub async fn bootstrap(&self, members: BTreeMap<NodeId, String>) -> Result<(), RsmError> {
+        if self.inner.raft.is_initialized().await.map_err(internal)? {
+            return Ok(());
+        }
+        let nodes: BTreeMap<NodeId, BasicNode> =
+            members.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
+        match self.inner.raft.initialize(nodes).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    /// Proposes `command`, here if leader or forwarded to the leader, and returns its result.
+    pub async fn propose(&self, command: Vec<u8>) -> Result<Vec<u8>, RsmError> {
+        let deadline = tokio::time::Instant::now() + limits::PROPOSE_TIMEOUT;
+        let mut attempt = 0u32;
+        loop {
+            let outcome = match self.leader() {
+                Some((id, _)) if id == self.inner.node_id => self.propose_local(command.clone()).await,
+                Some((_, addr)) => self.forward(&addr, command.clone()).await,
+                None => Err(RsmError::NoLeader),
+            };
+            match outcome {
+                // Safe to retry: the command was not proposed anywhere.
+                Err(RsmError::NotLeader { .. }) | Err(RsmError::NoLeader) if tokio::time::Instant::now() < deadline => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis((20 * u64::from(attempt)).min(200))).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Queues `command` for the next batch on this node, which must be the leader.
+    pub async fn propose_local(&self, command: Vec<u8>) -> Result<Vec<u8>, RsmError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner.proposals.send(Proposal { command, reply }).await.map_err(|_| RsmError::ShuttingDown)?;
+        match tokio::time::timeout(limits::PROPOSE_TIMEOUT, rx).await {
+            Err(_) => Err(RsmError::Timeout),
+            Ok(Err(_)) => Err(RsmError::ShuttingDown),
+            Ok(Ok(result)) => result,
+        }
+    }
+
+    fn peer(&self, addr: &str) -> Result<RaftServiceClient<Channel>, RsmError> {
+        let mut peers = self.inner.peers.lock().map_err(|_| internal("peer cache poisoned"))?;
+        if let Some(c) = peers.get(addr) {
+            return Ok(c.clone());
+        }
+        let client =
+            peer_client(peer_channel(addr).map_err(|e| RsmError::Peer { peer: addr.into(), message: e.to_string() })?);
+        peers.insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+
+    async fn forward(&self, addr: &str, command: Vec<u8>) -> Result<Vec<u8>, RsmError> {
+        let mut client = self.peer(addr)?;
+        let call = client.forward(ForwardRequest { command });
+        match tokio::time::timeout(limits::PROPOSE_TIMEOUT, call).await {
+            Err(_) => Err(RsmError::Timeout),
+            Ok(Ok(resp)) => Ok(resp.into_inner().response),
+            Ok(Err(status)) => Err(status_to_error(addr, &status)),
+        }
+    }
+
+    /// Calls a leader-only application method: locally when leader, else on the leader.
+    pub async fn call_leader(&self, method: &str, body: Vec<u8>) -> Result<Vec<u8>, RsmError> {
+        match self.leader() {
+            Some((id, _)) if id == self.inner.node_id => {
+                let handler = self.inner.app_rpc.get().ok_or_else(|| internal("no application RPC handler"))?;
+                handler.call(method.to_string(), body).await
+            }
+            Some((_, addr)) => {
+                let mut client = self.peer(&addr)?;
+                let call = client.app_rpc(AppRpcRequest { method: method.to_string(), body });
+                match tokio::time::timeout(limits::PROPOSE_TIMEOUT, call).await {
+                    Err(_) => Err(RsmError::Timeout),
+                    Ok(Ok(resp)) => Ok(resp.into_inner().body),
+                    Ok(Err(status)) => Err(status_to_error(&addr, &status)),
+                }
+            }
+            None => Err(RsmError::NoLeader),
+        }
+    }
+
+    /// Waits until this node's state includes every write committed before the call (a
+    /// linearizable read point).
+    pub async fn read_barrier(&self) -> Result<(), RsmError> {
+        let deadline = tokio::time::Instant::now() + limits::READ_INDEX_TIMEOUT;
+        let mut attempt = 0u32;
+        let index = loop {
+            let (tx, rx) = oneshot::channel();
+            self.inner.reads.send(tx).await.map_err(|_| RsmError::ShuttingDown)?;
+            let outcome = match tokio::time::timeout_at(deadline, rx).await {
+                Err(_) => return Err(RsmError::Timeout),
+                Ok(Err(_)) => return Err(RsmError::ShuttingDown),
+                Ok(Ok(r)) => r,
+            };
+            match outcome {
+                // During an election nobody can answer yet; wait for one within the deadline.
+                Err(RsmError::NotLeader { .. }) | Err(RsmError::NoLeader) if tokio::time::Instant::now() < deadline => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis((20 * u64::from(attempt)).min(200))).await;
+                }
+                other => break other?,
+            }
+        };
+        self.wait_applied(index).await
+    }
+
+    async fn wait_applied(&self, index: u64) -> Result<(), RsmError> {
+        self.inner
+            .raft
+            .wait(Some(limits::READ_INDEX_TIMEOUT))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                openraft::metrics::WaitError::Timeout(..) => RsmError::Timeout,
+                openraft::metrics::WaitError::ShuttingDown => RsmError::ShuttingDown,
+            })
+    }
+
+    /// On the leader: the index a linearizable read must wait for (leadership confirmed by a
+    /// quorum). Followers call this through `RaftService.ReadIndex`.
+    pub async fn leader_read_index(&self) -> Result<u64, RsmError> {
+        match self.inner.raft.get_read_log_id().await {
+            Ok((read_log_id, _)) => Ok(read_log_id.map(|l| l.index).unwrap_or(0)),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(RsmError::NotLeader { leader: f.leader_id })
+            }
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    /// Adds `id` as a learner (it starts receiving the log) and waits until it has caught up.
+    pub async fn add_learner(&self, id: NodeId, addr: String) -> Result<(), RsmError> {
+        self.inner.raft.add_learner(id, BasicNode { addr }, true).await.map(|_| ()).map_err(write_error)
+    }
+
+    /// Replaces the voter set (joint consensus underneath). Voters removed stay learners if
+    /// `keep_as_learners`.
+    pub async fn change_voters(&self, voters: BTreeSet<NodeId>, keep_as_learners: bool) -> Result<(), RsmError> {
+        self.inner.raft.change_membership(voters, keep_as_learners).await.map(|_| ()).map_err(write_error)
+    }
+
+    /// Removes nodes entirely (voters must have been demoted first).
+    pub async fn remove_nodes(&self, ids: BTreeSet<NodeId>) -> Result<(), RsmError> {
+        self.inner.raft.change_membership(ChangeMembers::RemoveNodes(ids), false).await.map(|_| ()).map_err(write_error)
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        if let Err(e) = self.inner.store.db().flush_wal(true) {
+            tracing::warn!(error = %e, "final WAL sync");
+        }
+    }
+}
+
+fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> RsmError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => RsmError::NotLeader { leader: f.leader_id },
+        other => internal(other),
+    }
+}
+
+/// Maps a peer's gRPC answer back to the runtime's error (see `service::error_to_status`).
+fn status_to_error(addr: &str, status: &tonic::Status) -> RsmError {
+    match status.code() {
+        tonic::Code::FailedPrecondition => {
+            let leader =
+                status.metadata().get(LEADER_HINT_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+            RsmError::NotLeader { leader }
+        }
+        tonic::Code::Unavailable if status.message() == "no leader" => RsmError::NoLeader,
+        // The leader could not be reached at all: nothing was proposed.
+        tonic::Code::Unavailable => RsmError::NoLeader,
+        tonic::Code::DeadlineExceeded => RsmError::Timeout,
+        _ => RsmError::Peer { peer: addr.to_string(), message: status.message().to_string() },
+    }
+}
+
+/// Cuts batches from the proposal queue and pipelines them into Raft in arrival order.
+async fn batch_proposals(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
+    let in_flight = Arc::new(Semaphore::new(limits::BATCHES_IN_FLIGHT_MAX));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        // Everything queued while we waited for a permit joins this batch: group commit.
+        let mut bytes = first.command.len();
+        let mut commands = vec![first.command];
+        let mut replies = vec![first.reply];
+        while commands.len() < limits::BATCH_COMMANDS_MAX && bytes < limits::BATCH_BYTES_MAX {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += p.command.len();
+                    commands.push(p.command);
+                    replies.push(p.reply);
+                }
+                Err(_) => break,
+            }
+        }
+        let submitted = raft.client_write_ff(CommandBatch(commands)).await;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let result = match submitted {
+                Err(e) => Err(internal(e)),
+                Ok(rx) => match rx.await {
+                    Err(_) => Err(RsmError::ShuttingDown),
+                    Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(RsmError::NotLeader { leader: f.leader_id }),
+                    Ok(Err(e)) => Err(internal(e)),
+                    Ok(Ok(resp)) => Ok(resp.data.0),
+                },
+            };
+            match result {
+                Ok(results) => {
+                    let mut results = results.into_iter();
+                    for reply in replies {
+                        let r = results.next().ok_or_else(|| internal("missing result in batch response"));
+                        let _ = reply.send(r);
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Serves read-index requests in rounds: every request waiting when a round starts shares that
+/// round's single leadership check. A request that arrives mid-round waits for the next one,
+/// so its index is always obtained after it arrived.
+async fn coalesce_read_index<A: App>(inner: std::sync::Weak<Inner<A>>, mut rx: mpsc::Receiver<ReadWaiter>) {
+    while let Some(first) = rx.recv().await {
+        let mut waiters = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            waiters.push(w);
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let rsm = Rsm { inner };
+        let result = match rsm.leader() {
+            Some((id, _)) if id == rsm.node_id() => rsm.leader_read_index().await,
+            Some((_, addr)) => match rsm.peer(&addr) {
+                Err(e) => Err(e),
+                Ok(mut client) => {
+                    match tokio::time::timeout(limits::READ_INDEX_TIMEOUT, client.read_index(ReadIndexRequest {})).await
+                    {
+                        Err(_) => Err(RsmError::Timeout),
+                        Ok(Ok(resp)) => Ok(resp.into_inner().index),
+                        Ok(Err(status)) => Err(status_to_error(&addr, &status)),
+                    }
+                }
+            },
+            None => Err(RsmError::NoLeader),
+        };
+        drop(rsm);
+        for w in waiters {
+            let _ = w.send(result.clone());
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! The storage a replicated state machine reads and writes.
+//!
+//! Applications (the coordinator's MVCC KV, the metaserver's namespace) see only the traits in
+//! this module, never RocksDB: the same state-machine code runs against [`MemStore`] in unit tests
+//! and against [`RocksStore`] in servers.
+//!
+//! Contract:
+//! - Data lives in named column families ("tables"); keys within a table are ordered bytewise.
+//! - A [`WriteSet`] is applied atomically: a reader sees all of it or none of it.
+//! - [`StateStore::read_view`] returns a consistent point-in-time view; later writes are not
+//!   visible through it.
+//! - Writes are not synced one by one. The runtime makes them durable before it depends on
+//!   them (before a snapshot is built, which is when the Raft log underneath may be purged).
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+/// Errors from the storage engine. They are not expected in normal operation: the callers treat
+/// them as fatal for the state machine (the node stops applying rather than diverging).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unknown table {0:?}")]
+    UnknownTable(String),
+    #[error("storage engine: {0}")]
+    Engine(String),
+}
+
+impl From<rocksdb::Error> for StoreError {
+    fn from(e: rocksdb::Error) -> Self {
+        StoreError::Engine(e.into_string())
+    }
+}
+
+/// Visitor used by [`StateRead::scan`]: receives each (key, value) in order; returns `false` to stop.
+pub type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> bool + 'a;
+
+/// Read access to the tables.
+pub trait StateRead {
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Visits keys in `[start, end)` (`end = None` means to the end of the table) in ascending
+    /// order, or descending when `reverse` is set.
+    fn scan(
+        &self,
+        table: &str,
+        start: &[u8],
+        end: Option<&[u8]>,
+        reverse: bool,
+        visit: &mut Visitor<'_>,
+    ) -> Result<(), StoreError>;
+}
+
+/// A store: reads, atomic write sets, and consistent views.
+pub trait StateStore: StateRead + Send + Sync + 'static {
+    fn write(&self, writes: WriteSet) -> Result<(), StoreError>;
+
+    /// A consistent point-in-time view of every table.
+    fn read_view(&self) -> Box<dyn StateRead + '_>;
+
+    /// Makes every write so far durable (survives a process crash).
+    fn sync(&self) -> Result<(), StoreError>;
+}
+
+/// One write operation within a [`WriteSet`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    Put {
+        table: &'static str,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        table: &'static str,
+        key: Vec<u8>,
+    },
+    /// Deletes every key in `[start, end)`.
+    DeleteRange {
+        table: &'static str,
+        start: Vec<u8>,
+        end: Vec<u8>,
+    },
+}
+
+/// An ordered list of writes applied atomically by [`StateStore::write`].
+#[derive(Debug, Default, Clone)]
+pub struct WriteSet {
+    ops: Vec<WriteOp>,
+}
+
+impl WriteSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn put(&mut self, table: &'static str, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push(WriteOp::Put { table, key: key.into(), value: value.into() });
+    }
+    pub fn delete(&mut self, table: &'static str, key: impl Into<Vec<u8>>) {
+        self.ops.push(WriteOp::Delete { table, key: key.into() });
+    }
+    pub fn delete_range(&mut self, table: &'static str, start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) {
+        self.ops.push(WriteOp::DeleteRange { table, start: start.into(), end: end.into() });
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+    pub fn ops(&self) -> &[WriteOp] {
+        &self.ops
+    }
+    pub fn extend(&mut self, other: WriteSet) {
+        self.ops.extend(other.ops);
+    }
+}
+
+/// Reads through a pending [`WriteSet`]: what a command sees when an earlier command of the same
+/// batch has not been written yet. Used by applications that stage several changes before writing.
+pub fn read_through<'a>(
+    base: &'a dyn StateRead,
+    pending: &'a WriteSet,
+    table: &str,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>, StoreError> {
+    for op in pending.ops.iter().rev() {
+        match op {
+            WriteOp::Put { table: t, key: k, value } if *t == table && k == key => return Ok(Some(value.clone())),
+            WriteOp::Delete { table: t, key: k } if *t == table && k == key => return Ok(None),
+            WriteOp::DeleteRange { table: t, start, end }
+                if *t == table && key >= start.as_slice() && key < end.as_slice() =>
+            {
+                return Ok(None)
+            }
+            _ => {}
+        }
+    }
+    base.get(table, key)
+}
+
+type Tables = BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>;
+
+/// An in-memory store for unit tests of state machines.
+#[derive(Debug, Clone)]
+pub struct MemStore {
+    tables: Arc<RwLock<Tables>>,
+}
+
+impl MemStore {
+    pub fn new(tables: &[&str]) -> Self {
+        let map = tables.iter().map(|t| (t.to_string(), BTreeMap::new())).collect();
+        Self { tables: Arc::new(RwLock::new(map)) }
+    }
+}
+
+fn scan_map(
+    map: &BTreeMap<Vec<u8>, Vec<u8>>,
+    start: &[u8],
+    end: Option<&[u8]>,
+    reverse: bool,
+    visit: &mut Visitor<'_>,
+) {
+    let upper = match end {
+        Some(e) => Bound::Excluded(e.to_vec()),
+        None => Bound::Unbounded,
+    };
+    if let Some(e) = end {
+        if e <= start {
+            return;
+        }
+    }
+    let range = map.range((Bound::Included(start.to_vec()), upper));
+    if reverse {
+        for (k, v) in range.rev() {
+            if !visit(k, v) {
+                return;
+            }
+        }
+    } else {
+        for (k, v) in range {
+            if !visit(k, v) {
+                return;
+            }
+        }
+    }
+}
+
+/// A frozen copy of a [`MemStore`], its "consistent view".
+struct MemView(Tables);
+
+impl StateRead for MemView {
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = self.0.get(table).ok_or_else(|| StoreError::UnknownTable(table.into()))?;
+        Ok(t.get(key).cloned())
+    }
+    fn scan(
+        &self,
+        table: &str,
+        start: &[u8],
+        end: Option<&[u8]>,
+        reverse: bool,
+        visit: &mut Visitor<'_>,
+    ) -> Result<(), StoreError> {
+        let t = self.0.get(table).ok_or_else(|| StoreError::UnknownTable(table.into()))?;
+        scan_map(t, start, end, reverse, visit);
+        Ok(())
+    }
+}
+
+impl StateRead for MemStore {
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let tables = self.tables.read().map_err(|_| StoreError::Engine("poisoned".into()))?;
+        let t = tables.get(table).ok_or_else(|| StoreError::UnknownTable(table.into()))?;
+        Ok(t.get(key).cloned())
+    }
+    fn scan(
+        &self,
+        table: &str,
+        start: &[u8],
+        end: Option<&[u8]>,
+        reverse: bool,
+        visit: &mut Visitor<'_>,
+    ) -> Result<(), StoreError> {
+        // Copy out first so the visitor may call back into the store.
+        let copy = {
+            let tables = self.tables.read().map_err(|_| StoreError::Engine("poisoned".into()))?;
+            tables.get(table).ok_or_else(|| StoreError::UnknownTable(table.into()))?.clone()
+        };
+        scan_map(&copy, start, end, reverse, visit);
+        Ok(())
+    }
+}
+
+impl StateStore for MemStore {
+    fn write(&self, writes: WriteSet) -> Result<(), StoreError> {
+        let mut tables = self.tables.write().map_err(|_| StoreError::Engine("poisoned".into()))?;
+        for op in &writes.ops {
+            let name = match op {
+                WriteOp::Put { table, .. } | WriteOp::Delete { table, .. } | WriteOp::DeleteRange { table, .. } => {
+                    *table
+                }
+            };
+            if !tables.contains_key(name) {
+                return Err(StoreError::UnknownTable(name.into()));
+            }
+        }
+        for op in writes.ops {
+            match op {
+                WriteOp::Put { table, key, value } => {
+                    tables.get_mut(table).map(|t| t.insert(key, value));
+                }
+                WriteOp::Delete { table, key } => {
+                    tables.get_mut(table).map(|t| t.remove(&key));
+                }
+                WriteOp::DeleteRange { table, start, end } => {
+                    if let Some(t) = tables.get_mut(table) {
+                        let doomed: Vec<Vec<u8>> = t.range(start..end).map(|(k, _)| k.clone()).collect();
+                        for k in doomed {
+                            t.remove(&k);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+    fn read_view(&self) -> Box<dyn StateRead + '_> {
+        let tables = match self.tables.read() {
+            Ok(t) => t.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        Box::new(MemView(tables))
+    }
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// The RocksDB store: one column family per table.
+pub struct RocksStore {
+    db: Arc<rocksdb::DB>,
+}
+
+impl RocksStore {
+    /// Opens (creating if needed) a RocksDB at `path` with the given tables.
+    pub fn open(path: &Path, tables: &[&str]) -> Result<Self, StoreError> {
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let cfs: Vec<rocksdb::ColumnFamilyDescriptor> =
+            tables.iter().map(|t| rocksdb::ColumnFamilyDescriptor::new(*t, rocksdb::Options::default())).collect();
+        let db = rocksdb::DB::open_cf_descriptors(&opts, path, cfs)?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    pub fn db(&self) -> &Arc<rocksdb::DB> {
+        &self.db
+    }
+
+    fn cf(&self, table: &str) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        self.db.cf_handle(table).ok_or_else(|| StoreError::UnknownTable(table.into()))
+    }
+
+    /// Approximate bytes on disk (SST + blob files), for status reporting.
+    pub fn size_bytes(&self) -> u64 {
+        self.db.property_int_value(rocksdb::properties::TOTAL_SST_FILES_SIZE).ok().flatten().unwrap_or(0)
+    }
+}
+
+fn rocks_scan(
+    db: &rocksdb::DB,
+    cf: &rocksdb::ColumnFamily,
+    snapshot: Option<&rocksdb::Snapshot<'_>>,
+    start: &[u8],
+    end: Option<&[u8]>,
+    reverse: bool,
+    visit: &mut Visitor<'_>,
+) -> Result<(), StoreError> {
+    if let Some(e) = end {
+        if e <= start {
+            return Ok(());
+        }
+    }
+    let mut ro = rocksdb::ReadOptions::default();
+    if let Some(s) = snapshot {
+        ro.set_snapshot(s);
+    }
+    ro.set_iterate_lower_bound(start.to_vec());
+    if let Some(e) = end {
+        ro.set_iterate_upper_bound(e.to_vec());
+    }
+    let mut it = db.raw_iterator_cf_opt(cf, ro);
+    if reverse {
+        it.seek_to_last();
+    } else {
+        it.seek_to_first();
+    }
+    while it.valid() {
+        let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
+        if !visit(k, v) {
+            return Ok(());
+        }
+        if reverse {
+            it.prev();
+        } else {
+            it.next();
+        }
+    }
+    it.status()?;
+    Ok(())
+}
+
+impl StateRead for RocksStore {
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(table)?, key)?)
+    }
+    fn scan(
+        &self,
+        table: &str,
+        start: &[u8],
+        end: Option<&[u8]>,
+        reverse: bool,
+        visit: &mut Visitor<'_>,
+    ) -> Result<(), StoreError> {
+        rocks_scan(&self.db, self.cf(table)?, None, start, end, reverse, visit)
+    }
+}
+
+struct RocksView<'a> {
+    store: &'a RocksStore,
+    snapshot: rocksdb::Snapshot<'a>,
+}
+
+impl StateRead for RocksView<'_> {
+    fn get(&self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.snapshot.get_cf(self.store.cf(table)?, key)?)
+    }
+    fn scan(
+        &self,
+        table: &str,
+        start: &[u8],
+        end: Option<&[u8]>,
+        reverse: bool,
+        visit: &mut Visitor<'_>,
+    ) -> Result<(), StoreError> {
+        rocks_scan(&self.store.db, self.store.cf(table)?, Some(&self.snapshot), start, end, reverse, visit)
+    }
+}
+
+impl StateStore for RocksStore {
+    fn write(&self, writes: WriteSet) -> Result<(), StoreError> {
+        let mut batch = rocksdb::WriteBatch::default();
+        for op in writes.ops {
+            match op {
+                WriteOp::Put { table, key, value } => batch.put_cf(self.cf(table)?, key, value),
+                WriteOp::Delete { table, key } => batch.delete_cf(self.cf(table)?, key),
+                WriteOp::DeleteRange { table, start, end } => batch.delete_range_cf(self.cf(table)?, start, end),
+            }
+        }
+        // Not synced: the Raft log is the durable record; see the module contract.
+        self.db.write(batch)?;
+        Ok(())
+    }
+    fn read_view(&self) -> Box<dyn StateRead + '_> {
+        Box::new(RocksView { store: self, snapshot: self.db.snapshot() })
+    }
+    fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exercise(store: &dyn StateStore) {
+        let mut ws = WriteSet::new();
+        ws.put("a", b"k1".to_vec(), b"v1".to_vec());
+        ws.put("a", b"k2".to_vec(), b"v2".to_vec());
+        ws.put("a", b"k3".to_vec(), b"v3".to_vec());
+        store.write(ws).expect("write");
+        let view = store.read_view();
+        let mut ws = WriteSet::new();
+        ws.delete("a", b"k2".to_vec());
+        store.write(ws).expect("write");
+        assert_eq!(store.get("a", b"k2").expect("get"), None);
+        assert_eq!(view.get("a", b"k2").expect("get"), Some(b"v2".to_vec()));
+        let mut seen = Vec::new();
+        store
+            .scan("a", b"k", None, true, &mut |k, _| {
+                seen.push(k.to_vec());
+                true
+            })
+            .expect("scan");
+        assert_eq!(seen, vec![b"k3".to_vec(), b"k1".to_vec()]);
+        let mut ws = WriteSet::new();
+        ws.delete_range("a", b"k1".to_vec(), b"k3".to_vec());
+        store.write(ws).expect("write");
+        assert_eq!(store.get("a", b"k1").expect("get"), None);
+        assert_eq!(store.get("a", b"k3").expect("get"), Some(b"v3".to_vec()));
+        assert!(store.get("nope", b"x").is_err());
+    }
+
+    #[test]
+    fn mem_store_semantics() {
+        exercise(&MemStore::new(&["a"]));
+    }
+
+    #[test]
+    fn rocks_store_semantics() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        exercise(&RocksStore::open(dir.path(), &["a"]).expect("open"));
+    }
+}

@@ -1,0 +1,58 @@
+//! openraft type configuration shared by every state machine on the runtime.
+//!
+//! The runtime is application-agnostic: a log entry carries a batch of opaque commands (bytes the
+//! [`App`](super::app::App) decodes) and the response is one opaque result per command. Batching
+//! many proposals into one entry is how the runtime group-commits: one append, one fsync and one
+//! replication round trip for many client requests.
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+/// Raft node id. openraft requires a plain integer type with many std traits; the newtype lives at
+/// the API edges instead ([`crate::rsm::NodeId`] is this alias so that openraft types line up).
+pub type NodeId = u64;
+
+/// A batch of application commands committed as one log entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandBatch(pub Vec<Vec<u8>>);
+
+/// One application response per command of a [`CommandBatch`], in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchResponse(pub Vec<Vec<u8>>);
+
+impl std::fmt::Display for CommandBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "batch of {} commands", self.0.len())
+    }
+}
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = CommandBatch,
+        R = BatchResponse,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Vote = openraft::Vote<NodeId>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
+pub type Snapshot = openraft::Snapshot<TypeConfig>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type RaftMetrics = openraft::RaftMetrics<NodeId, openraft::BasicNode>;
+
+/// bincode encoding used for log entries, metadata and peer messages.
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::Error> {
+    bincode::serialize(value)
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
+    bincode::deserialize(bytes)
+}

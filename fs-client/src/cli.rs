@@ -1,0 +1,214 @@
+//! The `cairn` command line (clap derive). Parsing only; `commands.rs` does the work.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::bench::kv::{KvBenchConfig, KvOp};
+use crate::limits::BENCH_CLIENTS_MAX;
+
+/// Cairn: a distributed filesystem and an etcd-v3-compatible coordinator.
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a local development cluster.
+    #[command(subcommand)]
+    Dev(DevCommand),
+    /// Benchmark servers.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Mount a Cairn filesystem (not built yet).
+    Mount {
+        /// Arguments for the future FUSE client; ignored for now.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevCommand {
+    /// Start a cluster in DIR (or report the one already running there).
+    Up(DevUpArgs),
+    /// Stop the cluster in DIR, keeping its data unless --purge.
+    Down(DevDownArgs),
+    /// Show each node of the cluster in DIR: pid, liveness, /status.
+    Status(DevDirArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DevDirArgs {
+    /// Cluster directory (data, logs, cluster.json, cluster.env).
+    #[arg(long, env = "CAIRN_DIR", default_value = "./.cairn-dev")]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DevUpArgs {
+    #[command(flatten)]
+    pub dir: DevDirArgs,
+    /// How long to wait for every node to report healthy.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Number of coordinator replicas.
+    #[arg(long, default_value_t = 3)]
+    pub coordinators: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct DevDownArgs {
+    #[command(flatten)]
+    pub dir: DevDirArgs,
+    /// Also delete the nodes' data directories, logs and the cluster records.
+    #[arg(long)]
+    pub purge: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Benchmark an etcd-v3 KV service (Cairn's coordinator or a real etcd).
+    Kv(BenchKvArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// One `key=value` line per run.
+    Text,
+    /// One JSON object per run, one per line.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchKvArgs {
+    /// Comma-separated etcd gRPC endpoints (host:port).
+    #[arg(long, env = "CAIRN_COORDINATOR_ENDPOINTS", value_delimiter = ',', required = true)]
+    pub endpoints: Vec<String>,
+    /// Comma-separated concurrent client counts; one run per count and operation.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,256",
+          value_parser = clap::value_parser!(u32).range(1..=BENCH_CLIENTS_MAX as i64))]
+    pub clients: Vec<u32>,
+    /// Measured time of each run.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Unmeasured warm-up before each run.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// Size of the key space (keys are 8-digit zero-padded decimals).
+    #[arg(long, default_value_t = 100_000)]
+    pub keys: u64,
+    /// Size of each put value in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// Comma-separated operations, run in this order.
+    #[arg(long, value_delimiter = ',', default_value = "put,range")]
+    pub ops: Vec<KvOp>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+impl BenchKvArgs {
+    pub fn config(&self) -> KvBenchConfig {
+        KvBenchConfig {
+            endpoints: self.endpoints.clone(),
+            clients: self.clients.iter().map(|&c| c as usize).collect(),
+            duration: self.duration,
+            warmup: self.warmup,
+            keys: self.keys,
+            value_size_bytes: self.value_size,
+            ops: self.ops.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("cairn").chain(args.iter().copied()))
+    }
+
+    fn bench_kv(args: &[&str]) -> BenchKvArgs {
+        let mut all = vec!["bench", "kv"];
+        all.extend_from_slice(args);
+        match parse(&all).expect("parse").command {
+            Command::Bench(BenchCommand::Kv(args)) => args,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bench_kv_defaults() {
+        let args = bench_kv(&["--endpoints", "127.0.0.1:2379"]);
+        let config = args.config();
+        assert_eq!(config.endpoints, ["127.0.0.1:2379"]);
+        assert_eq!(config.clients, [1, 16, 256]);
+        assert_eq!(config.duration, Duration::from_secs(10));
+        assert_eq!(config.keys, 100_000);
+        assert_eq!(config.value_size_bytes, 256);
+        assert_eq!(config.ops, [KvOp::Put, KvOp::Range]);
+        assert_eq!(args.output, OutputFormat::Text);
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn bench_kv_lists_and_units() {
+        let args = bench_kv(&[
+            "--endpoints",
+            "a:1,b:2,c:3",
+            "--clients",
+            "4,64",
+            "--duration",
+            "1m 30s",
+            "--warmup",
+            "500ms",
+            "--keys",
+            "1000",
+            "--value-size",
+            "1024",
+            "--ops",
+            "range",
+            "--output",
+            "json",
+        ]);
+        let config = args.config();
+        assert_eq!(config.endpoints, ["a:1", "b:2", "c:3"]);
+        assert_eq!(config.clients, [4, 64]);
+        assert_eq!(config.duration, Duration::from_secs(90));
+        assert_eq!(config.warmup, Duration::from_millis(500));
+        assert_eq!((config.keys, config.value_size_bytes), (1000, 1024));
+        assert_eq!(config.ops, [KvOp::Range]);
+        assert_eq!(args.output, OutputFormat::Json);
+    }
+
+    #[test]
+    fn bench_kv_rejects_bad_values() {
+        assert!(parse(&["bench", "kv", "--endpoints", "a:1", "--clients", "0"]).is_err());
+        assert!(parse(&["bench", "kv", "--endpoints", "a:1", "--ops", "delete"]).is_err());
+        assert!(parse(&["bench", "kv", "--endpoints", "a:1", "--duration", "ten"]).is_err());
+    }
+
+    #[test]
+    fn dev_commands() {
+        match parse(&["dev", "up", "--dir", "/tmp/c", "--timeout", "90s"]).expect("parse").command {
+            Command::Dev(DevCommand::Up(args)) => {
+                assert_eq!(args.dir.dir, PathBuf::from("/tmp/c"));
+                assert_eq!(args.timeout, Duration::from_secs(90));
+                assert_eq!(args.coordinators, 3);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match parse(&["dev", "down", "--dir", "/tmp/c", "--purge"]).expect("parse").command {
+            Command::Dev(DevCommand::Down(args)) => assert!(args.purge),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(parse(&["mount", "/mnt/cairn", "-o", "ro"]).expect("parse").command, Command::Mount { .. }));
+    }
+}

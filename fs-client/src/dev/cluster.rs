@@ -1,0 +1,313 @@
+//! [`Cluster`]: a local cluster owned by its creator (a test), killed when dropped.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
+
+use super::health::{self, wait_ready};
+use super::layout::plan_nodes;
+use super::logs::scan_log_errors;
+use super::process::{is_alive, is_node_process, signal, spawn_node, wait_until, Ownership};
+use super::state::{ClusterState, NodeInfo};
+use super::{bin_dir, ClusterSpec, DevError, LogLine, NodeId, NodeRef, NodeStatus, ServiceKind, Signal};
+use crate::limits::{DEV_KILL_WAIT, DEV_READY_POLL_INTERVAL, DEV_STOP_GRACE};
+
+/// A running local cluster whose processes belong to this value.
+///
+/// Every child is SIGKILLed and reaped when the `Cluster` is dropped (a test that panics leaves
+/// nothing behind unless the test process itself is killed; then `cairn dev down --dir DIR`
+/// cleans up through `cluster.json`). Node operations take anything convertible to a
+/// [`NodeRef`]; a bare [`NodeId`] means a coordinator.
+///
+/// The cluster tracks which nodes are *expected* to run: [`Cluster::kill`] with a terminating
+/// signal and [`Cluster::stop`] clear that, [`Cluster::restart`] sets it, and
+/// [`Cluster::wait_ready`] waits only for expected nodes — failing at once if one of them exits
+/// on its own.
+#[derive(Debug)]
+pub struct Cluster {
+    spec: ClusterSpec,
+    bin_dir: PathBuf,
+    state: ClusterState,
+    children: HashMap<NodeRef, Child>,
+    expected: HashSet<NodeRef>,
+}
+
+impl Cluster {
+    /// Starts the cluster described by `spec` and waits until every node is healthy (up to
+    /// `spec.ready_timeout`). A directory that holds a previous, stopped cluster is reused:
+    /// same data directories and, when still free, the same ports.
+    pub async fn start(spec: ClusterSpec) -> Result<Cluster, DevError> {
+        let cluster = Cluster::spawn(spec)?;
+        cluster.wait_ready(cluster.spec.ready_timeout).await?;
+        Ok(cluster)
+    }
+
+    /// Like [`Cluster::start`] but returns as soon as the processes are started.
+    pub fn spawn(spec: ClusterSpec) -> Result<Cluster, DevError> {
+        spec.validate()?;
+        let dir =
+            std::path::absolute(&spec.dir).map_err(|e| DevError::io(format!("resolve {}", spec.dir.display()), e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| DevError::io(format!("create {}", dir.display()), e))?;
+        let bin_dir = match &spec.bin_dir {
+            Some(dir) => dir.clone(),
+            None => bin_dir()?,
+        };
+
+        let previous = ClusterState::read(&dir)?;
+        if let Some(previous) = &previous {
+            let alive: Vec<NodeRef> = previous
+                .nodes
+                .iter()
+                .filter(|n| n.pid.is_some_and(|pid| is_node_process(pid, n)))
+                .map(NodeInfo::node_ref)
+                .collect();
+            if !alive.is_empty() {
+                return Err(DevError::AlreadyRunning { dir, alive });
+            }
+        }
+        let nodes = plan_nodes(&spec, &dir, previous.as_ref())?;
+        let mut cluster = Cluster {
+            spec,
+            bin_dir,
+            state: ClusterState::new(dir, nodes),
+            children: HashMap::new(),
+            expected: HashSet::new(),
+        };
+        // If a start fails, dropping `cluster` kills the nodes already started.
+        let refs: Vec<NodeRef> = cluster.state.nodes.iter().map(NodeInfo::node_ref).collect();
+        for node in refs {
+            cluster.start_node(node)?;
+        }
+        cluster.state.write_env()?;
+        Ok(cluster)
+    }
+
+    /// The absolute cluster directory.
+    pub fn dir(&self) -> &Path {
+        &self.state.dir
+    }
+
+    /// What `cluster.json` records: every node with its addresses and current pid.
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    /// Coordinator client (etcd gRPC) addresses, `host:port`, ordered by node id.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.state.coordinator_endpoints()
+    }
+
+    /// Coordinator HTTP addresses, `host:port`, ordered by node id.
+    pub fn http_endpoints(&self) -> Vec<String> {
+        self.state.coordinator_http()
+    }
+
+    /// Ids of the coordinators, ascending.
+    pub fn coordinator_ids(&self) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> =
+            self.state.nodes.iter().filter(|n| n.kind == ServiceKind::Coordinator).map(|n| n.id).collect();
+        ids.sort();
+        ids
+    }
+
+    /// A node's pid (if started), addresses, data directory and log path.
+    pub fn node(&self, node: impl Into<NodeRef>) -> Result<NodeInfo, DevError> {
+        self.info(node.into()).cloned()
+    }
+
+    /// Whether the node's process exists and has not exited (a SIGSTOPped node is running).
+    pub fn is_running(&self, node: impl Into<NodeRef>) -> bool {
+        self.info(node.into()).ok().and_then(|n| n.pid).is_some_and(is_alive)
+    }
+
+    /// Sends `sig` to the node. SIGKILL also reaps the process before returning, so the node is
+    /// certainly dead afterwards; SIGKILL, SIGTERM, SIGINT and SIGQUIT mark the node as not
+    /// expected to run. SIGSTOP/SIGCONT freeze and thaw it.
+    pub fn kill(&mut self, node: impl Into<NodeRef>, sig: Signal) -> Result<(), DevError> {
+        let node = node.into();
+        let info = self.info(node)?.clone();
+        let pid = self.running_pid(node)?;
+        signal(&info, pid, sig)?;
+        if matches!(sig, Signal::SIGKILL | Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT) {
+            self.expected.remove(&node);
+        }
+        if sig == Signal::SIGKILL {
+            if let Some(child) = self.children.get_mut(&node) {
+                child.wait().map_err(|e| DevError::io(format!("wait for {node}"), e))?;
+            }
+            self.reap(node);
+        }
+        Ok(())
+    }
+
+    /// Stops the node gracefully: SIGTERM (plus SIGCONT, in case it is frozen), then waits up to
+    /// 10 s for it to exit. If it does not, it is SIGKILLed and [`DevError::StopTimeout`] is
+    /// returned. Returns the exit status.
+    pub async fn stop(&mut self, node: impl Into<NodeRef>) -> Result<ExitStatus, DevError> {
+        let node = node.into();
+        let info = self.info(node)?.clone();
+        let pid = self.running_pid(node)?;
+        self.expected.remove(&node);
+        signal(&info, pid, Signal::SIGTERM)?;
+        // Ignored on purpose: the process may have exited between the two signals.
+        let _ = signal(&info, pid, Signal::SIGCONT);
+
+        let child = self.children.get_mut(&node).ok_or(DevError::UnknownNode(node))?;
+        let mut status = None;
+        let exited = wait_until(DEV_STOP_GRACE, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        })
+        .await;
+        if !exited {
+            let _ = child.kill();
+            let _ = wait_until(DEV_KILL_WAIT, || child.try_wait().ok().flatten().is_some()).await;
+            self.reap(node);
+            return Err(DevError::StopTimeout { node, grace: DEV_STOP_GRACE });
+        }
+        self.reap(node);
+        status.ok_or(DevError::UnknownNode(node))
+    }
+
+    /// Starts the node again with the same ports, data directory and log (stopping it first,
+    /// gracefully, if it is still running). Does not wait for it to become healthy: a lone
+    /// restarted node may legitimately stay unhealthy until a quorum is back. Use
+    /// [`Cluster::wait_node_ready`] or [`Cluster::wait_ready`].
+    pub async fn restart(&mut self, node: impl Into<NodeRef>) -> Result<(), DevError> {
+        let node = node.into();
+        self.info(node)?;
+        if self.is_running(node) {
+            self.stop(node).await?;
+        }
+        self.reap(node);
+        self.start_node(node)
+    }
+
+    /// Waits until every node expected to run is healthy (`GET /health` is 200).
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), DevError> {
+        let nodes: Vec<NodeInfo> =
+            self.state.nodes.iter().filter(|n| self.expected.contains(&n.node_ref())).cloned().collect();
+        wait_ready(&nodes, timeout).await
+    }
+
+    /// Waits until one node is healthy.
+    pub async fn wait_node_ready(&self, node: impl Into<NodeRef>, timeout: Duration) -> Result<(), DevError> {
+        let info = self.info(node.into())?.clone();
+        wait_ready(std::slice::from_ref(&info), timeout).await
+    }
+
+    /// The node's `GET /status`.
+    pub async fn status(&self, node: impl Into<NodeRef>) -> Result<NodeStatus, DevError> {
+        let http = self.info(node.into())?.addrs.http;
+        health::fetch_status(http).await
+    }
+
+    /// The coordinator leader as the coordinators report it now (see [`super::leader`]).
+    pub async fn leader_id(&self) -> Option<NodeId> {
+        health::leader(&self.coordinator_http_addrs()).await
+    }
+
+    /// Polls [`Cluster::leader_id`] until some coordinator names a leader.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, DevError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(leader) = self.leader_id().await {
+                return Ok(leader);
+            }
+            if Instant::now() >= deadline {
+                return Err(DevError::NoLeader { timeout });
+            }
+            tokio::time::sleep(DEV_READY_POLL_INTERVAL).await;
+        }
+    }
+
+    /// Error lines (` ERROR ` or `panicked at`) in every node's log that contain none of the
+    /// `allowed` substrings. Tests call this at the end and fail if it is not empty.
+    pub fn unexpected_errors(&self, allowed: &[&str]) -> Result<Vec<LogLine>, DevError> {
+        let mut found = Vec::new();
+        for node in &self.state.nodes {
+            found.extend(scan_log_errors(node.node_ref(), &node.log_path, allowed)?);
+        }
+        Ok(found)
+    }
+
+    /// Stops every running node gracefully (see [`Cluster::stop`]); the first error wins, but
+    /// every node is stopped.
+    pub async fn stop_all(&mut self) -> Result<(), DevError> {
+        let mut first_error = None;
+        let nodes: Vec<NodeRef> = self.state.nodes.iter().map(NodeInfo::node_ref).collect();
+        for node in nodes {
+            if self.is_running(node) {
+                if let Err(e) = self.stop(node).await {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn info(&self, node: NodeRef) -> Result<&NodeInfo, DevError> {
+        self.state.node(node).ok_or(DevError::UnknownNode(node))
+    }
+
+    fn info_mut(&mut self, node: NodeRef) -> Result<&mut NodeInfo, DevError> {
+        self.state.nodes.iter_mut().find(|n| n.node_ref() == node).ok_or(DevError::UnknownNode(node))
+    }
+
+    fn running_pid(&self, node: NodeRef) -> Result<u32, DevError> {
+        self.info(node)?.pid.filter(|&pid| is_alive(pid)).ok_or(DevError::NotRunning(node))
+    }
+
+    fn coordinator_http_addrs(&self) -> Vec<SocketAddr> {
+        self.state.nodes.iter().filter(|n| n.kind == ServiceKind::Coordinator).map(|n| n.addrs.http).collect()
+    }
+
+    fn start_node(&mut self, node: NodeRef) -> Result<(), DevError> {
+        if let Some(pid) = self.info(node)?.pid.filter(|&pid| is_alive(pid)) {
+            return Err(DevError::NodeRunning { node, pid });
+        }
+        let info = self.info(node)?;
+        let child = spawn_node(&self.spec, &self.bin_dir, info, &self.state.nodes, Ownership::Attached)?;
+        self.info_mut(node)?.pid = Some(child.id());
+        self.children.insert(node, child);
+        self.expected.insert(node);
+        self.state.write()
+    }
+
+    /// Forgets an exited node's process (waiting for it if it has not been reaped yet).
+    fn reap(&mut self, node: NodeRef) {
+        if let Some(mut child) = self.children.remove(&node) {
+            if child.try_wait().ok().flatten().is_none() {
+                // Still running: the callers only reap after an exit, so this is a kill race.
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if let Ok(info) = self.info_mut(node) {
+            info.pid = None;
+        }
+        // Best effort: the record only helps `cairn dev down` after a crash.
+        let _ = self.state.write();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (node, child) in &mut self.children {
+            if child.try_wait().ok().flatten().is_none() {
+                if let Err(e) = child.kill() {
+                    tracing::warn!(%node, error = %e, "kill dev-cluster node");
+                }
+                let _ = child.wait();
+            }
+        }
+        self.children.clear();
+        for node in &mut self.state.nodes {
+            node.pid = None;
+        }
+        let _ = self.state.write();
+        let _ = self.state.remove_env();
+    }
+}

@@ -1,0 +1,206 @@
+//! `DIR/cluster.json` (what was started, where, with which pids) and `DIR/cluster.env`
+//! (the shell-sourceable endpoints).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{DevError, NodeAddrs, NodeId, NodeRef, ServiceKind};
+
+/// File in the cluster directory recording the cluster.
+pub const CLUSTER_STATE_FILE: &str = "cluster.json";
+/// File in the cluster directory with `KEY=VALUE` lines for shells and tools.
+pub const CLUSTER_ENV_FILE: &str = "cluster.env";
+
+const STATE_FORMAT_VERSION: u32 = 1;
+
+/// One server process of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub kind: ServiceKind,
+    pub id: NodeId,
+    /// Pid of the running process; `None` when it is not running (never started, stopped,
+    /// or after `cairn dev down`).
+    pub pid: Option<u32>,
+    pub addrs: NodeAddrs,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+}
+
+impl NodeInfo {
+    pub fn node_ref(&self) -> NodeRef {
+        NodeRef { kind: self.kind, id: self.id }
+    }
+}
+
+/// The contents of `cluster.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub format_version: u32,
+    /// Absolute cluster directory.
+    pub dir: PathBuf,
+    pub nodes: Vec<NodeInfo>,
+}
+
+impl ClusterState {
+    pub fn new(dir: PathBuf, nodes: Vec<NodeInfo>) -> Self {
+        ClusterState { format_version: STATE_FORMAT_VERSION, dir, nodes }
+    }
+
+    pub fn node(&self, node: NodeRef) -> Option<&NodeInfo> {
+        self.nodes.iter().find(|n| n.node_ref() == node)
+    }
+
+    pub fn count(&self, kind: ServiceKind) -> usize {
+        self.nodes.iter().filter(|n| n.kind == kind).count()
+    }
+
+    /// Client addresses of the coordinators, ordered by id.
+    pub fn coordinator_endpoints(&self) -> Vec<String> {
+        self.addrs_of(ServiceKind::Coordinator, |a| a.client)
+    }
+
+    /// HTTP addresses of the coordinators, ordered by id.
+    pub fn coordinator_http(&self) -> Vec<String> {
+        self.addrs_of(ServiceKind::Coordinator, |a| a.http)
+    }
+
+    fn addrs_of(&self, kind: ServiceKind, pick: fn(&NodeAddrs) -> std::net::SocketAddr) -> Vec<String> {
+        let mut nodes: Vec<&NodeInfo> = self.nodes.iter().filter(|n| n.kind == kind).collect();
+        nodes.sort_by_key(|n| n.id);
+        nodes.iter().map(|n| pick(&n.addrs).to_string()).collect()
+    }
+
+    /// `cluster.json` in `dir`, or `None` if there is none.
+    pub fn read(dir: &Path) -> Result<Option<ClusterState>, DevError> {
+        let path = dir.join(CLUSTER_STATE_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(DevError::io(format!("read {}", path.display()), e)),
+        };
+        serde_json::from_str(&text).map(Some).map_err(|source| DevError::State { path, source })
+    }
+
+    /// Writes `cluster.json` atomically (temporary file, then rename).
+    pub fn write(&self) -> Result<(), DevError> {
+        let path = self.dir.join(CLUSTER_STATE_FILE);
+        let text =
+            serde_json::to_string_pretty(self).map_err(|source| DevError::State { path: path.clone(), source })?;
+        write_atomically(&path, text.as_bytes())
+    }
+
+    /// Writes `cluster.env` (see [`render_env`]).
+    pub fn write_env(&self) -> Result<PathBuf, DevError> {
+        let path = self.env_path();
+        write_atomically(&path, render_env(self).as_bytes())?;
+        Ok(path)
+    }
+
+    pub fn env_path(&self) -> PathBuf {
+        self.dir.join(CLUSTER_ENV_FILE)
+    }
+
+    /// Removes `cluster.env` (it describes a running cluster); a missing file is fine.
+    pub fn remove_env(&self) -> Result<(), DevError> {
+        remove_if_exists(&self.env_path())
+    }
+}
+
+/// `KEY=VALUE` lines describing the cluster, sourceable by POSIX shells (values are quoted only
+/// when they need it, so the file also works as a plain env file when paths are ordinary).
+///
+/// Extension point: each [`ServiceKind`] contributes its keys in the match below (metaserver
+/// and chunkserver endpoints, mount point, ... when those services exist).
+pub fn render_env(state: &ClusterState) -> String {
+    let mut entries: Vec<(&str, String)> = vec![("CAIRN_DIR", state.dir.display().to_string())];
+    for &kind in ServiceKind::ALL {
+        if state.count(kind) == 0 {
+            continue;
+        }
+        match kind {
+            ServiceKind::Coordinator => {
+                entries.push(("CAIRN_COORDINATOR_ENDPOINTS", state.coordinator_endpoints().join(",")));
+                entries.push(("CAIRN_COORDINATOR_HTTP", state.coordinator_http().join(",")));
+            }
+        }
+    }
+    entries.into_iter().map(|(key, value)| format!("{key}={}\n", shell_quote(&value))).collect()
+}
+
+/// Single-quotes `value` for a POSIX shell unless every character is obviously safe.
+fn shell_quote(value: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/.,:_-+=@%".contains(c);
+    if !value.is_empty() && value.chars().all(safe) {
+        value.to_owned()
+    } else {
+        format!("'{}'", value.replace('\'', r"'\''"))
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), DevError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| DevError::io(format!("write {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| DevError::io(format!("rename {} into place", tmp.display()), e))
+}
+
+pub(crate) fn remove_if_exists(path: &Path) -> Result<(), DevError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(DevError::io(format!("remove {}", path.display()), e))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    fn state(dir: &str) -> ClusterState {
+        let addr = |p: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
+        let nodes = (1..=3u16)
+            .rev()
+            .map(|i| NodeInfo {
+                kind: ServiceKind::Coordinator,
+                id: NodeId(u64::from(i)),
+                pid: Some(100 + u32::from(i)),
+                addrs: NodeAddrs { client: addr(2379 + i * 10), peer: addr(2380 + i * 10), http: addr(2381 + i * 10) },
+                data_dir: PathBuf::from(format!("{dir}/coordinator-{i}")),
+                log_path: PathBuf::from(format!("{dir}/logs/coordinator-{i}.log")),
+            })
+            .collect();
+        ClusterState::new(PathBuf::from(dir), nodes)
+    }
+
+    #[test]
+    fn env_lists_coordinator_endpoints_in_id_order() {
+        assert_eq!(
+            render_env(&state("/tmp/cairn")),
+            "CAIRN_DIR=/tmp/cairn\n\
+             CAIRN_COORDINATOR_ENDPOINTS=127.0.0.1:2389,127.0.0.1:2399,127.0.0.1:2409\n\
+             CAIRN_COORDINATOR_HTTP=127.0.0.1:2391,127.0.0.1:2401,127.0.0.1:2411\n"
+        );
+    }
+
+    #[test]
+    fn env_quotes_unusual_paths() {
+        let env = render_env(&state("/tmp/my cairn's"));
+        assert!(env.starts_with("CAIRN_DIR='/tmp/my cairn'\\''s'\n"), "{env}");
+    }
+
+    #[test]
+    fn state_round_trips_through_the_file() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        assert_eq!(ClusterState::read(tmp.path()).expect("read"), None);
+        let mut s = state("/x");
+        s.dir = tmp.path().to_path_buf();
+        s.write().expect("write");
+        assert_eq!(ClusterState::read(tmp.path()).expect("read"), Some(s.clone()));
+        let env_path = s.write_env().expect("env");
+        assert!(std::fs::read_to_string(env_path).expect("read env").contains("CAIRN_COORDINATOR_ENDPOINTS="));
+        s.remove_env().expect("remove");
+        s.remove_env().expect("remove twice");
+    }
+}

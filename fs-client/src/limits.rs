@@ -1,0 +1,72 @@
+//! Every bound the `cairn` CLI relies on, in one place.
+
+use std::time::Duration;
+
+// ---- dev clusters -------------------------------------------------------------------------
+
+/// Largest dev-cluster coordinator group `cairn dev up` / [`crate::dev::Cluster`] will start.
+pub const DEV_COORDINATORS_MAX: usize = 9;
+
+/// Default overall deadline for a dev cluster to report healthy.
+pub const DEV_READY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
+
+/// How often readiness is probed while waiting for a cluster.
+pub const DEV_READY_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long a graceful stop (SIGTERM) may take before the process is SIGKILLed.
+pub const DEV_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// How long to wait for a SIGKILLed process to disappear.
+pub const DEV_KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// How often process liveness is polled while waiting for an exit.
+pub const DEV_EXIT_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Lines of each node's log included in a readiness failure.
+pub const DEV_LOG_TAIL_LINES: usize = 30;
+
+/// Bytes read from the end of a log to find its last lines.
+pub const DEV_LOG_TAIL_BYTES_MAX: u64 = 64 * 1024;
+
+/// Most unexpected error lines collected from all logs by one scan.
+pub const DEV_LOG_ERROR_LINES_MAX: usize = 1000;
+
+// ---- the small HTTP client ---------------------------------------------------------------
+
+/// Largest HTTP response (headers and body) the status client reads.
+pub const HTTP_RESPONSE_BYTES_MAX: usize = 1024 * 1024;
+
+/// Deadline for one HTTP request (connect, write, read) to a node's HTTP port.
+pub const HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+// ---- cairn bench kv ----------------------------------------------------------------------
+
+/// Benchmark workers that share one gRPC channel per endpoint.
+pub const BENCH_CLIENTS_PER_CHANNEL: usize = 16;
+
+/// Most concurrent benchmark workers in one run.
+pub const BENCH_CLIENTS_MAX: usize = 16 * 1024;
+
+/// Keys are formatted as 8 zero-padded decimal digits, so the key space ends at 10^8.
+pub const BENCH_KEY_DIGITS: usize = 8;
+pub const BENCH_KEYS_MAX: u64 = 100_000_000;
+const _: () = assert!(10u64.pow(BENCH_KEY_DIGITS as u32) == BENCH_KEYS_MAX);
+
+/// Largest value a benchmark writes: etcd's default request size limit is 1.5 MiB, and the
+/// request also carries the key and framing.
+pub const BENCH_VALUE_SIZE_MAX_BYTES: usize = 1024 * 1024;
+
+/// Deadline for one benchmark RPC.
+pub const BENCH_RPC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Deadline for establishing a benchmark gRPC connection.
+pub const BENCH_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pause after a failed benchmark RPC, so a dead endpoint does not turn a worker into a busy
+/// loop of instant "connection refused" errors.
+pub const BENCH_ERROR_BACKOFF: Duration = Duration::from_millis(10);
+
+/// Latency histogram range in microseconds (1 µs .. 60 s, 3 significant digits).
+pub const BENCH_LATENCY_MAX_US: u64 = 60_000_000;
+pub const BENCH_LATENCY_SIGFIG: u8 = 3;
+const _: () = assert!(BENCH_LATENCY_MAX_US >= BENCH_RPC_TIMEOUT.as_micros() as u64);
