@@ -94,6 +94,7 @@ impl Backend {
     }
 
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse, ApiError> {
+        mvcc::validate_range(&req)?;
         if !req.serializable {
             self.rsm.read_barrier().await?;
         }
@@ -103,9 +104,7 @@ impl Backend {
     }
 
     pub async fn put(&self, req: PutRequest) -> Result<PutResponse, ApiError> {
-        if req.key.is_empty() {
-            return Err(KvError::EmptyKey.into());
-        }
+        mvcc::validate_put(&req)?;
         match self.propose(internal_request::Request::Put(req)).await? {
             internal_response::Response::Put(mut r) => {
                 self.fill_header(&mut r.header);
@@ -116,9 +115,7 @@ impl Backend {
     }
 
     pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, ApiError> {
-        if req.key.is_empty() {
-            return Err(KvError::EmptyKey.into());
-        }
+        mvcc::validate_delete_range(&req)?;
         match self.propose(internal_request::Request::DeleteRange(req)).await? {
             internal_response::Response::DeleteRange(mut r) => {
                 self.fill_header(&mut r.header);
@@ -130,6 +127,13 @@ impl Backend {
 
     pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, ApiError> {
         mvcc::validate_txn(&req)?;
+        if mvcc::is_read_only(&req) {
+            // Like etcd: a read-only txn is a linearizable read, not a proposal.
+            self.rsm.read_barrier().await?;
+            let mut resp = mvcc::read_txn(&*self.rsm.store().read_view(), &req)?;
+            self.fill_header(&mut resp.header);
+            return Ok(resp);
+        }
         match self.propose(internal_request::Request::Txn(req)).await? {
             internal_response::Response::Txn(mut r) => {
                 self.fill_header(&mut r.header);
@@ -160,7 +164,7 @@ impl Backend {
             if chosen {
                 req.id = (rand::random::<u64>() >> 1).max(1) as i64;
             }
-            match self.propose(internal_request::Request::LeaseGrant(req.clone())).await {
+            match self.propose(internal_request::Request::LeaseGrant(req)).await {
                 Ok(internal_response::Response::LeaseGrant(mut r)) => {
                     self.fill_header(&mut r.header);
                     return Ok(r);

@@ -290,6 +290,11 @@ impl Watcher {
                         if batch.revision < next {
                             continue;
                         }
+                        if batch.revision > next {
+                            // A gap (e.g. a snapshot was installed): the store has what we missed.
+                            next = self.replay(next).await?;
+                            continue;
+                        }
                         next = batch.revision + 1;
                         let wanted: Vec<Event> = batch.events.iter().filter_map(|e| self.filter.apply(e)).collect();
                         if !wanted.is_empty() {

@@ -17,11 +17,10 @@ pub enum ApiError {
 
 pub fn kv_status(e: &KvError) -> Status {
     let code = match e {
-        KvError::Compacted { .. } | KvError::FutureRev => Code::OutOfRange,
+        KvError::Compacted { .. } | KvError::FutureRev | KvError::LeaseTtlTooLarge => Code::OutOfRange,
         KvError::LeaseNotFound => Code::NotFound,
         KvError::LeaseExist => Code::FailedPrecondition,
-        KvError::LeaseTtlTooLarge
-        | KvError::TooManyOps
+        KvError::TooManyOps
         | KvError::DuplicateKey
         | KvError::KeyNotFound
         | KvError::ValueProvided

@@ -5,6 +5,9 @@
 //! replicated, durable, snapshotting state machine. The coordinator's MVCC KV and the
 //! metaserver's namespace both run on it unchanged.
 
+// openraft's StorageError and RPCError are large, and its traits fix them as our error types.
+#![allow(clippy::result_large_err)]
+
 pub mod app;
 mod error;
 mod log_store;

@@ -57,8 +57,11 @@ struct StoredSnapshot {
 /// The serialized content of a snapshot: every row of every app table.
 #[derive(Serialize, Deserialize)]
 struct SnapshotTables {
-    tables: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>,
+    tables: Vec<(String, Vec<Row>)>,
 }
+
+/// One (key, value) row of a table.
+type Row = (Vec<u8>, Vec<u8>);
 
 /// State-machine side of the runtime, generic over the application.
 pub struct StateMachine<A: App> {
