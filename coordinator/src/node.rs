@@ -18,7 +18,7 @@ use crate::config::CoordinatorConfig;
 use crate::lessor::Lessor;
 use crate::limits;
 use crate::mvcc::KvStateMachine;
-use crate::rsm::{PeerService, Rsm, RsmConfig, RsmError};
+use crate::rsm::{incoming_nodelay, PeerService, Rsm, RsmConfig, RsmError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -69,10 +69,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> Resu
     tasks.spawn(async move {
         tonic::transport::Server::builder()
             .add_service(peer_service)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(peer_listener),
-                stop.cancelled(),
-            )
+            .serve_with_incoming_shutdown(incoming_nodelay(peer_listener), stop.cancelled())
             .await
             .map_err(|e| NodeError::Server { what: "peer", message: e.to_string() })
     });
@@ -106,10 +103,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> Resu
             .add_service(watch)
             .add_service(lease)
             .add_service(maintenance)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(client_listener),
-                stop.cancelled(),
-            )
+            .serve_with_incoming_shutdown(incoming_nodelay(client_listener), stop.cancelled())
             .await
             .map_err(|e| NodeError::Server { what: "client", message: e.to_string() })
     });

@@ -1,6 +1,7 @@
 //! What each `cairn` subcommand does: thin glue between the parsed command line, the library
 //! modules and the terminal.
 
+use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::ExitCode;
 
@@ -8,7 +9,7 @@ use anyhow::Context as _;
 
 use crate::bench::kv;
 use crate::cli::{BenchCommand, BenchKvArgs, Command, DevCommand, DevDownArgs, DevUpArgs, OutputFormat};
-use crate::dev::{self, ClusterSpec, ClusterState, UpOutcome};
+use crate::dev::{self, ClusterSpec, UpOutcome};
 
 pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
@@ -28,14 +29,27 @@ async fn dev_up(args: DevUpArgs) -> anyhow::Result<ExitCode> {
         ClusterSpec { coordinators: args.coordinators, ready_timeout: args.timeout, ..ClusterSpec::new(args.dir.dir) };
     let outcome = dev::up(&spec).await.context("start the dev cluster")?;
     let state = outcome.state();
-    match &outcome {
-        UpOutcome::Started(_) => println!("cairn dev cluster started in {}", state.dir.display()),
-        UpOutcome::AlreadyRunning(_) => println!("cairn dev cluster already running in {}", state.dir.display()),
+    let mut out = String::new();
+    let verb = match &outcome {
+        UpOutcome::Started(_) => "started",
+        UpOutcome::AlreadyRunning(_) => "already running",
+    };
+    let _ = writeln!(out, "cairn dev cluster {verb} in {}", state.dir.display());
+    for node in &state.nodes {
+        let pid = node.pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
+        let _ = writeln!(
+            out,
+            "  {} pid={pid} client={} http={} log={}",
+            node.node_ref(),
+            node.addrs.client,
+            node.addrs.http,
+            node.log_path.display()
+        );
     }
-    print_nodes(state);
-    print!("{}", dev::render_env(state));
+    out.push_str(&dev::render_env(state));
     let env = state.env_path();
-    println!("env file: {} (load it with: set -a; . {}; set +a)", env.display(), env.display());
+    let _ = writeln!(out, "env file: {} (load it with: set -a; . {}; set +a)", env.display(), env.display());
+    emit(&out)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -43,32 +57,35 @@ async fn dev_down(args: DevDownArgs) -> anyhow::Result<ExitCode> {
     let dir = &args.dir.dir;
     let report = dev::down(dir, args.purge).await.context("stop the dev cluster")?;
     if !report.found {
-        println!("no cluster recorded in {}", dir.display());
+        emit(&format!("no cluster recorded in {}\n", dir.display()))?;
         return Ok(ExitCode::SUCCESS);
     }
+    let mut out = String::new();
     let names = |nodes: &[dev::NodeRef]| nodes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
     if report.stopped.is_empty() && report.killed.is_empty() {
-        println!("no node was running");
+        out.push_str("no node was running\n");
     }
     if !report.stopped.is_empty() {
-        println!("stopped: {}", names(&report.stopped));
+        let _ = writeln!(out, "stopped: {}", names(&report.stopped));
     }
     if !report.killed.is_empty() {
-        println!("killed after the grace period: {}", names(&report.killed));
+        let _ = writeln!(out, "killed after the grace period: {}", names(&report.killed));
     }
     if report.purged {
-        println!("purged data, logs and records in {}", dir.display());
+        let _ = writeln!(out, "purged data, logs and records in {}", dir.display());
     } else {
-        println!("data kept in {} (`cairn dev down --purge` deletes it)", dir.display());
+        let _ = writeln!(out, "data kept in {} (`cairn dev down --purge` deletes it)", dir.display());
     }
+    emit(&out)?;
     Ok(ExitCode::SUCCESS)
 }
 
 async fn dev_status(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     let Some(reports) = dev::status(dir).await.context("read the dev cluster status")? else {
-        println!("no cluster recorded in {}", dir.display());
+        emit(&format!("no cluster recorded in {}\n", dir.display()))?;
         return Ok(ExitCode::FAILURE);
     };
+    let mut out = String::new();
     let mut healthy = true;
     for report in &reports {
         let node = &report.node;
@@ -81,7 +98,8 @@ async fn dev_status(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
             }
         };
         healthy &= report.alive;
-        println!(
+        let _ = writeln!(
+            out,
             "{} pid={pid} alive={} client={} http={} status={status}",
             node.node_ref(),
             if report.alive { "yes" } else { "no" },
@@ -89,19 +107,17 @@ async fn dev_status(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
             node.addrs.http,
         );
     }
+    emit(&out)?;
     Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn print_nodes(state: &ClusterState) {
-    for node in &state.nodes {
-        let pid = node.pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
-        println!(
-            "  {} pid={pid} client={} http={} log={}",
-            node.node_ref(),
-            node.addrs.client,
-            node.addrs.http,
-            node.log_path.display()
-        );
+/// Writes `text` to stdout. A closed pipe (`cairn dev status | head -1`) is not an error: the
+/// reader has what it wanted.
+fn emit(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("write to stdout"),
+        _ => Ok(()),
     }
 }
 
@@ -109,13 +125,12 @@ async fn bench_kv(args: BenchKvArgs) -> anyhow::Result<ExitCode> {
     let config = args.config();
     let output = args.output;
     kv::run(&config, |result| {
-        let mut stdout = std::io::stdout().lock();
         let line = match output {
             OutputFormat::Text => result.text_line(),
             OutputFormat::Json => serde_json::to_string(result).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),
         };
-        let _ = writeln!(stdout, "{line}");
-        let _ = stdout.flush();
+        // A closed stdout must not abort the remaining runs' progress on stderr.
+        let _ = emit(&format!("{line}\n"));
         if let (OutputFormat::Text, Some(error)) = (output, &result.first_error) {
             eprintln!("first error (op={} clients={}): {error}", result.op.name(), result.clients);
         }

@@ -7,6 +7,11 @@ use std::time::Duration;
 /// Largest dev-cluster coordinator group `cairn dev up` / [`crate::dev::Cluster`] will start.
 pub const DEV_COORDINATORS_MAX: usize = 9;
 
+/// Dev-cluster ports are drawn at random from `DEV_PORT_MIN` up to the start of the kernel's
+/// ephemeral port range, trying this many before letting the kernel choose.
+pub const DEV_PORT_MIN: u16 = 10_000;
+pub const DEV_PORT_PICK_ATTEMPTS: usize = 64;
+
 /// Default overall deadline for a dev cluster to report healthy.
 pub const DEV_READY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
 

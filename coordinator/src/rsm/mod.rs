@@ -21,6 +21,7 @@ mod types;
 pub use app::App;
 pub use error::RsmError;
 pub use log_store::LogStore;
+pub use network::incoming_nodelay;
 pub use node::{AppRpcHandler, Rsm, RsmConfig};
 pub use service::PeerService;
 pub use state_machine::StateMachine;

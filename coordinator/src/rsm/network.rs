@@ -4,6 +4,8 @@
 //! as `Unreachable` so openraft backs off instead of spinning; a remote Raft error comes back as
 //! `RemoteError` so openraft can react to it (e.g. a higher term).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_proto::raft::raft_service_client::RaftServiceClient;
@@ -37,15 +39,32 @@ pub(crate) fn peer_client(channel: Channel) -> RaftServiceClient<Channel> {
         .max_encoding_message_size(limits::RAFT_MESSAGE_BYTES_MAX)
 }
 
-/// Creates [`PeerNetwork`] clients for openraft's replication tasks.
+/// Creates [`PeerNetwork`] clients for openraft's replication tasks and leadership checks.
+///
+/// Channels are cached per address: openraft asks for a new client for every read-index
+/// round, and a fresh HTTP/2 connection each time would cost a handshake per linearizable read.
 #[derive(Clone, Default)]
-pub struct NetworkFactory;
+pub struct NetworkFactory {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl NetworkFactory {
+    pub(crate) fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock().map_err(|_| "peer channel cache poisoned".to_string())?;
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = peer_channel(addr).map_err(|e| e.to_string())?;
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerNetwork {
-        let client = peer_channel(&node.addr).map(peer_client).map_err(|e| e.to_string());
+        let client = self.channel(&node.addr).map(peer_client);
         PeerNetwork { target, client }
     }
 }
@@ -157,4 +176,17 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         let reply = self.call(Method::Vote, &rpc, option.hard_ttl()).await;
         self.finish(reply)
     }
+}
+
+/// Accepted connections of `listener`, with Nagle's algorithm off. gRPC writes small frames;
+/// with Nagle on, a response can wait ~40 ms for the peer's delayed ACK.
+pub fn incoming_nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static {
+    use futures::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
 }

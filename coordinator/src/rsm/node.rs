@@ -10,9 +10,9 @@
 //! - Proposals are batched: every command waiting when a batch is cut shares one log entry,
 //!   one fsync and one replication round; up to `BATCHES_IN_FLIGHT_MAX` batches are pipelined.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use cairn_proto::raft::raft_service_client::RaftServiceClient;
@@ -26,7 +26,7 @@ use tonic::transport::Channel;
 use super::app::App;
 use super::error::RsmError;
 use super::log_store::{LogStore, LOG_TABLE, META_TABLE};
-use super::network::{peer_channel, peer_client, NetworkFactory};
+use super::network::{peer_client, NetworkFactory};
 use super::state_machine::{StateMachine, SM_TABLE};
 use super::store::RocksStore;
 use super::types::{CommandBatch, NodeId, Raft, RaftMetrics};
@@ -89,7 +89,7 @@ struct Inner<A: App> {
     app: Arc<A>,
     proposals: mpsc::Sender<Proposal>,
     reads: mpsc::Sender<ReadWaiter>,
-    peers: Mutex<HashMap<String, RaftServiceClient<Channel>>>,
+    network: NetworkFactory,
     app_rpc: OnceLock<Arc<dyn AppRpcHandler>>,
 }
 
@@ -133,8 +133,10 @@ impl<A: App> Rsm<A> {
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(internal)?);
-        let raft =
-            Raft::new(config.node_id, raft_config, NetworkFactory, log_store, state_machine).await.map_err(internal)?;
+        let network = NetworkFactory::default();
+        let raft = Raft::new(config.node_id, raft_config, network.clone(), log_store, state_machine)
+            .await
+            .map_err(internal)?;
 
         let (proposals, proposal_rx) = mpsc::channel(limits::PROPOSAL_QUEUE_MAX);
         let (reads, read_rx) = mpsc::channel(limits::READ_INDEX_QUEUE_MAX);
@@ -145,7 +147,7 @@ impl<A: App> Rsm<A> {
             app,
             proposals,
             reads,
-            peers: Mutex::new(HashMap::new()),
+            network,
             app_rpc: OnceLock::new(),
         });
         tokio::spawn(batch_proposals(inner.raft.clone(), proposal_rx));
@@ -240,14 +242,9 @@ impl<A: App> Rsm<A> {
     }
 
     fn peer(&self, addr: &str) -> Result<RaftServiceClient<Channel>, RsmError> {
-        let mut peers = self.inner.peers.lock().map_err(|_| internal("peer cache poisoned"))?;
-        if let Some(c) = peers.get(addr) {
-            return Ok(c.clone());
-        }
-        let client =
-            peer_client(peer_channel(addr).map_err(|e| RsmError::Peer { peer: addr.into(), message: e.to_string() })?);
-        peers.insert(addr.to_string(), client.clone());
-        Ok(client)
+        let channel =
+            self.inner.network.channel(addr).map_err(|message| RsmError::Peer { peer: addr.into(), message })?;
+        Ok(peer_client(channel))
     }
 
     async fn forward(&self, addr: &str, command: Vec<u8>) -> Result<Vec<u8>, RsmError> {

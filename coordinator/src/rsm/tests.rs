@@ -99,7 +99,7 @@ async fn start_node(id: u64, dir: &std::path::Path, listener: tokio::net::TcpLis
     let (stop, stopped) = oneshot::channel::<()>();
     let service = PeerService::new(rsm.clone());
     tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming = super::incoming_nodelay(listener);
         let _ = tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, async {

@@ -311,3 +311,62 @@ impl Drop for Cluster {
         let _ = self.state.remove_env();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_proto::etcdserverpb::kv_client::KvClient;
+    use cairn_proto::etcdserverpb::{PutRequest, RangeRequest};
+
+    /// Needs `cairn-coordinator` next to the test binary's parent directory (run
+    /// `cargo build -p cairn-coordinator` first): `cargo test -p cairn-fs-client -- --ignored`.
+    #[tokio::test]
+    #[ignore = "needs the cairn-coordinator binary"]
+    async fn real_cluster_lifecycle() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let spec = ClusterSpec::new(tmp.path().join("c"));
+        let mut cluster = Cluster::start(spec.clone()).await.expect("start");
+        assert_eq!(cluster.endpoints().len(), 3);
+        assert!(cluster.dir().join("cluster.env").exists());
+        let leader = cluster.wait_for_leader(Duration::from_secs(10)).await.expect("leader");
+
+        let mut kv = KvClient::connect(format!("http://{}", cluster.endpoints()[0])).await.expect("connect");
+        kv.put(PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() }).await.expect("put");
+
+        cluster.kill(leader, Signal::SIGKILL).expect("kill leader");
+        assert!(!cluster.is_running(leader));
+        assert_eq!(cluster.node(leader).expect("node").pid, None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let new_leader = loop {
+            match cluster.leader_id().await {
+                Some(l) if l != leader => break l,
+                _ if Instant::now() > deadline => panic!("no new leader"),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        cluster.wait_ready(Duration::from_secs(20)).await.expect("survivors ready");
+        cluster.restart(leader).await.expect("restart");
+        cluster.wait_ready(Duration::from_secs(30)).await.expect("all ready");
+
+        let follower = cluster.coordinator_ids().into_iter().find(|&id| id != new_leader).expect("a follower");
+        cluster.kill(follower, Signal::SIGSTOP).expect("freeze");
+        cluster.kill(follower, Signal::SIGCONT).expect("thaw");
+        let status = cluster.stop(follower).await.expect("stop");
+        assert!(status.success(), "{status}");
+        cluster.restart(follower).await.expect("restart");
+        cluster.wait_ready(Duration::from_secs(30)).await.expect("ready again");
+
+        // Dropping kills everything; a new Cluster on the same dir reuses ports and data.
+        let endpoints = cluster.endpoints();
+        drop(cluster);
+        let cluster = Cluster::start(spec).await.expect("start again");
+        assert_eq!(cluster.endpoints(), endpoints);
+        let mut kv = KvClient::connect(format!("http://{}", cluster.endpoints()[1])).await.expect("connect");
+        let response =
+            kv.range(RangeRequest { key: b"k".to_vec(), ..Default::default() }).await.expect("range").into_inner();
+        assert_eq!(response.kvs.first().map(|kv| kv.value.clone()), Some(b"v".to_vec()));
+        for line in cluster.unexpected_errors(&[]).expect("scan") {
+            eprintln!("error line: {line}");
+        }
+    }
+}

@@ -1,13 +1,20 @@
 //! Free-port selection on 127.0.0.1.
 //!
-//! A port is "picked" by binding it (port 0 lets the kernel choose). The allocator keeps every
-//! listener open until [`PortAllocator::release`], so one cluster never gets the same port twice;
-//! after release, the servers bind them. Another process could take a port in between — an
-//! accepted race for a development tool.
+//! A port is "picked" by binding it. The allocator keeps every listener open until
+//! [`PortAllocator::release`], so one cluster never gets the same port twice; after release, the
+//! servers bind them. Another process could take a port in between — an accepted race for a
+//! development tool, made rare by where ports are drawn from: random ports *below* the kernel's
+//! ephemeral range (`ip_local_port_range`), because the kernel hands ephemeral ports to every
+//! outgoing connection (clients, Raft peers, other tests) and a released ephemeral port is soon
+//! reused as some connection's source port. Only if no such port can be bound does the kernel
+//! pick one (port 0).
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 
+use rand::Rng;
+
 use super::DevError;
+use crate::limits::{DEV_PORT_MIN, DEV_PORT_PICK_ATTEMPTS};
 
 /// Hands out distinct free ports, holding each bound until released.
 #[derive(Debug, Default)]
@@ -28,6 +35,17 @@ impl PortAllocator {
                 return Ok(port);
             }
         }
+        let low = ephemeral_port_low();
+        if low > DEV_PORT_MIN {
+            let mut rng = rand::thread_rng();
+            for _ in 0..DEV_PORT_PICK_ATTEMPTS {
+                let port = rng.gen_range(DEV_PORT_MIN..low);
+                if let Ok(listener) = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))) {
+                    self.held.push(listener);
+                    return Ok(port);
+                }
+            }
+        }
         let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
             .map_err(|e| DevError::io("bind a free port on 127.0.0.1", e))?;
         let port = listener.local_addr().map_err(|e| DevError::io("read a bound port", e))?.port();
@@ -39,6 +57,14 @@ impl PortAllocator {
     pub fn release(self) {
         drop(self.held);
     }
+}
+
+/// The first port of the kernel's ephemeral range (Linux default 32768).
+fn ephemeral_port_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
 }
 
 /// `n` distinct free ports on 127.0.0.1 (released before returning).
@@ -55,12 +81,12 @@ mod tests {
     use std::collections::HashSet;
 
     #[test]
-    fn picked_ports_are_distinct_and_bindable() {
+    fn picked_ports_are_distinct_and_outside_the_ephemeral_range() {
         let ports = pick_free_ports(9).expect("pick");
         assert_eq!(ports.iter().collect::<HashSet<_>>().len(), 9);
+        let low = ephemeral_port_low();
         for port in ports {
-            assert_ne!(port, 0);
-            TcpListener::bind(("127.0.0.1", port)).expect("released port is bindable");
+            assert!((DEV_PORT_MIN..low).contains(&port), "{port}");
         }
     }
 
