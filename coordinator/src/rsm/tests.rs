@@ -235,3 +235,50 @@ async fn three_nodes_forward_read_failover_and_snapshot_catch_up() {
         stop_node(n).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn membership_add_learner_promote_and_remove_online() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut listeners = Vec::new();
+    for _ in 0..4 {
+        listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+    }
+    let addrs: Vec<String> = listeners.iter().map(|l| l.local_addr().expect("addr").to_string()).collect();
+    let mut nodes = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        nodes.push(start_node(i as u64 + 1, dir.path(), l).await);
+    }
+    // Start with nodes 1-3; node 4 runs from an empty data dir but belongs to no cluster yet.
+    let members: BTreeMap<u64, String> = (1..=3).map(|id| (id, addrs[id as usize - 1].clone())).collect();
+    nodes[0].rsm.bootstrap(members).await.expect("bootstrap");
+    let leader = wait_leader(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+    let leader_node = &nodes[leader as usize - 1];
+    for i in 0..20 {
+        leader_node.rsm.propose(format!("before{i}={i}").into_bytes()).await.expect("propose");
+    }
+
+    // Add node 4 as a learner: it catches up while the cluster keeps serving.
+    leader_node.rsm.add_learner(4, addrs[3].clone()).await.expect("add learner");
+    leader_node.rsm.propose(b"with_learner=1".to_vec()).await.expect("propose with learner");
+    let learners: Vec<u64> = leader_node.rsm.metrics().borrow().membership_config.membership().learner_ids().collect();
+    assert_eq!(learners, vec![4]);
+    // Promote: voters become {1,2,3,4}.
+    leader_node.rsm.change_voters([1, 2, 3, 4].into_iter().collect(), false).await.expect("promote");
+    nodes[3].rsm.read_barrier().await.expect("barrier on new voter");
+    assert_eq!(read(&nodes[3], "before19").as_deref(), Some("19"));
+    assert_eq!(read(&nodes[3], "with_learner").as_deref(), Some("1"));
+
+    // Remove a voter that is not the leader; the remaining three keep serving.
+    let removed = (1..=3).find(|id| *id != leader).expect("a non-leader");
+    let voters: std::collections::BTreeSet<u64> = [1, 2, 3, 4].into_iter().filter(|id| *id != removed).collect();
+    leader_node.rsm.change_voters(voters.clone(), false).await.expect("remove voter");
+    let m = leader_node.rsm.metrics().borrow().clone();
+    let now: std::collections::BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+    assert_eq!(now, voters);
+    leader_node.rsm.propose(b"after_remove=1".to_vec()).await.expect("propose after removal");
+    nodes[3].rsm.read_barrier().await.expect("barrier");
+    assert_eq!(read(&nodes[3], "after_remove").as_deref(), Some("1"));
+    for n in nodes.iter_mut() {
+        stop_node(n).await;
+    }
+}
