@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "proto/etcd/v3election.proto",
     "proto/cairn/raft.proto",
     "proto/cairn/coordinator.proto",
+    "proto/cairn/chunk.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -304,7 +304,7 @@ impl AppRpcHandler for LeaderCalls {
             match result {
                 Ok(v) => Ok(v.to_be_bytes().to_vec()),
                 Err(ApiError::Rsm(e)) => Err(e),
-                Err(ApiError::Kv(e)) => Err(RsmError::Internal(e.to_string())),
+                Err(e @ (ApiError::Kv(_) | ApiError::Member(_))) => Err(RsmError::Internal(e.to_string())),
             }
         })
     }

@@ -51,6 +51,12 @@ pub struct Flags {
     /// Peer address this node announces (defaults to --listen-peer).
     #[arg(long)]
     pub advertise_peer: Option<String>,
+    /// Client address this node announces in the member list (defaults to --listen-client).
+    #[arg(long)]
+    pub advertise_client: Option<String>,
+    /// Human-readable member name (defaults to coordinator-<node id>).
+    #[arg(long)]
+    pub name: Option<String>,
     /// Members of a new cluster: `1=127.0.0.1:2380,2=127.0.0.1:2381,...` (peer addresses).
     /// Used only when the data dir is empty; the lowest id bootstraps the cluster.
     #[arg(long)]
@@ -79,6 +85,8 @@ struct FileConfig {
     listen_peer: Option<SocketAddr>,
     listen_http: Option<SocketAddr>,
     advertise_peer: Option<String>,
+    advertise_client: Option<String>,
+    name: Option<String>,
     initial_cluster: Option<String>,
     heartbeat_interval: Option<String>,
     election_timeout: Option<String>,
@@ -95,6 +103,8 @@ pub struct CoordinatorConfig {
     pub listen_peer: SocketAddr,
     pub listen_http: SocketAddr,
     pub advertise_peer: String,
+    pub advertise_client: String,
+    pub name: String,
     pub initial_cluster: BTreeMap<NodeId, String>,
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
@@ -150,6 +160,9 @@ impl Flags {
         let listen_peer = self.listen_peer.or(file.listen_peer).ok_or(ConfigError::Missing("listen_peer"))?;
         let listen_http = self.listen_http.or(file.listen_http).ok_or(ConfigError::Missing("listen_http"))?;
         let advertise_peer = self.advertise_peer.or(file.advertise_peer).unwrap_or_else(|| listen_peer.to_string());
+        let advertise_client =
+            self.advertise_client.or(file.advertise_client).unwrap_or_else(|| listen_client.to_string());
+        let name = self.name.or(file.name).unwrap_or_else(|| format!("coordinator-{node_id}"));
         let initial_cluster = match self.initial_cluster.or(file.initial_cluster) {
             Some(text) => parse_initial_cluster(&text)?,
             None => BTreeMap::from([(node_id, advertise_peer.clone())]),
@@ -189,6 +202,8 @@ impl Flags {
             listen_peer,
             listen_http,
             advertise_peer,
+            advertise_client,
+            name,
             initial_cluster,
             heartbeat_interval_ms,
             election_timeout_ms,

@@ -4,9 +4,12 @@
 pub mod api;
 pub mod backend;
 pub mod config;
+pub mod election;
 pub mod http;
 pub mod lessor;
 pub mod limits;
+pub mod lock;
+pub mod membership;
 pub mod metrics;
 pub mod mvcc;
 pub mod node;

@@ -72,3 +72,25 @@ pub const KV_STAGED_EVENT_BATCHES_MAX: usize = 4096;
 
 const _: () = assert!(KV_TXN_OPS_MAX > 0);
 const _: () = assert!(KV_STAGED_EVENT_BATCHES_MAX >= WATCH_BROADCAST_BATCHES);
+
+// ---- Locks and elections (lock, election) ----
+
+/// `Lock` calls in progress (nearly all of them waiting for their turn) on one node; beyond it
+/// new ones fail with etcd's "too many requests".
+pub const LOCK_WAITERS_MAX: usize = 10_000;
+/// `Campaign` calls in progress plus `Observe` streams open on one node.
+pub const ELECTION_WAITERS_MAX: usize = 10_000;
+/// Leader updates buffered per `Observe` stream before the observer waits for the client.
+pub const ELECTION_OBSERVE_BUFFER: usize = 16;
+/// etcd's default session TTL (`concurrency.NewSession`): the lease a `Lock` or `Campaign`
+/// naming lease 0 is given.
+pub const LOCK_DEFAULT_LEASE_TTL_SECS: i64 = 60;
+/// How long a waiter's grant-time check keeps retrying while the cluster is between leaders.
+pub const LOCK_GRANT_CHECK_TIMEOUT: Duration = Duration::from_secs(15);
+/// Backoff step between those retries; the pause grows by one step per attempt, up to ten.
+pub const LOCK_GRANT_CHECK_BACKOFF: Duration = Duration::from_millis(20);
+
+const _: () = assert!(LOCK_DEFAULT_LEASE_TTL_SECS <= LEASE_TTL_SECS_MAX);
+const _: () = assert!(ELECTION_OBSERVE_BUFFER > 0);
+// A retry pause never exceeds one read-index deadline.
+const _: () = assert!(LOCK_GRANT_CHECK_BACKOFF.as_millis() * 10 < READ_INDEX_TIMEOUT.as_millis());

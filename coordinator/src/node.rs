@@ -5,20 +5,26 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_proto::etcdserverpb::cluster_server::ClusterServer;
 use cairn_proto::etcdserverpb::kv_server::KvServer;
 use cairn_proto::etcdserverpb::lease_server::LeaseServer;
 use cairn_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use cairn_proto::etcdserverpb::watch_server::WatchServer;
+use cairn_proto::v3electionpb::election_server::ElectionServer;
+use cairn_proto::v3lockpb::lock_server::LockServer;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{kv::KvApi, lease::LeaseApi, maintenance::MaintenanceApi, watch::WatchApi};
+use crate::api::{cluster::ClusterApi, kv::KvApi, lease::LeaseApi, maintenance::MaintenanceApi, watch::WatchApi};
+use crate::api::{election::ElectionApi, lock::LockApi};
 use crate::backend::Backend;
 use crate::config::CoordinatorConfig;
+use crate::election::Elections;
 use crate::lessor::Lessor;
 use crate::limits;
+use crate::lock::Locks;
 use crate::mvcc::KvStateMachine;
-use crate::rsm::{incoming_nodelay, PeerService, Rsm, RsmConfig, RsmError};
+use crate::rsm::{incoming_nodelay, Member, PeerService, Rsm, RsmConfig, RsmError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -76,8 +82,31 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> Resu
 
     // The lowest id of a new cluster bootstraps it; the others wait to be contacted.
     if config.initial_cluster.keys().next() == Some(&config.node_id) {
-        rsm.bootstrap(config.initial_cluster.clone()).await?;
+        let members = config
+            .initial_cluster
+            .iter()
+            .map(|(id, peer)| {
+                let mut member = Member::new(peer.clone());
+                if *id == config.node_id {
+                    member.client_addr = config.advertise_client.clone();
+                    member.name = config.name.clone();
+                }
+                (*id, member)
+            })
+            .collect();
+        rsm.bootstrap(members).await?;
     }
+    let me = Member {
+        peer_addr: config.advertise_peer.clone(),
+        client_addr: config.advertise_client.clone(),
+        name: config.name.clone(),
+    };
+    let stop = shutdown.clone();
+    let publisher = rsm.clone();
+    tasks.spawn(async move {
+        publish_self(publisher, me, stop).await;
+        Ok(())
+    });
 
     let backend = Backend::new(rsm.clone(), Arc::new(Lessor::new()), cluster_id(&config), config.election_timeout_ms);
 
@@ -96,13 +125,23 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> Resu
     let maintenance = MaintenanceServer::new(MaintenanceApi { backend: backend.clone() })
         .max_decoding_message_size(limits::GRPC_RECV_BYTES_MAX)
         .max_encoding_message_size(limits::GRPC_SEND_BYTES_MAX);
+    let lock = LockServer::new(LockApi { locks: Locks::new(backend.clone()) })
+        .max_decoding_message_size(limits::GRPC_RECV_BYTES_MAX)
+        .max_encoding_message_size(limits::GRPC_SEND_BYTES_MAX);
+    let election = ElectionServer::new(ElectionApi { elections: Elections::new(backend.clone()) })
+        .max_decoding_message_size(limits::GRPC_RECV_BYTES_MAX)
+        .max_encoding_message_size(limits::GRPC_SEND_BYTES_MAX);
+    let cluster = ClusterServer::new(ClusterApi { backend: backend.clone() });
     let stop = shutdown.clone();
     tasks.spawn(async move {
         tonic::transport::Server::builder()
+            .add_service(cluster)
             .add_service(kv)
             .add_service(watch)
             .add_service(lease)
             .add_service(maintenance)
+            .add_service(lock)
+            .add_service(election)
             .serve_with_incoming_shutdown(incoming_nodelay(client_listener), stop.cancelled())
             .await
             .map_err(|e| NodeError::Server { what: "client", message: e.to_string() })
@@ -132,16 +171,25 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> Resu
     );
 
     let mut result = Ok(());
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        Some(done) = tasks.join_next() => {
-            // A server ended on its own: shut everything down and report why.
-            result = match done {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e),
-                Err(e) => Err(NodeError::Server { what: "task", message: e.to_string() }),
-            };
-            shutdown.cancel();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            done = tasks.join_next() => match done {
+                // A helper task (e.g. publishing this member) finished its job.
+                Some(Ok(Ok(()))) => continue,
+                // A server failed: shut everything down and report why.
+                Some(Ok(Err(e))) => {
+                    result = Err(e);
+                    shutdown.cancel();
+                    break;
+                }
+                Some(Err(e)) => {
+                    result = Err(NodeError::Server { what: "task", message: e.to_string() });
+                    shutdown.cancel();
+                    break;
+                }
+                None => break,
+            },
         }
     }
     while let Some(done) = tasks.join_next().await {
@@ -177,6 +225,21 @@ async fn expire_leases_while_leader(backend: Arc<Backend>, stop: CancellationTok
         }
         if let Err(e) = backend.expire_leases().await {
             tracing::warn!(error = %e, "lease expiry round failed");
+        }
+    }
+}
+
+/// Records this node's client address and name in the membership once it is a member (other
+/// members and `etcdctl member list` learn client endpoints from there), retrying until done.
+async fn publish_self(rsm: Rsm<KvStateMachine>, me: Member, stop: CancellationToken) {
+    loop {
+        match rsm.publish_self(me.clone()).await {
+            Ok(()) => return,
+            Err(e) => tracing::debug!(error = %e, "publishing member attributes; will retry"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
 }

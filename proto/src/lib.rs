@@ -7,8 +7,8 @@
 //!   [`v3electionpb`] (service `Election`). The module names equal the proto package names so
 //!   that generated cross-package references (`super::mvccpb::KeyValue`, ...) resolve.
 //! * Cairn's own protocols: [`raft`] (`cairn.raft.v1`, the Raft transport between coordinator
-//!   replicas) and [`coordinator`] (`cairn.coordinator.v1`, the coordinator's replicated command
-//!   log format).
+//!   replicas), [`coordinator`] (`cairn.coordinator.v1`, the coordinator's replicated command
+//!   log format) and [`chunk`] (`cairn.chunk.v1`, the chunkserver API).
 //!
 //! The `.proto` sources live in this crate's `proto/` directory; [`FILE_DESCRIPTOR_SET`] holds
 //! their encoded descriptors (e.g. for gRPC server reflection).
@@ -44,7 +44,7 @@ pub mod v3electionpb {
 }
 
 /// Cairn's own packages, nested as in their proto package names (`cairn.raft.v1`, ...).
-/// Prefer the re-exports [`raft`] and [`coordinator`].
+/// Prefer the re-exports [`raft`], [`coordinator`] and [`chunk`].
 pub mod cairn {
     /// Package `cairn.raft`.
     pub mod raft {
@@ -63,8 +63,18 @@ pub mod cairn {
             tonic::include_proto!("cairn.coordinator.v1");
         }
     }
+
+    /// Package `cairn.chunk`.
+    pub mod chunk {
+        /// Generated code from package `cairn.chunk.v1` (`chunk.proto`): the chunkserver API.
+        #[allow(clippy::all, clippy::pedantic, clippy::nursery, missing_docs)]
+        pub mod v1 {
+            tonic::include_proto!("cairn.chunk.v1");
+        }
+    }
 }
 
+pub use cairn::chunk::v1 as chunk;
 pub use cairn::coordinator::v1 as coordinator;
 pub use cairn::raft::v1 as raft;
 

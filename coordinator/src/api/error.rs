@@ -3,6 +3,9 @@
 
 use tonic::{Code, Status};
 
+use crate::election::ElectionError;
+use crate::lock::LockError;
+use crate::membership::MemberError;
 use crate::mvcc::KvError;
 use crate::rsm::RsmError;
 
@@ -13,6 +16,8 @@ pub enum ApiError {
     Kv(#[from] KvError),
     #[error(transparent)]
     Rsm(#[from] RsmError),
+    #[error(transparent)]
+    Member(#[from] MemberError),
 }
 
 pub fn kv_status(e: &KvError) -> Status {
@@ -40,8 +45,18 @@ pub fn rsm_status(e: &RsmError) -> Status {
         RsmError::Timeout => Status::unavailable("etcdserver: request timed out"),
         RsmError::ShuttingDown => Status::unavailable("etcdserver: server stopped"),
         RsmError::Peer { .. } => Status::unavailable(format!("etcdserver: {e}")),
+        RsmError::Membership(m) => Status::failed_precondition(format!("etcdserver: {m}")),
         RsmError::Internal(m) => Status::internal(format!("etcdserver: {m}")),
     }
+}
+
+pub fn member_status(e: &MemberError) -> Status {
+    let code = match e {
+        MemberError::NotFound => Code::NotFound,
+        MemberError::PeerUrlExists | MemberError::NotLearner | MemberError::LastVoter => Code::FailedPrecondition,
+        MemberError::BadPeerUrl(_) => Code::InvalidArgument,
+    };
+    Status::new(code, e.to_string())
 }
 
 impl From<ApiError> for Status {
@@ -49,7 +64,46 @@ impl From<ApiError> for Status {
         match &e {
             ApiError::Kv(k) => kv_status(k),
             ApiError::Rsm(r) => rsm_status(r),
+            ApiError::Member(m) => member_status(m),
         }
+    }
+}
+
+// ---- Lock and Election ----
+//
+// etcd 3.4 serves these two services through an embedded client, which turns every failure into
+// a plain Go error: gRPC code UNKNOWN with etcd's message ("etcdserver: requested lease not
+// found", "election: not leader", ...). Cairn answers the same for failures that are answers;
+// failures of availability keep their UNAVAILABLE codes so that clients retry them.
+
+pub fn lock_status(e: &LockError) -> Status {
+    match e {
+        LockError::Api(ApiError::Rsm(r)) => rsm_status(r),
+        LockError::Api(ApiError::Kv(k @ KvError::Store(_))) => kv_status(k),
+        LockError::Api(ApiError::Kv(k)) => Status::unknown(k.to_string()),
+        LockError::Api(ApiError::Member(m)) => member_status(m),
+        LockError::TooManyWaiters => Status::resource_exhausted(e.to_string()),
+    }
+}
+
+pub fn election_status(e: &ElectionError) -> Status {
+    match e {
+        ElectionError::Lock(l) => lock_status(l),
+        ElectionError::NotLeader | ElectionError::NoLeader | ElectionError::MissingLeaderKey => {
+            Status::unknown(e.to_string())
+        }
+    }
+}
+
+impl From<LockError> for Status {
+    fn from(e: LockError) -> Status {
+        lock_status(&e)
+    }
+}
+
+impl From<ElectionError> for Status {
+    fn from(e: ElectionError) -> Status {
+        election_status(&e)
     }
 }
 

@@ -2,8 +2,11 @@
 //! [`Backend`](crate::backend::Backend) or [`WatchSession`](crate::watch::WatchSession), and maps
 //! errors through the single table in [`error`].
 
+pub mod cluster;
+pub mod election;
 pub mod error;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 pub mod watch;

@@ -18,6 +18,9 @@ pub enum RsmError {
     /// A peer failed or answered something unexpected.
     #[error("peer {peer}: {message}")]
     Peer { peer: String, message: String },
+    /// A membership change that cannot be made (unknown member, already a voter, ...).
+    #[error("membership: {0}")]
+    Membership(String),
     #[error("{0}")]
     Internal(String),
 }

@@ -22,10 +22,10 @@ pub use app::App;
 pub use error::RsmError;
 pub use log_store::LogStore;
 pub use network::incoming_nodelay;
-pub use node::{AppRpcHandler, Rsm, RsmConfig};
+pub use node::{AppRpcHandler, MembershipChange, Rsm, RsmConfig};
 pub use service::PeerService;
 pub use state_machine::StateMachine;
-pub use types::{BatchResponse, CommandBatch, NodeId, RaftMetrics, TypeConfig};
+pub use types::{BatchResponse, CommandBatch, Member, NodeId, RaftMetrics, TypeConfig};
 
 #[cfg(test)]
 mod tests;

@@ -16,10 +16,9 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::BasicNode;
 use tonic::transport::{Channel, Endpoint};
 
-use super::types::{decode, encode, NodeId, TypeConfig};
+use super::types::{decode, encode, Member, NodeId, TypeConfig};
 use crate::limits;
 
 /// Opens a lazily-connected channel to a peer's Raft service.
@@ -63,8 +62,8 @@ impl NetworkFactory {
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerNetwork;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerNetwork {
-        let client = self.channel(&node.addr).map(peer_client);
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerNetwork {
+        let client = self.channel(&node.peer_addr).map(peer_client);
         PeerNetwork { target, client }
     }
 }
@@ -126,7 +125,7 @@ impl PeerNetwork {
     fn finish<Resp, E>(
         &self,
         reply: Result<Vec<u8>, CallError>,
-    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    ) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
     where
         Resp: serde::de::DeserializeOwned,
         E: std::error::Error + serde::de::DeserializeOwned,
@@ -153,7 +152,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         let reply = self.call(Method::Append, &rpc, option.hard_ttl()).await;
         self.finish(reply)
     }
@@ -162,7 +161,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>>
     {
         let reply = self.call(Method::Snapshot, &rpc, option.hard_ttl()).await;
         self.finish(reply)
@@ -172,7 +171,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         &mut self,
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         let reply = self.call(Method::Vote, &rpc, option.hard_ttl()).await;
         self.finish(reply)
     }

@@ -19,7 +19,8 @@ use cairn_proto::raft::raft_service_client::RaftServiceClient;
 use cairn_proto::raft::{AppRpcRequest, ForwardRequest, ReadIndexRequest};
 use futures::future::BoxFuture;
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{BasicNode, ChangeMembers, ServerState};
+use openraft::{ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::transport::Channel;
 
@@ -29,7 +30,7 @@ use super::log_store::{LogStore, LOG_TABLE, META_TABLE};
 use super::network::{peer_client, NetworkFactory};
 use super::state_machine::{StateMachine, SM_TABLE};
 use super::store::RocksStore;
-use super::types::{CommandBatch, NodeId, Raft, RaftMetrics};
+use super::types::{decode, encode, CommandBatch, Member, NodeId, Raft, RaftMetrics};
 use crate::limits;
 
 /// Header carrying the leader's id on a "not leader" answer from a peer.
@@ -68,6 +69,22 @@ impl RsmConfig {
             purge_batch_size: 256,
         }
     }
+}
+
+/// The AppRpc method the runtime reserves for membership changes forwarded to the leader.
+const RSM_MEMBERSHIP_METHOD: &str = "rsm.membership";
+
+/// A membership change, applied on the leader through openraft's joint consensus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Add a member, as a learner or (after it is added as a learner) as a voter.
+    Add { id: NodeId, member: Member, as_learner: bool },
+    /// Make a learner a voter.
+    Promote { id: NodeId },
+    /// Remove a member (a voter is removed from the voter set and the member list at once).
+    Remove { id: NodeId },
+    /// Change a member's recorded addresses or name.
+    Update { id: NodeId, member: Member },
 }
 
 /// Leader-only application calls forwarded from followers (see `RaftService.AppRpc`).
@@ -184,7 +201,7 @@ impl<A: App> Rsm<A> {
     pub fn leader(&self) -> Option<(NodeId, String)> {
         let m = self.inner.raft.metrics().borrow().clone();
         let id = m.current_leader?;
-        let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())?;
+        let addr = m.membership_config.membership().get_node(&id).map(|n| n.peer_addr.clone())?;
         Some((id, addr))
     }
 
@@ -194,19 +211,26 @@ impl<A: App> Rsm<A> {
         m.state == ServerState::Leader && m.current_leader == Some(self.inner.node_id)
     }
 
-    /// Bootstraps a new cluster with `members` (id -> peer address) unless this node already
-    /// holds state. Safe to call on every restart.
-    pub async fn bootstrap(&self, members: BTreeMap<NodeId, String>) -> Result<(), RsmError> {
+    /// Bootstraps a new cluster with `members` unless this node already holds state. Safe to
+    /// call on every restart.
+    pub async fn bootstrap(&self, members: BTreeMap<NodeId, Member>) -> Result<(), RsmError> {
         if self.inner.raft.is_initialized().await.map_err(internal)? {
             return Ok(());
         }
-        let nodes: BTreeMap<NodeId, BasicNode> =
-            members.into_iter().map(|(id, addr)| (id, BasicNode { addr })).collect();
-        match self.inner.raft.initialize(nodes).await {
+        match self.inner.raft.initialize(members).await {
             Ok(()) => Ok(()),
             Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
             Err(e) => Err(internal(e)),
         }
+    }
+
+    /// The current membership as this node knows it: every member, and which are voters.
+    pub fn members(&self) -> (BTreeMap<NodeId, Member>, BTreeSet<NodeId>) {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let nodes = membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
+        let voters = membership.voter_ids().collect();
+        (nodes, voters)
     }
 
     /// Proposes `command`, here if leader or forwarded to the leader, and returns its result.
@@ -261,6 +285,10 @@ impl<A: App> Rsm<A> {
     pub async fn call_leader(&self, method: &str, body: Vec<u8>) -> Result<Vec<u8>, RsmError> {
         match self.leader() {
             Some((id, _)) if id == self.inner.node_id => {
+                if method == RSM_MEMBERSHIP_METHOD {
+                    let change: MembershipChange = decode(&body).map_err(internal)?;
+                    return self.change_membership_here(change).await.map(|_| Vec::new());
+                }
                 let handler = self.inner.app_rpc.get().ok_or_else(|| internal("no application RPC handler"))?;
                 handler.call(method.to_string(), body).await
             }
@@ -329,7 +357,7 @@ impl<A: App> Rsm<A> {
 
     /// Adds `id` as a learner (it starts receiving the log) and waits until it has caught up.
     pub async fn add_learner(&self, id: NodeId, addr: String) -> Result<(), RsmError> {
-        self.inner.raft.add_learner(id, BasicNode { addr }, true).await.map(|_| ()).map_err(write_error)
+        self.inner.raft.add_learner(id, Member::new(addr), true).await.map(|_| ()).map_err(write_error)
     }
 
     /// Replaces the voter set (joint consensus underneath). Voters removed stay learners if
@@ -343,6 +371,82 @@ impl<A: App> Rsm<A> {
         self.inner.raft.change_membership(ChangeMembers::RemoveNodes(ids), false).await.map(|_| ()).map_err(write_error)
     }
 
+    /// Changes the membership, on the leader (forwarded there from a follower). Returns once
+    /// the change is committed.
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<(), RsmError> {
+        match self.leader() {
+            Some((id, _)) if id == self.inner.node_id => self.change_membership_here(change).await,
+            Some(_) => {
+                let body = encode(&change).map_err(internal)?;
+                self.call_leader(RSM_MEMBERSHIP_METHOD, body).await.map(|_| ())
+            }
+            None => Err(RsmError::NoLeader),
+        }
+    }
+
+    async fn change_membership_here(&self, change: MembershipChange) -> Result<(), RsmError> {
+        let raft = &self.inner.raft;
+        let (nodes, voters) = self.members();
+        match change {
+            MembershipChange::Add { id, member, as_learner } => {
+                if nodes.contains_key(&id) {
+                    return Err(RsmError::Membership(format!("member {id} already exists")));
+                }
+                // Not blocking: the new member may not be running yet (it is started after
+                // being added, from an empty data dir, as with etcd's member add).
+                raft.add_learner(id, member, false).await.map_err(write_error)?;
+                if !as_learner {
+                    let ids = BTreeSet::from([id]);
+                    raft.change_membership(ChangeMembers::AddVoterIds(ids), false).await.map_err(write_error)?;
+                }
+            }
+            MembershipChange::Promote { id } => {
+                if !nodes.contains_key(&id) {
+                    return Err(RsmError::Membership(format!("member {id} not found")));
+                }
+                if voters.contains(&id) {
+                    return Err(RsmError::Membership(format!("member {id} is not a learner")));
+                }
+                let ids = BTreeSet::from([id]);
+                raft.change_membership(ChangeMembers::AddVoterIds(ids), false).await.map_err(write_error)?;
+            }
+            MembershipChange::Remove { id } => {
+                if !nodes.contains_key(&id) {
+                    return Err(RsmError::Membership(format!("member {id} not found")));
+                }
+                if voters.contains(&id) {
+                    if voters.len() == 1 {
+                        return Err(RsmError::Membership("cannot remove the last voter".into()));
+                    }
+                    let ids = BTreeSet::from([id]);
+                    raft.change_membership(ChangeMembers::RemoveVoters(ids), false).await.map_err(write_error)?;
+                } else {
+                    let ids = BTreeSet::from([id]);
+                    raft.change_membership(ChangeMembers::RemoveNodes(ids), false).await.map_err(write_error)?;
+                }
+            }
+            MembershipChange::Update { id, member } => {
+                if !nodes.contains_key(&id) {
+                    return Err(RsmError::Membership(format!("member {id} not found")));
+                }
+                let update = BTreeMap::from([(id, member)]);
+                raft.change_membership(ChangeMembers::SetNodes(update), false).await.map_err(write_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records this node's own addresses and name in the membership if they differ (a member
+    /// publishes its client address itself, as etcd members publish their attributes).
+    pub async fn publish_self(&self, member: Member) -> Result<(), RsmError> {
+        let (nodes, _) = self.members();
+        match nodes.get(&self.inner.node_id) {
+            None => Err(RsmError::Membership("this node is not a member yet".into())),
+            Some(current) if *current == member => Ok(()),
+            Some(_) => self.change_membership(MembershipChange::Update { id: self.inner.node_id, member }).await,
+        }
+    }
+
     pub async fn shutdown(&self) {
         if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
@@ -353,7 +457,7 @@ impl<A: App> Rsm<A> {
     }
 }
 
-fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> RsmError {
+fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> RsmError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => RsmError::NotLeader { leader: f.leader_id },
         other => internal(other),
@@ -363,6 +467,9 @@ fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Rsm
 /// Maps a peer's gRPC answer back to the runtime's error (see `service::error_to_status`).
 fn status_to_error(addr: &str, status: &tonic::Status) -> RsmError {
     match status.code() {
+        tonic::Code::FailedPrecondition if status.message().starts_with("membership: ") => {
+            RsmError::Membership(status.message().trim_start_matches("membership: ").to_string())
+        }
         tonic::Code::FailedPrecondition => {
             let leader =
                 status.metadata().get(LEADER_HINT_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());

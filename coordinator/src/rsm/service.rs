@@ -55,6 +55,7 @@ pub(crate) fn error_to_status(e: RsmError) -> Status {
         RsmError::Timeout => Status::deadline_exceeded("request timed out"),
         RsmError::ShuttingDown => Status::unavailable("shutting down"),
         RsmError::Peer { peer, message } => Status::unavailable(format!("peer {peer}: {message}")),
+        RsmError::Membership(m) => Status::failed_precondition(format!("membership: {m}")),
         RsmError::Internal(m) => Status::internal(m),
     }
 }

@@ -303,9 +303,11 @@ impl RocksStore {
         self.db.cf_handle(table).ok_or_else(|| StoreError::UnknownTable(table.into()))
     }
 
-    /// Approximate bytes on disk (SST + blob files), for status reporting.
+    /// Bytes the store occupies on disk (SST, blob, WAL and manifest files), for status
+    /// reporting.
     pub fn size_bytes(&self) -> u64 {
-        self.db.property_int_value(rocksdb::properties::TOTAL_SST_FILES_SIZE).ok().flatten().unwrap_or(0)
+        let Ok(entries) = std::fs::read_dir(self.db.path()) else { return 0 };
+        entries.filter_map(|e| e.ok()?.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
     }
 }
 

@@ -14,7 +14,7 @@ use super::log_store::{LogStore, LOG_TABLE, META_TABLE};
 use super::state_machine::{StateMachine, SM_TABLE};
 use super::store::{RocksStore, StateRead, StateStore, StoreError, WriteSet};
 use super::types::{StorageError, TypeConfig};
-use super::{PeerService, Rsm, RsmConfig, RsmError};
+use super::{Member, PeerService, Rsm, RsmConfig, RsmError};
 
 /// A register map: command "key=value" sets key and answers the previous value.
 #[derive(Default)]
@@ -146,7 +146,8 @@ async fn three_nodes_forward_read_failover_and_snapshot_catch_up() {
         listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind"));
     }
     let addrs: Vec<String> = listeners.iter().map(|l| l.local_addr().expect("addr").to_string()).collect();
-    let members: BTreeMap<u64, String> = addrs.iter().enumerate().map(|(i, a)| (i as u64 + 1, a.clone())).collect();
+    let members: BTreeMap<u64, Member> =
+        addrs.iter().enumerate().map(|(i, a)| (i as u64 + 1, Member::new(a.clone()))).collect();
     let mut nodes = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
         nodes.push(start_node(i as u64 + 1, dir.path(), l).await);
@@ -249,7 +250,7 @@ async fn membership_add_learner_promote_and_remove_online() {
         nodes.push(start_node(i as u64 + 1, dir.path(), l).await);
     }
     // Start with nodes 1-3; node 4 runs from an empty data dir but belongs to no cluster yet.
-    let members: BTreeMap<u64, String> = (1..=3).map(|id| (id, addrs[id as usize - 1].clone())).collect();
+    let members: BTreeMap<u64, Member> = (1..=3).map(|id| (id, Member::new(addrs[id as usize - 1].clone()))).collect();
     nodes[0].rsm.bootstrap(members).await.expect("bootstrap");
     let leader = wait_leader(&[&nodes[0], &nodes[1], &nodes[2]]).await;
     let leader_node = &nodes[leader as usize - 1];

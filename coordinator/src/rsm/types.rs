@@ -27,12 +27,33 @@ impl std::fmt::Display for CommandBatch {
     }
 }
 
+/// A cluster member as the Raft membership records it: where peers reach it, where clients
+/// reach it (published by the member itself once it runs), and a display name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub peer_addr: String,
+    pub client_addr: String,
+    pub name: String,
+}
+
+impl Member {
+    pub fn new(peer_addr: impl Into<String>) -> Self {
+        Self { peer_addr: peer_addr.into(), ..Default::default() }
+    }
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}(peer {}, client {})", self.name, self.peer_addr, self.client_addr)
+    }
+}
+
 openraft::declare_raft_types!(
     pub TypeConfig:
         D = CommandBatch,
         R = BatchResponse,
         NodeId = NodeId,
-        Node = openraft::BasicNode,
+        Node = Member,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
         AsyncRuntime = openraft::TokioRuntime,
@@ -42,11 +63,11 @@ pub type Raft = openraft::Raft<TypeConfig>;
 pub type Entry = openraft::Entry<TypeConfig>;
 pub type LogId = openraft::LogId<NodeId>;
 pub type Vote = openraft::Vote<NodeId>;
-pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;
 pub type Snapshot = openraft::Snapshot<TypeConfig>;
 pub type StorageError = openraft::StorageError<NodeId>;
-pub type RaftMetrics = openraft::RaftMetrics<NodeId, openraft::BasicNode>;
+pub type RaftMetrics = openraft::RaftMetrics<NodeId, Member>;
 
 /// bincode encoding used for log entries, metadata and peer messages.
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::Error> {
