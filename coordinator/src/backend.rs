@@ -18,6 +18,7 @@ use cairn_proto::etcdserverpb::{
 use futures::future::BoxFuture;
 use prost::Message;
 
+use crate::alarm::Alarms;
 use crate::api::error::ApiError;
 use crate::lessor::Lessor;
 use crate::limits;
@@ -32,6 +33,7 @@ const RPC_LEASE_REMAINING: &str = "lease.remaining";
 /// The etcd semantics of one coordinator node.
 pub struct Backend {
     rsm: Rsm<KvStateMachine>,
+    alarms: Arc<Alarms>,
     lessor: Arc<Lessor>,
     cluster_id: u64,
     min_lease_ttl_secs: i64,
@@ -41,7 +43,7 @@ impl Backend {
     pub fn new(rsm: Rsm<KvStateMachine>, lessor: Arc<Lessor>, cluster_id: u64, election_timeout_ms: u64) -> Arc<Self> {
         // etcd's minimum lease TTL: long enough to survive a leader election.
         let min_lease_ttl_secs = ((3 * election_timeout_ms) / 2).div_ceil(1000).max(1) as i64;
-        let backend = Arc::new(Self { rsm, lessor, cluster_id, min_lease_ttl_secs });
+        let backend = Arc::new(Self { rsm, alarms: Alarms::new(), lessor, cluster_id, min_lease_ttl_secs });
         backend.rsm.set_app_rpc_handler(Arc::new(LeaderCalls { backend: Arc::downgrade(&backend) }));
         backend
     }
@@ -78,7 +80,14 @@ impl Backend {
         Ok(mvcc::current_revision(&*self.rsm.store().read_view())?)
     }
 
+    pub fn alarms(&self) -> &Arc<Alarms> {
+        &self.alarms
+    }
+
     async fn propose(&self, request: internal_request::Request) -> Result<internal_response::Response, ApiError> {
+        if self.alarms.nospace() && adds_data(&request) {
+            return Err(ApiError::NoSpace);
+        }
         let command = InternalRequest { request: Some(request) }.encode_to_vec();
         if command.len() > limits::REQUEST_BYTES_MAX {
             return Err(KvError::RequestTooLarge.into());
@@ -276,6 +285,16 @@ impl Backend {
     }
 }
 
+/// Whether a request can grow the store (refused under the NOSPACE alarm, as etcd does).
+fn adds_data(request: &internal_request::Request) -> bool {
+    use internal_request::Request;
+    match request {
+        Request::Put(_) | Request::LeaseGrant(_) => true,
+        Request::Txn(t) => !mvcc::is_read_only(t),
+        Request::DeleteRange(_) | Request::Compaction(_) | Request::LeaseRevoke(_) | Request::LeaseExpire(_) => false,
+    }
+}
+
 fn decode_i64(body: &[u8]) -> Result<i64, RsmError> {
     let bytes: [u8; 8] = body.try_into().map_err(|_| RsmError::Internal("malformed lease reply".into()))?;
     Ok(i64::from_be_bytes(bytes))
@@ -304,7 +323,9 @@ impl AppRpcHandler for LeaderCalls {
             match result {
                 Ok(v) => Ok(v.to_be_bytes().to_vec()),
                 Err(ApiError::Rsm(e)) => Err(e),
-                Err(e @ (ApiError::Kv(_) | ApiError::Member(_))) => Err(RsmError::Internal(e.to_string())),
+                Err(e @ (ApiError::Kv(_) | ApiError::Member(_) | ApiError::NoSpace)) => {
+                    Err(RsmError::Internal(e.to_string()))
+                }
             }
         })
     }

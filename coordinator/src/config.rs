@@ -73,6 +73,9 @@ pub struct Flags {
     /// Interval of progress notifications on watches that asked for them, e.g. "10m".
     #[arg(long)]
     pub watch_progress_notify_interval: Option<String>,
+    /// Raise the NOSPACE alarm (refuse writes) when the data dir's disk has less free space.
+    #[arg(long)]
+    pub disk_free_min_bytes: Option<u64>,
 }
 
 /// The config file: same keys as the flags, in snake_case.
@@ -92,6 +95,7 @@ struct FileConfig {
     election_timeout: Option<String>,
     snapshot_count: Option<u64>,
     watch_progress_notify_interval: Option<String>,
+    disk_free_min_bytes: Option<u64>,
 }
 
 /// Validated configuration of one coordinator node.
@@ -110,6 +114,7 @@ pub struct CoordinatorConfig {
     pub election_timeout_ms: u64,
     pub snapshot_count: u64,
     pub watch_progress_notify_interval_ms: u64,
+    pub disk_free_min_bytes: u64,
 }
 
 fn parse_duration_ms(field: &'static str, text: &str) -> Result<u64, ConfigError> {
@@ -195,6 +200,8 @@ impl Flags {
                 Some(t) => parse_duration_ms("watch_progress_notify_interval", &t)?,
                 None => 10 * 60 * 1000,
             };
+        let disk_free_min_bytes =
+            self.disk_free_min_bytes.or(file.disk_free_min_bytes).unwrap_or(crate::limits::DISK_FREE_BYTES_MIN_DEFAULT);
         Ok(CoordinatorConfig {
             node_id,
             data_dir,
@@ -209,6 +216,7 @@ impl Flags {
             election_timeout_ms,
             snapshot_count,
             watch_progress_notify_interval_ms,
+            disk_free_min_bytes,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Cairn's coordinator: a consensus runtime ([`rsm`]) that any replicated state machine can run
 //! on, and an etcd-v3-compatible coordination service built on it (MVCC KV, Watch, Lease).
 
+pub mod alarm;
 pub mod api;
 pub mod backend;
 pub mod config;

@@ -56,6 +56,12 @@ pub const WATCH_HISTORY_EVENTS_PER_RESPONSE: usize = 1000;
 /// Live event batches buffered for watchers; a watcher that falls further behind catches up
 /// from the stored history instead.
 pub const WATCH_BROADCAST_BATCHES: usize = 4096;
+/// Bytes per message of a Maintenance.Snapshot stream.
+pub const SNAPSHOT_STREAM_CHUNK_BYTES: usize = 1024 * 1024;
+/// Free disk space below which the NOSPACE alarm is raised (default of --disk-free-min-bytes).
+pub const DISK_FREE_BYTES_MIN_DEFAULT: u64 = 256 * 1024 * 1024;
+/// How often free disk space is checked.
+pub const DISK_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// Keep-alive requests in flight per stream.
 pub const KEEPALIVE_STREAM_BUFFER: usize = 64;
 

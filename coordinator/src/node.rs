@@ -156,6 +156,15 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> Resu
     });
 
     let stop = shutdown.clone();
+    let alarms = backend.alarms().clone();
+    let data_dir = config.data_dir.clone();
+    let free_min = config.disk_free_min_bytes;
+    tasks.spawn(async move {
+        crate::alarm::monitor_disk(alarms, data_dir, free_min, limits::DISK_CHECK_INTERVAL, stop).await;
+        Ok(())
+    });
+
+    let stop = shutdown.clone();
     let lease_backend = backend.clone();
     tasks.spawn(async move {
         expire_leases_while_leader(lease_backend, stop).await;

@@ -18,6 +18,9 @@ pub enum ApiError {
     Rsm(#[from] RsmError),
     #[error(transparent)]
     Member(#[from] MemberError),
+    /// The NOSPACE alarm is raised on this member.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
 }
 
 pub fn kv_status(e: &KvError) -> Status {
@@ -65,6 +68,7 @@ impl From<ApiError> for Status {
             ApiError::Kv(k) => kv_status(k),
             ApiError::Rsm(r) => rsm_status(r),
             ApiError::Member(m) => member_status(m),
+            ApiError::NoSpace => Status::resource_exhausted(e.to_string()),
         }
     }
 }
@@ -82,6 +86,7 @@ pub fn lock_status(e: &LockError) -> Status {
         LockError::Api(ApiError::Kv(k @ KvError::Store(_))) => kv_status(k),
         LockError::Api(ApiError::Kv(k)) => Status::unknown(k.to_string()),
         LockError::Api(ApiError::Member(m)) => member_status(m),
+        LockError::Api(ApiError::NoSpace) => Status::resource_exhausted(e.to_string()),
         LockError::TooManyWaiters => Status::resource_exhausted(e.to_string()),
     }
 }

@@ -40,6 +40,7 @@
 
 mod compact;
 mod error;
+mod hash;
 mod keys;
 mod kv;
 mod lease;
@@ -54,6 +55,7 @@ mod writer;
 mod tests;
 
 pub use error::KvError;
+pub use hash::{hash_all, hash_kv};
 pub use kv::{validate_delete_range, validate_put};
 pub use lease::{lease_get, lease_ids, lease_keys, LeaseInfo};
 pub use machine::{decode_response, encode_command, KvStateMachine};

@@ -447,6 +447,17 @@ impl<A: App> Rsm<A> {
         }
     }
 
+    /// A consistent, self-contained copy of the replicated state (the snapshot file format:
+    /// bincode of the snapshot metadata and every app table), for backups.
+    pub async fn export_state(&self) -> Result<Vec<u8>, RsmError> {
+        let store = self.inner.store.clone();
+        let tables = self.inner.app.tables();
+        tokio::task::spawn_blocking(move || super::state_machine::export(&store, tables))
+            .await
+            .map_err(internal)?
+            .map_err(internal)
+    }
+
     pub async fn shutdown(&self) {
         if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");

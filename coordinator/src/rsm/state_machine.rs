@@ -49,7 +49,7 @@ fn snap_err(e: impl std::error::Error + 'static) -> StorageError {
 
 /// What a snapshot file holds: its metadata and the serialized tables.
 #[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
+pub(crate) struct StoredSnapshot {
     meta: SnapshotMeta,
     data: Vec<u8>,
 }
@@ -255,6 +255,36 @@ fn load_snapshot_file(path: &std::path::Path) -> Result<Option<StoredSnapshot>, 
     }
 }
 
+/// Captures the app's tables and the runtime's markers from one consistent view, after making
+/// the applied state durable (openraft purges the log up to a snapshot).
+pub(crate) fn capture(store: &RocksStore, tables: &[&str]) -> Result<StoredSnapshot, StorageError> {
+    store.sync().map_err(snap_err)?;
+    let view = store.read_view();
+    let last_log_id = read_meta::<Option<LogId>>(&*view, KEY_LAST_APPLIED)?.flatten();
+    let last_membership = read_meta::<StoredMembership>(&*view, KEY_MEMBERSHIP)?.unwrap_or_default();
+    let mut content = SnapshotTables { tables: Vec::new() };
+    for table in tables {
+        let mut rows = Vec::new();
+        view.scan(table, &[], None, false, &mut |k, v| {
+            rows.push((k.to_vec(), v.to_vec()));
+            true
+        })
+        .map_err(sm_read_err)?;
+        content.tables.push((table.to_string(), rows));
+    }
+    let data = encode(&content).map_err(snap_err)?;
+    let snapshot_id = match last_log_id {
+        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
+        None => format!("0-0-{}", rand::random::<u32>()),
+    };
+    Ok(StoredSnapshot { meta: SnapshotMeta { last_log_id, last_membership, snapshot_id }, data })
+}
+
+/// A self-contained copy of the replicated state (the snapshot file format), for backups.
+pub(crate) fn export(store: &RocksStore, tables: &[&str]) -> Result<Vec<u8>, StorageError> {
+    encode(&capture(store, tables)?).map_err(snap_err)
+}
+
 /// Builds snapshots from a consistent view of the store.
 pub struct SnapshotBuilder<A: App> {
     store: Arc<RocksStore>,
@@ -268,27 +298,7 @@ impl<A: App> RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder<A> {
         let tables = self.app.tables();
         let path = self.snapshot_path.clone();
         let stored = tokio::task::spawn_blocking(move || -> Result<StoredSnapshot, StorageError> {
-            // Make the applied state durable first: openraft purges the log up to the snapshot.
-            store.sync().map_err(snap_err)?;
-            let view = store.read_view();
-            let last_log_id = read_meta::<Option<LogId>>(&*view, KEY_LAST_APPLIED)?.flatten();
-            let last_membership = read_meta::<StoredMembership>(&*view, KEY_MEMBERSHIP)?.unwrap_or_default();
-            let mut content = SnapshotTables { tables: Vec::new() };
-            for table in tables {
-                let mut rows = Vec::new();
-                view.scan(table, &[], None, false, &mut |k, v| {
-                    rows.push((k.to_vec(), v.to_vec()));
-                    true
-                })
-                .map_err(sm_read_err)?;
-                content.tables.push((table.to_string(), rows));
-            }
-            let data = encode(&content).map_err(snap_err)?;
-            let snapshot_id = match last_log_id {
-                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),
-                None => format!("0-0-{}", rand::random::<u32>()),
-            };
-            let stored = StoredSnapshot { meta: SnapshotMeta { last_log_id, last_membership, snapshot_id }, data };
+            let stored = capture(&store, tables)?;
             save_snapshot_file(&path, &stored)?;
             Ok(stored)
         })

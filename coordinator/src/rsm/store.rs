@@ -303,6 +303,14 @@ impl RocksStore {
         self.db.cf_handle(table).ok_or_else(|| StoreError::UnknownTable(table.into()))
     }
 
+    /// Compacts every table fully (reclaims the space of deleted and overwritten rows).
+    pub fn compact_all(&self, tables: &[&str]) -> Result<(), StoreError> {
+        for table in tables {
+            self.db.compact_range_cf(self.cf(table)?, None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+
     /// Bytes the store occupies on disk (SST, blob, WAL and manifest files), for status
     /// reporting.
     pub fn size_bytes(&self) -> u64 {
