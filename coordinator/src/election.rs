@@ -106,7 +106,7 @@ impl Elections {
         let ticket = lock::enqueue(&self.backend, &req.name, lease, &req.value).await?;
         // Dropped (the client went away) before it is disarmed: the key is withdrawn.
         let mut abandon = Abandon::new(&self.backend, &ticket);
-        let mut header = ticket.header.clone();
+        let mut header = ticket.header;
         if ticket.existing_value.as_ref().is_some_and(|v| *v != req.value) {
             // A campaign resumed with a new value proclaims it first (etcd's Campaign).
             match self.proclaim_at(&ticket.key, ticket.create_revision, lease, req.value.clone()).await {

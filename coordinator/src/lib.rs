@@ -4,6 +4,7 @@
 pub mod alarm;
 pub mod api;
 pub mod backend;
+pub mod client;
 pub mod config;
 pub mod election;
 pub mod http;

@@ -11,14 +11,18 @@ use std::time::Duration;
 pub const PROPOSAL_QUEUE_MAX: usize = 4096;
 /// Commands carried by one Raft log entry (group commit).
 pub const BATCH_COMMANDS_MAX: usize = 512;
-/// Bytes of commands carried by one Raft log entry.
-pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Bytes of commands carried by one Raft log entry (one command may exceed it alone).
+pub const BATCH_BYTES_MAX: usize = 2 * 1024 * 1024;
+/// Log entries sent in one AppendEntries call.
+pub const APPEND_ENTRIES_MAX: u64 = 16;
+/// Shortest deadline for an AppendEntries call that carries entries.
+pub const APPEND_ENTRIES_TIMEOUT_MIN: Duration = Duration::from_secs(2);
 /// Batches proposed to Raft but not yet committed, per leader.
 pub const BATCHES_IN_FLIGHT_MAX: usize = 8;
 /// Log appends whose fsync is pending; appenders wait when it is full.
 pub const LOG_SYNC_QUEUE_MAX: usize = 1024;
 /// Largest gRPC message on the peer (Raft) transport.
-pub const RAFT_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+pub const RAFT_MESSAGE_BYTES_MAX: usize = 128 * 1024 * 1024;
 /// Snapshot chunk sent per InstallSnapshot RPC.
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
 /// Deadline for a write forwarded to the leader, including commit.
@@ -30,7 +34,8 @@ pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Read-index requests waiting to share one leadership check.
 pub const READ_INDEX_QUEUE_MAX: usize = 4096;
 
-const _: () = assert!(BATCH_BYTES_MAX < RAFT_MESSAGE_BYTES_MAX / 4);
+// A full AppendEntries (entries of at most a batch plus one maximal request each) fits a message.
+const _: () = assert!((APPEND_ENTRIES_MAX as usize) * (BATCH_BYTES_MAX + GRPC_RECV_BYTES_MAX) < RAFT_MESSAGE_BYTES_MAX);
 const _: () = assert!((SNAPSHOT_CHUNK_BYTES as usize) < RAFT_MESSAGE_BYTES_MAX / 2);
 
 // ---- etcd API ----
@@ -39,6 +44,10 @@ const _: () = assert!((SNAPSHOT_CHUNK_BYTES as usize) < RAFT_MESSAGE_BYTES_MAX /
 pub const REQUEST_BYTES_MAX: usize = 1536 * 1024;
 /// gRPC receive limit on the client port: the request limit plus etcd's 512 KiB overhead.
 pub const GRPC_RECV_BYTES_MAX: usize = REQUEST_BYTES_MAX + 512 * 1024;
+/// Messages tonic decodes on the client port. Larger than the gRPC limit so that a request
+/// between the two gets grpc-go's RESOURCE_EXHAUSTED answer from our check (tonic's own
+/// answer for oversized messages is OUT_OF_RANGE, which etcd clients do not expect).
+pub const GRPC_DECODE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// gRPC send limit on the client port (large range responses).
 pub const GRPC_SEND_BYTES_MAX: usize = i32::MAX as usize;
 /// etcd's MaxLeaseTTL.
@@ -66,6 +75,7 @@ pub const DISK_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 pub const KEEPALIVE_STREAM_BUFFER: usize = 64;
 
 const _: () = assert!(REQUEST_BYTES_MAX < BATCH_BYTES_MAX);
+const _: () = assert!(GRPC_RECV_BYTES_MAX < GRPC_DECODE_BYTES_MAX);
 
 // ---- MVCC key-value and lease state machine (mvcc) ----
 
@@ -100,3 +110,45 @@ const _: () = assert!(LOCK_DEFAULT_LEASE_TTL_SECS <= LEASE_TTL_SECS_MAX);
 const _: () = assert!(ELECTION_OBSERVE_BUFFER > 0);
 // A retry pause never exceeds one read-index deadline.
 const _: () = assert!(LOCK_GRANT_CHECK_BACKOFF.as_millis() * 10 < READ_INDEX_TIMEOUT.as_millis());
+
+// ---- Client library (client) ----
+
+/// Default deadline of one attempt of a client RPC.
+pub const CLIENT_REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+/// Default deadline for the client to connect to one endpoint.
+pub const CLIENT_CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
+/// Default number of attempts of one client call, across endpoints.
+pub const CLIENT_ATTEMPTS_DEFAULT: u32 = 10;
+/// Default first and longest pause between two attempts.
+pub const CLIENT_BACKOFF_BASE_DEFAULT: Duration = Duration::from_millis(50);
+pub const CLIENT_BACKOFF_MAX_DEFAULT: Duration = Duration::from_secs(1);
+/// HTTP/2 pings on a client connection with calls in flight, and how long one may go
+/// unanswered before the connection counts as dead (this is how a frozen server is noticed
+/// under a quiet watch). Real etcd closes connections that ping more often than every 5 s.
+pub const CLIENT_HTTP2_PING_INTERVAL: Duration = Duration::from_secs(10);
+pub const CLIENT_HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// Endpoints one client may be given.
+pub const CLIENT_ENDPOINTS_MAX: usize = 64;
+/// Largest message the client accepts (range answers of big prefixes) and sends.
+pub const CLIENT_RECV_BYTES_MAX: usize = 256 * 1024 * 1024;
+pub const CLIENT_SEND_BYTES_MAX: usize = GRPC_RECV_BYTES_MAX;
+/// Event batches a watch buffers for its consumer; beyond it the watch stops reading from the
+/// server until the consumer catches up.
+pub const CLIENT_WATCH_BUFFER_BATCHES: usize = 64;
+/// Default time a watch keeps trying to resume after its stream broke before it gives up.
+pub const CLIENT_WATCH_RESUME_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
+/// A lease keeper renews every TTL / this divisor (etcd's client uses 3).
+pub const CLIENT_LEASE_RENEWALS_PER_TTL: u32 = 3;
+/// Shortest pause between two renewals, whatever the TTL.
+pub const CLIENT_LEASE_RENEW_INTERVAL_MIN: Duration = Duration::from_millis(100);
+
+const _: () = assert!(CLIENT_ATTEMPTS_DEFAULT >= 1);
+const _: () = assert!(CLIENT_BACKOFF_BASE_DEFAULT.as_millis() <= CLIENT_BACKOFF_MAX_DEFAULT.as_millis());
+// A pause between attempts is shorter than an attempt may take.
+const _: () = assert!(CLIENT_BACKOFF_MAX_DEFAULT.as_millis() < CLIENT_REQUEST_TIMEOUT_DEFAULT.as_millis());
+const _: () = assert!(CLIENT_CONNECT_TIMEOUT_DEFAULT.as_millis() < CLIENT_REQUEST_TIMEOUT_DEFAULT.as_millis());
+// etcd refuses pings more frequent than every 5 s (--grpc-keepalive-min-time).
+const _: () = assert!(CLIENT_HTTP2_PING_INTERVAL.as_secs() >= 5);
+const _: () = assert!(CLIENT_RECV_BYTES_MAX >= GRPC_RECV_BYTES_MAX);
+const _: () = assert!(CLIENT_WATCH_BUFFER_BATCHES > 0 && CLIENT_ENDPOINTS_MAX > 0);
+const _: () = assert!(CLIENT_LEASE_RENEWALS_PER_TTL >= 2);

@@ -111,25 +111,25 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> Resu
     let backend = Backend::new(rsm.clone(), Arc::new(Lessor::new()), cluster_id(&config), config.election_timeout_ms);
 
     let kv = KvServer::new(KvApi { backend: backend.clone() })
-        .max_decoding_message_size(limits::GRPC_RECV_BYTES_MAX)
+        .max_decoding_message_size(limits::GRPC_DECODE_BYTES_MAX)
         .max_encoding_message_size(limits::GRPC_SEND_BYTES_MAX);
     let watch = WatchServer::new(WatchApi {
         backend: backend.clone(),
         progress_interval: Duration::from_millis(config.watch_progress_notify_interval_ms),
     })
-    .max_decoding_message_size(limits::GRPC_RECV_BYTES_MAX)
+    .max_decoding_message_size(limits::GRPC_DECODE_BYTES_MAX)
     .max_encoding_message_size(limits::GRPC_SEND_BYTES_MAX);
     let lease = LeaseServer::new(LeaseApi { backend: backend.clone() })
-        .max_decoding_message_size(limits::GRPC_RECV_BYTES_MAX)
+        .max_decoding_message_size(limits::GRPC_DECODE_BYTES_MAX)
         .max_encoding_message_size(limits::GRPC_SEND_BYTES_MAX);
     let maintenance = MaintenanceServer::new(MaintenanceApi { backend: backend.clone() })
-        .max_decoding_message_size(limits::GRPC_RECV_BYTES_MAX)
+        .max_decoding_message_size(limits::GRPC_DECODE_BYTES_MAX)
         .max_encoding_message_size(limits::GRPC_SEND_BYTES_MAX);
     let lock = LockServer::new(LockApi { locks: Locks::new(backend.clone()) })
-        .max_decoding_message_size(limits::GRPC_RECV_BYTES_MAX)
+        .max_decoding_message_size(limits::GRPC_DECODE_BYTES_MAX)
         .max_encoding_message_size(limits::GRPC_SEND_BYTES_MAX);
     let election = ElectionServer::new(ElectionApi { elections: Elections::new(backend.clone()) })
-        .max_decoding_message_size(limits::GRPC_RECV_BYTES_MAX)
+        .max_decoding_message_size(limits::GRPC_DECODE_BYTES_MAX)
         .max_encoding_message_size(limits::GRPC_SEND_BYTES_MAX);
     let cluster = ClusterServer::new(ClusterApi { backend: backend.clone() });
     let stop = shutdown.clone();

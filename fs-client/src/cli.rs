@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::bench::kv::{KvBenchConfig, KvOp};
+use crate::bench::lock::{LockBenchConfig, LockOp};
 use crate::limits::BENCH_CLIENTS_MAX;
 
 /// Cairn: a distributed filesystem and an etcd-v3-compatible coordinator.
@@ -59,6 +60,9 @@ pub struct DevUpArgs {
     /// Number of coordinator replicas.
     #[arg(long, default_value_t = 3)]
     pub coordinators: usize,
+    /// Number of chunkservers (0 for a coordinator-only cluster).
+    #[arg(long, default_value_t = 3)]
+    pub chunkservers: usize,
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +78,8 @@ pub struct DevDownArgs {
 pub enum BenchCommand {
     /// Benchmark an etcd-v3 KV service (Cairn's coordinator or a real etcd).
     Kv(BenchKvArgs),
+    /// Benchmark an etcd-v3 Lock service and lease keep-alives (Cairn's coordinator or etcd).
+    Lock(BenchLockArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -122,6 +128,41 @@ impl BenchKvArgs {
             warmup: self.warmup,
             keys: self.keys,
             value_size_bytes: self.value_size,
+            ops: self.ops.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BenchLockArgs {
+    /// Comma-separated etcd gRPC endpoints (host:port).
+    #[arg(long, env = "CAIRN_COORDINATOR_ENDPOINTS", value_delimiter = ',', required = true)]
+    pub endpoints: Vec<String>,
+    /// Comma-separated concurrent client counts; one run per count and operation.
+    #[arg(long, value_delimiter = ',', default_value = "1,16",
+          value_parser = clap::value_parser!(u32).range(1..=BENCH_CLIENTS_MAX as i64))]
+    pub clients: Vec<u32>,
+    /// Measured time of each run.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Unmeasured warm-up before each run.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// Comma-separated operations, run in this order.
+    #[arg(long, value_delimiter = ',', default_value = "uncontended,contended,keepalive")]
+    pub ops: Vec<LockOp>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+impl BenchLockArgs {
+    pub fn config(&self) -> LockBenchConfig {
+        LockBenchConfig {
+            endpoints: self.endpoints.clone(),
+            clients: self.clients.iter().map(|&c| c as usize).collect(),
+            duration: self.duration,
+            warmup: self.warmup,
             ops: self.ops.clone(),
         }
     }
@@ -196,12 +237,29 @@ mod tests {
     }
 
     #[test]
+    fn bench_lock_defaults_and_lists() {
+        let parsed = parse(&["bench", "lock", "--endpoints", "a:1"]).expect("parse").command;
+        let Command::Bench(BenchCommand::Lock(args)) = parsed else { panic!("unexpected {parsed:?}") };
+        let config = args.config();
+        assert_eq!(config.clients, [1, 16]);
+        assert_eq!(config.ops, [LockOp::Uncontended, LockOp::Contended, LockOp::Keepalive]);
+        assert!(config.validate().is_ok());
+        let parsed = parse(&["bench", "lock", "--endpoints", "a:1,b:2", "--ops", "keepalive", "--clients", "64"])
+            .expect("parse")
+            .command;
+        let Command::Bench(BenchCommand::Lock(args)) = parsed else { panic!("unexpected {parsed:?}") };
+        assert_eq!((args.config().ops, args.config().clients), (vec![LockOp::Keepalive], vec![64]));
+        assert!(parse(&["bench", "lock", "--endpoints", "a:1", "--ops", "put"]).is_err());
+    }
+
+    #[test]
     fn dev_commands() {
         match parse(&["dev", "up", "--dir", "/tmp/c", "--timeout", "90s"]).expect("parse").command {
             Command::Dev(DevCommand::Up(args)) => {
                 assert_eq!(args.dir.dir, PathBuf::from("/tmp/c"));
                 assert_eq!(args.timeout, Duration::from_secs(90));
                 assert_eq!(args.coordinators, 3);
+                assert_eq!(args.chunkservers, 3);
             }
             other => panic!("unexpected {other:?}"),
         }

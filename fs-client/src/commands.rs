@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use crate::bench::kv;
-use crate::cli::{BenchCommand, BenchKvArgs, Command, DevCommand, DevDownArgs, DevUpArgs, OutputFormat};
+use crate::bench::{kv, lock};
+use crate::cli::{BenchCommand, BenchKvArgs, BenchLockArgs, Command, DevCommand, DevDownArgs, DevUpArgs, OutputFormat};
 use crate::dev::{self, ClusterSpec, UpOutcome};
 
 pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -17,6 +17,7 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Dev(DevCommand::Down(args)) => dev_down(args).await,
         Command::Dev(DevCommand::Status(args)) => dev_status(&args.dir).await,
         Command::Bench(BenchCommand::Kv(args)) => bench_kv(args).await,
+        Command::Bench(BenchCommand::Lock(args)) => bench_lock(args).await,
         Command::Mount { .. } => {
             eprintln!("not built yet: the FUSE client arrives with the FUSE issue");
             Ok(ExitCode::FAILURE)
@@ -25,8 +26,12 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 async fn dev_up(args: DevUpArgs) -> anyhow::Result<ExitCode> {
-    let spec =
-        ClusterSpec { coordinators: args.coordinators, ready_timeout: args.timeout, ..ClusterSpec::new(args.dir.dir) };
+    let spec = ClusterSpec {
+        coordinators: args.coordinators,
+        chunkservers: args.chunkservers,
+        ready_timeout: args.timeout,
+        ..ClusterSpec::new(args.dir.dir)
+    };
     let outcome = dev::up(&spec).await.context("start the dev cluster")?;
     let state = outcome.state();
     let mut out = String::new();
@@ -137,5 +142,23 @@ async fn bench_kv(args: BenchKvArgs) -> anyhow::Result<ExitCode> {
     })
     .await
     .context("run the KV benchmark")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bench_lock(args: BenchLockArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config();
+    let output = args.output;
+    lock::run(&config, |result| {
+        let line = match output {
+            OutputFormat::Text => result.text_line(),
+            OutputFormat::Json => serde_json::to_string(result).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),
+        };
+        let _ = emit(&format!("{line}\n"));
+        if let (OutputFormat::Text, Some(error)) = (output, &result.first_error) {
+            eprintln!("first error (op={} clients={}): {error}", result.op.name(), result.clients);
+        }
+    })
+    .await
+    .context("run the lock benchmark")?;
     Ok(ExitCode::SUCCESS)
 }

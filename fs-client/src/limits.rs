@@ -6,6 +6,8 @@ use std::time::Duration;
 
 /// Largest dev-cluster coordinator group `cairn dev up` / [`crate::dev::Cluster`] will start.
 pub const DEV_COORDINATORS_MAX: usize = 9;
+/// Largest number of chunkservers in a dev cluster.
+pub const DEV_CHUNKSERVERS_MAX: usize = 16;
 
 /// Dev-cluster ports are drawn at random from `DEV_PORT_MIN` up to the start of the kernel's
 /// ephemeral port range, trying this many before letting the kernel choose.
@@ -75,3 +77,16 @@ pub const BENCH_ERROR_BACKOFF: Duration = Duration::from_millis(10);
 pub const BENCH_LATENCY_MAX_US: u64 = 60_000_000;
 pub const BENCH_LATENCY_SIGFIG: u8 = 3;
 const _: () = assert!(BENCH_LATENCY_MAX_US >= BENCH_RPC_TIMEOUT.as_micros() as u64);
+
+// ---- cairn bench lock ----------------------------------------------------------------------
+
+/// Deadline for one benchmark `Lock` call, which may wait behind every other contender.
+pub const BENCH_LOCK_RPC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A lock-benchmark worker's lease lives this much longer than its run (warm-up + duration),
+/// so no lease expires while the run uses it.
+pub const BENCH_LOCK_LEASE_TTL_MARGIN: Duration = Duration::from_secs(60);
+
+/// Keep-alive requests queued per benchmark stream (one is in flight at a time).
+pub const BENCH_KEEPALIVE_STREAM_BUFFER: usize = 4;
+const _: () = assert!(BENCH_LOCK_RPC_TIMEOUT.as_micros() as u64 <= BENCH_LATENCY_MAX_US);

@@ -9,6 +9,7 @@ use cairn_proto::etcdserverpb::{
 };
 use tonic::{Request, Response, Status};
 
+use super::check_message_size;
 use crate::backend::Backend;
 
 pub struct KvApi {
@@ -18,25 +19,35 @@ pub struct KvApi {
 #[tonic::async_trait]
 impl Kv for KvApi {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        Ok(Response::new(self.backend.range(request.into_inner()).await?))
+        let req = request.into_inner();
+        check_message_size(&req)?;
+        Ok(Response::new(self.backend.range(req).await?))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        Ok(Response::new(self.backend.put(request.into_inner()).await?))
+        let req = request.into_inner();
+        check_message_size(&req)?;
+        Ok(Response::new(self.backend.put(req).await?))
     }
 
     async fn delete_range(
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        Ok(Response::new(self.backend.delete_range(request.into_inner()).await?))
+        let req = request.into_inner();
+        check_message_size(&req)?;
+        Ok(Response::new(self.backend.delete_range(req).await?))
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        Ok(Response::new(self.backend.txn(request.into_inner()).await?))
+        let req = request.into_inner();
+        check_message_size(&req)?;
+        Ok(Response::new(self.backend.txn(req).await?))
     }
 
     async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
-        Ok(Response::new(self.backend.compact(request.into_inner()).await?))
+        let req = request.into_inner();
+        check_message_size(&req)?;
+        Ok(Response::new(self.backend.compact(req).await?))
     }
 }

@@ -107,7 +107,7 @@ impl PeerNetwork {
         };
         match tokio::time::timeout(ttl, fut).await {
             Err(_) => Err(CallError::Network(TransportError(format!(
-                "{method:?} to node {} timed out after {ttl:?}",
+                "{method:?} to node {}: timeout after {ttl:?}",
                 self.target
             )))),
             Ok(Err(status)) => {
@@ -153,7 +153,14 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        let reply = self.call(Method::Append, &rpc, option.hard_ttl()).await;
+        // openraft's deadline is the heartbeat interval, right for heartbeats; entries need time
+        // to travel and be fsynced, and a deadline shorter than that would retry them forever.
+        let ttl = if rpc.entries.is_empty() {
+            option.hard_ttl()
+        } else {
+            option.hard_ttl().max(limits::APPEND_ENTRIES_TIMEOUT_MIN)
+        };
+        let reply = self.call(Method::Append, &rpc, ttl).await;
         self.finish(reply)
     }
 

@@ -107,6 +107,9 @@ struct Inner<A: App> {
     proposals: mpsc::Sender<Proposal>,
     reads: mpsc::Sender<ReadWaiter>,
     network: NetworkFactory,
+    /// One membership change at a time on this node: openraft refuses (and logs an error for)
+    /// a change while another is in progress.
+    membership_lock: tokio::sync::Mutex<()>,
     app_rpc: OnceLock<Arc<dyn AppRpcHandler>>,
 }
 
@@ -145,7 +148,7 @@ impl<A: App> Rsm<A> {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs_since_last),
             max_in_snapshot_log_to_keep: config.logs_to_keep_after_snapshot,
             snapshot_max_chunk_size: limits::SNAPSHOT_CHUNK_BYTES,
-            max_payload_entries: 300,
+            max_payload_entries: limits::APPEND_ENTRIES_MAX,
             purge_batch_size: config.purge_batch_size.max(1),
             ..Default::default()
         };
@@ -165,6 +168,7 @@ impl<A: App> Rsm<A> {
             proposals,
             reads,
             network,
+            membership_lock: tokio::sync::Mutex::new(()),
             app_rpc: OnceLock::new(),
         });
         tokio::spawn(batch_proposals(inner.raft.clone(), proposal_rx));
@@ -385,6 +389,7 @@ impl<A: App> Rsm<A> {
     }
 
     async fn change_membership_here(&self, change: MembershipChange) -> Result<(), RsmError> {
+        let _one_at_a_time = self.inner.membership_lock.lock().await;
         let raft = &self.inner.raft;
         let (nodes, voters) = self.members();
         match change {

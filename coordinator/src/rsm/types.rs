@@ -15,11 +15,27 @@ pub type NodeId = u64;
 
 /// A batch of application commands committed as one log entry.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommandBatch(pub Vec<Vec<u8>>);
+pub struct CommandBatch(#[serde(with = "byte_strings")] pub Vec<Vec<u8>>);
 
 /// One application response per command of a [`CommandBatch`], in order.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BatchResponse(pub Vec<Vec<u8>>);
+pub struct BatchResponse(#[serde(with = "byte_strings")] pub Vec<Vec<u8>>);
+
+/// Encodes each command as one byte string. Left to serde's default, a `Vec<u8>` is a sequence
+/// of single bytes, which costs a call per byte: a 1 MiB value took long enough to encode that
+/// AppendEntries missed its deadline.
+mod byte_strings {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(items: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(items.iter().map(|b| serde_bytes::Bytes::new(b)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let items: Vec<serde_bytes::ByteBuf> = Vec::deserialize(d)?;
+        Ok(items.into_iter().map(serde_bytes::ByteBuf::into_vec).collect())
+    }
+}
 
 impl std::fmt::Display for CommandBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

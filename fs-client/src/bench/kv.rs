@@ -279,12 +279,12 @@ async fn run_worker(
     }
 }
 
-fn new_histogram() -> anyhow::Result<Histogram<u64>> {
+pub(super) fn new_histogram() -> anyhow::Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, BENCH_LATENCY_MAX_US, BENCH_LATENCY_SIGFIG).context("create latency histogram")
 }
 
 /// `code: message (cause: cause: ...)`, shorter than tonic's `Display`.
-fn describe_status(status: &tonic::Status) -> String {
+pub(super) fn describe_status(status: &tonic::Status) -> String {
     let mut text = format!("{:?}: {}", status.code(), status.message());
     let mut source = std::error::Error::source(status);
     while let Some(cause) = source {

@@ -2,3 +2,4 @@
 //! same benchmark runs against Cairn and against the system it imitates (a real etcd).
 
 pub mod kv;
+pub mod lock;

@@ -36,16 +36,45 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts the cluster described by `spec` and waits until every node is healthy (up to
-    /// `spec.ready_timeout`). A directory that holds a previous, stopped cluster is reused:
-    /// same data directories and, when still free, the same ports.
+    /// `spec.ready_timeout` in all). Kinds start in the order of [`ServiceKind::ALL`], each once
+    /// the kinds before it are healthy (chunkservers after the coordinators they register in).
+    /// A directory that holds a previous, stopped cluster is reused: same data directories and,
+    /// when still free, the same ports.
     pub async fn start(spec: ClusterSpec) -> Result<Cluster, DevError> {
-        let cluster = Cluster::spawn(spec)?;
-        cluster.wait_ready(cluster.spec.ready_timeout).await?;
+        let deadline = Instant::now() + spec.ready_timeout;
+        let mut cluster = Cluster::prepare(spec)?;
+        for &kind in ServiceKind::ALL {
+            let refs: Vec<NodeRef> =
+                cluster.state.nodes.iter().filter(|n| n.kind == kind).map(NodeInfo::node_ref).collect();
+            if refs.is_empty() {
+                continue;
+            }
+            for node in refs {
+                cluster.start_node(node)?;
+            }
+            cluster.state.write_env()?;
+            let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+            cluster.wait_ready(remaining).await?;
+        }
         Ok(cluster)
     }
 
-    /// Like [`Cluster::start`] but returns as soon as the processes are started.
+    /// Like [`Cluster::start`] but starts every node at once and returns as soon as the
+    /// processes are started (chunkservers keep retrying their registration until the
+    /// coordinators are up).
     pub fn spawn(spec: ClusterSpec) -> Result<Cluster, DevError> {
+        let mut cluster = Cluster::prepare(spec)?;
+        // If a start fails, dropping `cluster` kills the nodes already started.
+        let refs: Vec<NodeRef> = cluster.state.nodes.iter().map(NodeInfo::node_ref).collect();
+        for node in refs {
+            cluster.start_node(node)?;
+        }
+        cluster.state.write_env()?;
+        Ok(cluster)
+    }
+
+    /// Plans the cluster (directories, ports) without starting anything.
+    fn prepare(spec: ClusterSpec) -> Result<Cluster, DevError> {
         spec.validate()?;
         let dir =
             std::path::absolute(&spec.dir).map_err(|e| DevError::io(format!("resolve {}", spec.dir.display()), e))?;
@@ -68,20 +97,18 @@ impl Cluster {
             }
         }
         let nodes = plan_nodes(&spec, &dir, previous.as_ref())?;
-        let mut cluster = Cluster {
+        for &kind in ServiceKind::ALL {
+            if spec.count(kind) > 0 {
+                super::binary_path(&bin_dir, kind)?;
+            }
+        }
+        Ok(Cluster {
             spec,
             bin_dir,
             state: ClusterState::new(dir, nodes),
             children: HashMap::new(),
             expected: HashSet::new(),
-        };
-        // If a start fails, dropping `cluster` kills the nodes already started.
-        let refs: Vec<NodeRef> = cluster.state.nodes.iter().map(NodeInfo::node_ref).collect();
-        for node in refs {
-            cluster.start_node(node)?;
-        }
-        cluster.state.write_env()?;
-        Ok(cluster)
+        })
     }
 
     /// The absolute cluster directory.
@@ -106,8 +133,26 @@ impl Cluster {
 
     /// Ids of the coordinators, ascending.
     pub fn coordinator_ids(&self) -> Vec<NodeId> {
-        let mut ids: Vec<NodeId> =
-            self.state.nodes.iter().filter(|n| n.kind == ServiceKind::Coordinator).map(|n| n.id).collect();
+        self.ids_of(ServiceKind::Coordinator)
+    }
+
+    /// Chunkserver gRPC addresses, `host:port`, ordered by id.
+    pub fn chunkserver_endpoints(&self) -> Vec<String> {
+        self.state.chunkserver_endpoints()
+    }
+
+    /// Chunkserver HTTP addresses, `host:port`, ordered by id.
+    pub fn chunkserver_http_endpoints(&self) -> Vec<String> {
+        self.state.chunkserver_http()
+    }
+
+    /// Ids of the chunkservers, ascending (name them with [`NodeRef::chunkserver`]).
+    pub fn chunkserver_ids(&self) -> Vec<NodeId> {
+        self.ids_of(ServiceKind::Chunkserver)
+    }
+
+    fn ids_of(&self, kind: ServiceKind) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = self.state.nodes.iter().filter(|n| n.kind == kind).map(|n| n.id).collect();
         ids.sort();
         ids
     }

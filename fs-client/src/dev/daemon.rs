@@ -34,8 +34,9 @@ impl UpOutcome {
 ///   [`UpOutcome::AlreadyRunning`]; if only some are, fails with
 ///   [`DevError::PartiallyRunning`].
 /// * Otherwise reuses recorded data directories and (when free) ports, starts every node in its
-///   own process group, records the pids in `cluster.json` *before* waiting (so `down` can clean
-///   up an interrupted `up`), waits for health and writes `cluster.env`.
+///   own process group — kind by kind in the order of [`ServiceKind::ALL`], each kind once the
+///   previous ones are healthy — records the pids in `cluster.json` *before* waiting (so `down`
+///   can clean up an interrupted `up`), waits for health and writes `cluster.env`.
 /// * If a node fails to start or the cluster is not healthy in time, every started node is
 ///   killed and the error (with log tails) is returned.
 pub async fn up(spec: &ClusterSpec) -> Result<UpOutcome, DevError> {
@@ -72,23 +73,36 @@ pub async fn up(spec: &ClusterSpec) -> Result<UpOutcome, DevError> {
     let nodes = plan_nodes(spec, &dir, previous.as_ref())?;
     let mut state = ClusterState::new(dir, nodes);
     let mut children: Vec<Child> = Vec::new();
-    let mut started = Ok(());
-    for index in 0..state.nodes.len() {
-        match spawn_node(spec, &bin_dir, &state.nodes[index], &state.nodes, Ownership::Detached) {
-            Ok(child) => {
-                state.nodes[index].pid = Some(child.id());
-                children.push(child);
+    let deadline = std::time::Instant::now() + spec.ready_timeout;
+    let mut ready = Ok(());
+    for &kind in ServiceKind::ALL {
+        let mut started = Ok(());
+        for index in 0..state.nodes.len() {
+            if state.nodes[index].kind != kind {
+                continue;
             }
-            Err(e) => {
-                started = Err(e);
-                break;
+            match spawn_node(spec, &bin_dir, &state.nodes[index], &state.nodes, Ownership::Detached) {
+                Ok(child) => {
+                    state.nodes[index].pid = Some(child.id());
+                    children.push(child);
+                }
+                Err(e) => {
+                    started = Err(e);
+                    break;
+                }
             }
         }
+        let remaining =
+            deadline.saturating_duration_since(std::time::Instant::now()).max(std::time::Duration::from_millis(100));
+        let started_nodes: Vec<NodeInfo> = state.nodes.iter().filter(|n| n.pid.is_some()).cloned().collect();
+        ready = match started.and_then(|()| state.write()) {
+            Ok(()) => wait_ready(&started_nodes, remaining).await,
+            Err(e) => Err(e),
+        };
+        if ready.is_err() {
+            break;
+        }
     }
-    let ready = match started.and_then(|()| state.write()) {
-        Ok(()) => wait_ready(&state.nodes, spec.ready_timeout).await,
-        Err(e) => Err(e),
-    };
     if let Err(e) = ready.and_then(|()| state.write_env().map(drop)) {
         for child in &mut children {
             let _ = child.kill();

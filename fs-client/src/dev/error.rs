@@ -9,7 +9,7 @@ use crate::http::HttpError;
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
     #[error(
-        "server binary {path} not found; build it (`cargo build -p cairn-coordinator`) \
+        "server binary {path} not found; build it (`cargo build --workspace --bins`) \
          or point {env} at the directory holding it",
         env = super::BIN_DIR_ENV
     )]

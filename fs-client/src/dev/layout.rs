@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::state::{ClusterState, NodeInfo};
 use super::{DevError, NodeId, NodeRef, PortAllocator, ServiceKind};
-use crate::limits::{DEV_COORDINATORS_MAX, DEV_READY_TIMEOUT_DEFAULT};
+use crate::limits::{DEV_CHUNKSERVERS_MAX, DEV_COORDINATORS_MAX, DEV_READY_TIMEOUT_DEFAULT};
 
 /// What cluster to start and where.
 #[derive(Debug, Clone)]
@@ -18,6 +18,9 @@ pub struct ClusterSpec {
     pub dir: PathBuf,
     /// Size of the coordinator Raft group (ids `1..=coordinators`).
     pub coordinators: usize,
+    /// Number of chunkservers (ids `1..=chunkservers`); 0 runs none. They start once the
+    /// coordinators are healthy and register in them.
+    pub chunkservers: usize,
     /// Overall deadline for every node to report healthy.
     pub ready_timeout: Duration,
     /// Where the server binaries are; `None` means [`super::bin_dir`].
@@ -25,20 +28,24 @@ pub struct ClusterSpec {
     /// Extra arguments appended to every coordinator's command line (e.g. tuning flags a test
     /// needs). Must be flags the coordinator understands.
     pub coordinator_args: Vec<OsString>,
+    /// Extra arguments appended to every chunkserver's command line (e.g. `--scrub-interval`).
+    pub chunkserver_args: Vec<OsString>,
     /// Extra environment for every server process (e.g. `RUST_LOG`). `NO_COLOR=1` is always set
     /// so logs stay greppable.
     pub env: Vec<(OsString, OsString)>,
 }
 
 impl ClusterSpec {
-    /// A three-coordinator cluster in `dir` with default timeouts.
+    /// Three coordinators and three chunkservers in `dir`, with default timeouts.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         ClusterSpec {
             dir: dir.into(),
             coordinators: 3,
+            chunkservers: 3,
             ready_timeout: DEV_READY_TIMEOUT_DEFAULT,
             bin_dir: None,
             coordinator_args: Vec::new(),
+            chunkserver_args: Vec::new(),
             env: Vec::new(),
         }
     }
@@ -48,6 +55,12 @@ impl ClusterSpec {
             return Err(DevError::InvalidSpec(format!(
                 "coordinators must be between 1 and {DEV_COORDINATORS_MAX}, not {}",
                 self.coordinators
+            )));
+        }
+        if self.chunkservers > DEV_CHUNKSERVERS_MAX {
+            return Err(DevError::InvalidSpec(format!(
+                "chunkservers must be at most {DEV_CHUNKSERVERS_MAX}, not {}",
+                self.chunkservers
             )));
         }
         if self.ready_timeout.is_zero() {
@@ -60,12 +73,14 @@ impl ClusterSpec {
     pub(crate) fn count(&self, kind: ServiceKind) -> usize {
         match kind {
             ServiceKind::Coordinator => self.coordinators,
+            ServiceKind::Chunkserver => self.chunkservers,
         }
     }
 
     pub(crate) fn extra_args(&self, kind: ServiceKind) -> &[OsString] {
         match kind {
             ServiceKind::Coordinator => &self.coordinator_args,
+            ServiceKind::Chunkserver => &self.chunkserver_args,
         }
     }
 }
@@ -73,9 +88,10 @@ impl ClusterSpec {
 /// The three listening addresses of a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeAddrs {
-    /// Client API (etcd gRPC for a coordinator).
+    /// Client API (etcd gRPC for a coordinator, the chunk service for a chunkserver).
     pub client: SocketAddr,
-    /// Raft transport between replicas.
+    /// Raft transport between replicas (reserved but unused by a chunkserver, which replicates
+    /// over its client port).
     pub peer: SocketAddr,
     /// Plain HTTP: `/health`, `/metrics`, `/status`.
     pub http: SocketAddr,
@@ -87,6 +103,14 @@ pub fn initial_cluster(nodes: &[NodeInfo]) -> String {
         nodes.iter().filter(|n| n.kind == ServiceKind::Coordinator).map(|n| (n.id, n.addrs.peer)).collect();
     members.sort();
     members.iter().map(|(id, addr)| format!("{id}={addr}")).collect::<Vec<_>>().join(",")
+}
+
+/// `127.0.0.1:P1,127.0.0.1:P2,...`: the coordinators' client addresses, ordered by id.
+pub fn coordinator_endpoints(nodes: &[NodeInfo]) -> String {
+    let mut members: Vec<(NodeId, SocketAddr)> =
+        nodes.iter().filter(|n| n.kind == ServiceKind::Coordinator).map(|n| (n.id, n.addrs.client)).collect();
+    members.sort();
+    members.iter().map(|(_, addr)| addr.to_string()).collect::<Vec<_>>().join(",")
 }
 
 /// The command line (without the binary) that starts `node` of the cluster `nodes`.
@@ -107,6 +131,18 @@ pub(crate) fn command_args(node: &NodeInfo, nodes: &[NodeInfo], extra: &[OsStrin
             node.addrs.http.to_string().into(),
             "--initial-cluster".into(),
             initial_cluster(nodes).into(),
+        ],
+        ServiceKind::Chunkserver => vec![
+            "--id".into(),
+            node.id.to_string().into(),
+            "--data-dir".into(),
+            node.data_dir.clone().into_os_string(),
+            "--listen".into(),
+            node.addrs.client.to_string().into(),
+            "--listen-http".into(),
+            node.addrs.http.to_string().into(),
+            "--coordinator-endpoints".into(),
+            coordinator_endpoints(nodes).into(),
         ],
     };
     args.extend(extra.iter().cloned());
@@ -208,8 +244,54 @@ mod tests {
     }
 
     #[test]
+    fn chunkserver_command_line() {
+        let mut nodes = vec![node(1, 1000), node(2, 2000)];
+        let mut chunkserver = node(1, 5000);
+        chunkserver.kind = ServiceKind::Chunkserver;
+        chunkserver.data_dir = PathBuf::from("/d/chunkserver-1");
+        nodes.push(chunkserver.clone());
+        let args = command_args(&chunkserver, &nodes, &["--scrub-interval".into(), "1s".into()]);
+        let args: Vec<_> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(
+            args,
+            [
+                "--id",
+                "1",
+                "--data-dir",
+                "/d/chunkserver-1",
+                "--listen",
+                "127.0.0.1:5000",
+                "--listen-http",
+                "127.0.0.1:5002",
+                "--coordinator-endpoints",
+                "127.0.0.1:1000,127.0.0.1:2000",
+                "--scrub-interval",
+                "1s",
+            ]
+        );
+    }
+
+    #[test]
+    fn plan_adds_chunkservers_after_coordinators() {
+        let nodes = plan_nodes(&ClusterSpec::new("/c"), Path::new("/c"), None).expect("plan");
+        let kinds: Vec<String> = nodes.iter().map(|n| n.node_ref().to_string()).collect();
+        assert_eq!(
+            kinds,
+            ["coordinator-1", "coordinator-2", "coordinator-3", "chunkserver-1", "chunkserver-2", "chunkserver-3"]
+        );
+        assert_eq!(nodes[3].data_dir, PathBuf::from("/c/chunkserver-1"));
+        let mut ports: Vec<u16> =
+            nodes.iter().flat_map(|n| [n.addrs.client.port(), n.addrs.peer.port(), n.addrs.http.port()]).collect();
+        ports.sort();
+        ports.dedup();
+        assert_eq!(ports.len(), 18);
+        let too_many = ClusterSpec { chunkservers: DEV_CHUNKSERVERS_MAX + 1, ..ClusterSpec::new("/c") };
+        assert!(too_many.validate().is_err());
+    }
+
+    #[test]
     fn plan_assigns_distinct_ports_and_dirs() {
-        let spec = ClusterSpec::new("/c");
+        let spec = ClusterSpec { chunkservers: 0, ..ClusterSpec::new("/c") };
         let nodes = plan_nodes(&spec, Path::new("/c"), None).expect("plan");
         assert_eq!(nodes.len(), 3);
         let mut ports: Vec<u16> =

@@ -69,23 +69,27 @@ impl fmt::Display for NodeId {
 
 /// The kinds of server process a dev cluster can run.
 ///
-/// Extension point: the metaserver and chunkserver join here when their binaries exist, each
-/// with its binary name, its command line (`layout.rs`) and its `cluster.env` keys (`state.rs`).
+/// Extension point: the metaserver joins here when its binary exists, with its binary name, its
+/// command line (`layout.rs`) and its `cluster.env` keys (`state.rs`). Kinds start in the order
+/// of [`ServiceKind::ALL`], each kind once the previous ones are healthy (chunkservers register
+/// in the coordinators).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ServiceKind {
     Coordinator,
+    Chunkserver,
 }
 
 impl ServiceKind {
     /// Every kind, in start order.
-    pub const ALL: &'static [ServiceKind] = &[ServiceKind::Coordinator];
+    pub const ALL: &'static [ServiceKind] = &[ServiceKind::Coordinator, ServiceKind::Chunkserver];
 
     /// Short name used in file names and messages (`coordinator`).
     pub fn name(self) -> &'static str {
         match self {
             ServiceKind::Coordinator => "coordinator",
+            ServiceKind::Chunkserver => "chunkserver",
         }
     }
 
@@ -93,6 +97,7 @@ impl ServiceKind {
     pub fn binary_name(self) -> &'static str {
         match self {
             ServiceKind::Coordinator => "cairn-coordinator",
+            ServiceKind::Chunkserver => "cairn-chunkserver",
         }
     }
 }
@@ -116,6 +121,10 @@ pub struct NodeRef {
 impl NodeRef {
     pub const fn coordinator(id: NodeId) -> Self {
         NodeRef { kind: ServiceKind::Coordinator, id }
+    }
+
+    pub const fn chunkserver(id: NodeId) -> Self {
+        NodeRef { kind: ServiceKind::Chunkserver, id }
     }
 }
 

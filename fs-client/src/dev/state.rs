@@ -65,6 +65,16 @@ impl ClusterState {
         self.addrs_of(ServiceKind::Coordinator, |a| a.http)
     }
 
+    /// Chunk service (gRPC) addresses of the chunkservers, ordered by id.
+    pub fn chunkserver_endpoints(&self) -> Vec<String> {
+        self.addrs_of(ServiceKind::Chunkserver, |a| a.client)
+    }
+
+    /// HTTP addresses of the chunkservers, ordered by id.
+    pub fn chunkserver_http(&self) -> Vec<String> {
+        self.addrs_of(ServiceKind::Chunkserver, |a| a.http)
+    }
+
     fn addrs_of(&self, kind: ServiceKind, pick: fn(&NodeAddrs) -> std::net::SocketAddr) -> Vec<String> {
         let mut nodes: Vec<&NodeInfo> = self.nodes.iter().filter(|n| n.kind == kind).collect();
         nodes.sort_by_key(|n| n.id);
@@ -111,7 +121,7 @@ impl ClusterState {
 /// when they need it, so the file also works as a plain env file when paths are ordinary).
 ///
 /// Extension point: each [`ServiceKind`] contributes its keys in the match below (metaserver
-/// and chunkserver endpoints, mount point, ... when those services exist).
+/// endpoints, mount point, ... when those exist).
 pub fn render_env(state: &ClusterState) -> String {
     let mut entries: Vec<(&str, String)> = vec![("CAIRN_DIR", state.dir.display().to_string())];
     for &kind in ServiceKind::ALL {
@@ -122,6 +132,10 @@ pub fn render_env(state: &ClusterState) -> String {
             ServiceKind::Coordinator => {
                 entries.push(("CAIRN_COORDINATOR_ENDPOINTS", state.coordinator_endpoints().join(",")));
                 entries.push(("CAIRN_COORDINATOR_HTTP", state.coordinator_http().join(",")));
+            }
+            ServiceKind::Chunkserver => {
+                entries.push(("CAIRN_CHUNKSERVER_ENDPOINTS", state.chunkserver_endpoints().join(",")));
+                entries.push(("CAIRN_CHUNKSERVER_HTTP", state.chunkserver_http().join(",")));
             }
         }
     }
@@ -182,6 +196,31 @@ mod tests {
              CAIRN_COORDINATOR_ENDPOINTS=127.0.0.1:2389,127.0.0.1:2399,127.0.0.1:2409\n\
              CAIRN_COORDINATOR_HTTP=127.0.0.1:2391,127.0.0.1:2401,127.0.0.1:2411\n"
         );
+    }
+
+    #[test]
+    fn env_lists_chunkserver_endpoints_after_coordinators() {
+        let mut s = state("/tmp/cairn");
+        let addr = |p: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
+        for i in [2u16, 1] {
+            s.nodes.push(NodeInfo {
+                kind: ServiceKind::Chunkserver,
+                id: NodeId(u64::from(i)),
+                pid: None,
+                addrs: NodeAddrs { client: addr(7000 + i * 10), peer: addr(7001 + i * 10), http: addr(7002 + i * 10) },
+                data_dir: PathBuf::from(format!("/tmp/cairn/chunkserver-{i}")),
+                log_path: PathBuf::from(format!("/tmp/cairn/logs/chunkserver-{i}.log")),
+            });
+        }
+        let env = render_env(&s);
+        assert!(
+            env.ends_with(
+                "CAIRN_CHUNKSERVER_ENDPOINTS=127.0.0.1:7010,127.0.0.1:7020\n\
+                 CAIRN_CHUNKSERVER_HTTP=127.0.0.1:7012,127.0.0.1:7022\n"
+            ),
+            "{env}"
+        );
+        assert_eq!(s.chunkserver_endpoints(), ["127.0.0.1:7010", "127.0.0.1:7020"]);
     }
 
     #[test]

@@ -1,0 +1,505 @@
+//! The `ChunkService` gRPC adapter: translates messages, runs engine calls on blocking
+//! threads, forwards chain operations downstream, and maps errors through `status.rs`.
+
+use std::sync::Arc;
+
+use cairn_proto::chunk::chunk_service_server::ChunkService;
+use cairn_proto::chunk::{
+    ChunkInfo, CopyChunkFromPeerRequest, CopyChunkFromPeerResponse, DeleteChunkRequest, DeleteChunkResponse,
+    ListChunksRequest, ListChunksResponse, ReadChunkRequest, ReadChunkResponse, StatChunkRequest, StatChunkResponse,
+    TruncateChunkRequest, TruncateChunkResponse, UpdateVersionRequest, UpdateVersionResponse, WriteChunkRequest,
+    WriteChunkResponse, WriteHeader,
+};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::status::to_status;
+use crate::block::crc32;
+use crate::engine::{ChunkEngine, WriteTarget};
+use crate::error::ChunkError;
+use crate::ids::{ChunkId, ChunkVersion};
+use crate::integrity::Integrity;
+use crate::limits::{
+    CHAIN_REPLICAS_MAX, COPIES_MAX, COPY_TIMEOUT, PEER_RPC_TIMEOUT, READ_MESSAGE_BYTES, READ_QUEUE_MESSAGES_MAX,
+    WRITE_IDLE_TIMEOUT, WRITE_MESSAGE_BYTES_MAX, WRITE_STREAMS_MAX,
+};
+use crate::metrics::Metrics;
+use crate::replication::{replica_failure, Forwarder, PeerPool};
+
+/// Runs a synchronous engine call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ChunkError> + Send + 'static,
+) -> Result<T, ChunkError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ChunkError::Internal(format!("blocking task: {e}")))?
+}
+
+/// The chunk service of one chunkserver.
+#[derive(Debug, Clone)]
+pub struct ChunkApi {
+    engine: Arc<ChunkEngine>,
+    metrics: Arc<Metrics>,
+    integrity: Arc<Integrity>,
+    peers: Arc<PeerPool>,
+    write_slots: Arc<Semaphore>,
+    copy_slots: Arc<Semaphore>,
+}
+
+impl ChunkApi {
+    pub fn new(engine: Arc<ChunkEngine>, metrics: Arc<Metrics>, integrity: Arc<Integrity>) -> ChunkApi {
+        ChunkApi {
+            engine,
+            metrics,
+            integrity,
+            peers: Arc::new(PeerPool::new()),
+            write_slots: Arc::new(Semaphore::new(WRITE_STREAMS_MAX)),
+            copy_slots: Arc::new(Semaphore::new(COPIES_MAX)),
+        }
+    }
+
+    /// Counts and logs a failed operation, and turns it into a status.
+    fn fail(&self, what: &'static str, chunk_id: u64, error: ChunkError) -> Status {
+        match &error {
+            ChunkError::ReplicaFailed { replica, message } => {
+                self.metrics.replica_failures.inc();
+                tracing::warn!(op = what, chunk_id, %replica, %message, "replica failed");
+            }
+            ChunkError::Storage(_) | ChunkError::Internal(_) => {
+                tracing::warn!(op = what, chunk_id, %error, "operation failed");
+            }
+            _ => tracing::debug!(op = what, chunk_id, %error, "operation refused"),
+        }
+        to_status(&error)
+    }
+
+    async fn write_stream(&self, mut inbound: Streaming<WriteChunkRequest>) -> Result<WriteChunkResponse, ChunkError> {
+        let _slot = self.write_slots.acquire().await.map_err(|_| ChunkError::ShuttingDown)?;
+        let first = next_message(&mut inbound).await?.ok_or_else(|| invalid("empty write stream"))?;
+        let header = first.header.clone().ok_or_else(|| invalid("the first write message must carry the header"))?;
+        if header.chain.len() > CHAIN_REPLICAS_MAX {
+            return Err(invalid(&format!("chain of {} replicas exceeds {CHAIN_REPLICAS_MAX}", header.chain.len())));
+        }
+        let target = WriteTarget {
+            chunk: ChunkId(header.chunk_id),
+            version: ChunkVersion(header.version),
+            create: header.create,
+            chunk_size_bytes: header.chunk_size_bytes,
+        };
+        let engine = self.engine.clone();
+        blocking(move || engine.check_write(&target)).await?;
+
+        let mut forwarder = match header.chain.split_first() {
+            Some((next, _)) => Some(Forwarder::start(&self.peers, next)?),
+            None => None,
+        };
+        let mut downstream_header =
+            Some(WriteHeader { chain: header.chain.iter().skip(1).cloned().collect(), ..header.clone() });
+        let mut message = first;
+        let mut bytes_written = 0u64;
+        let mut length_bytes;
+        loop {
+            if message.data.len() > WRITE_MESSAGE_BYTES_MAX {
+                return Err(ChunkError::TooLarge { len: message.data.len(), max: WRITE_MESSAGE_BYTES_MAX });
+            }
+            let computed = crc32(&message.data);
+            if computed != message.crc32 {
+                self.metrics.wire_checksum_errors.inc();
+                return Err(ChunkError::WireChecksum {
+                    chunk: target.chunk,
+                    offset: message.offset,
+                    sent: message.crc32,
+                    computed,
+                });
+            }
+            // Forward first, so the next replica writes while this one does.
+            if let Some(forwarder) = forwarder.as_mut() {
+                let copy = WriteChunkRequest {
+                    header: downstream_header.take(),
+                    offset: message.offset,
+                    data: message.data.clone(),
+                    crc32: message.crc32,
+                };
+                forwarder.send(copy).await?;
+            }
+            let len = message.data.len() as u64;
+            let (engine, integrity) = (self.engine.clone(), self.integrity.clone());
+            let (offset, data) = (message.offset, message.data);
+            let meta =
+                blocking(move || engine.write(&target, offset, &data).inspect_err(|e| integrity.observe(e, "write")))
+                    .await?;
+            length_bytes = meta.length_bytes;
+            bytes_written += len;
+            self.metrics.write_bytes.inc_by(len);
+            match next_message(&mut inbound).await? {
+                Some(next) => message = next,
+                None => break,
+            }
+        }
+
+        // Durable here (if asked) and acknowledged downstream, concurrently.
+        let engine = self.engine.clone();
+        let local = async move {
+            if header.sync {
+                blocking(move || engine.sync()).await
+            } else {
+                Ok(())
+            }
+        };
+        let downstream = async move {
+            match forwarder {
+                Some(forwarder) => forwarder.finish().await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (local, downstream) = tokio::join!(local, downstream);
+        local?;
+        let downstream = downstream?;
+        Ok(WriteChunkResponse {
+            chunk_id: header.chunk_id,
+            version: header.version,
+            length_bytes,
+            bytes_written,
+            replicas: 1 + downstream.map_or(0, |r| r.replicas),
+        })
+    }
+
+    /// Applies a unary chain operation here, then forwards it to the rest of the chain.
+    async fn forward_unary<T, F, Fut>(&self, chain: &[String], call: F) -> Result<Option<T>, ChunkError>
+    where
+        F: FnOnce(
+            cairn_proto::chunk::chunk_service_client::ChunkServiceClient<tonic::transport::Channel>,
+            Vec<String>,
+        ) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        if chain.len() > CHAIN_REPLICAS_MAX {
+            return Err(invalid(&format!("chain of {} replicas exceeds {CHAIN_REPLICAS_MAX}", chain.len())));
+        }
+        let Some((next, rest)) = chain.split_first() else { return Ok(None) };
+        let client = self.peers.client(next)?;
+        match tokio::time::timeout(PEER_RPC_TIMEOUT, call(client, rest.to_vec())).await {
+            Ok(Ok(response)) => Ok(Some(response.into_inner())),
+            Ok(Err(status)) => Err(replica_failure(next, &status)),
+            Err(_) => Err(ChunkError::ReplicaFailed {
+                replica: next.clone(),
+                message: format!("no answer within {PEER_RPC_TIMEOUT:?}"),
+            }),
+        }
+    }
+
+    async fn copy_from_peer(&self, request: CopyChunkFromPeerRequest) -> Result<CopyChunkFromPeerResponse, ChunkError> {
+        let _slot = self.copy_slots.acquire().await.map_err(|_| ChunkError::ShuttingDown)?;
+        let chunk = ChunkId(request.chunk_id);
+        let peer = request.source.clone();
+        let peer_error = |message: String| ChunkError::Peer { peer: peer.clone(), message };
+        let mut source = self.peers.client(&request.source)?;
+        let stat = tokio::time::timeout(
+            PEER_RPC_TIMEOUT,
+            source.stat_chunk(StatChunkRequest { chunk_id: chunk.0, digest: true }),
+        )
+        .await
+        .map_err(|_| peer_error("stat timed out".into()))?
+        .map_err(|s| peer_error(format!("stat: {} ({:?})", s.message(), s.code())))?
+        .into_inner();
+        if stat.version != request.version {
+            return Err(peer_error(format!(
+                "holds version {} of chunk {chunk}, not {}",
+                stat.version, request.version
+            )));
+        }
+        let expected: [u8; 32] =
+            stat.blake3.as_slice().try_into().map_err(|_| peer_error("stat returned no blake3 digest".into()))?;
+
+        let engine = self.engine.clone();
+        let chunk_size = stat.chunk_size_bytes;
+        let mut installer = blocking(move || engine.begin_install(chunk, chunk_size)).await?;
+        let read =
+            ReadChunkRequest { chunk_id: chunk.0, version: request.version, offset: 0, length: stat.length_bytes };
+        let mut stream = source
+            .read_chunk(read)
+            .await
+            .map_err(|s| peer_error(format!("read: {} ({:?})", s.message(), s.code())))?
+            .into_inner();
+        let mut hasher = blake3::Hasher::new();
+        while let Some(message) =
+            stream.message().await.map_err(|s| peer_error(format!("read: {} ({:?})", s.message(), s.code())))?
+        {
+            if message.offset != installer.received_bytes() {
+                return Err(peer_error(format!(
+                    "sent offset {} where {} was expected",
+                    message.offset,
+                    installer.received_bytes()
+                )));
+            }
+            let computed = crc32(&message.data);
+            if computed != message.crc32 {
+                return Err(ChunkError::WireChecksum { chunk, offset: message.offset, sent: message.crc32, computed });
+            }
+            hasher.update(&message.data);
+            installer = blocking(move || {
+                installer.push(&message.data)?;
+                Ok(installer)
+            })
+            .await?;
+        }
+        let actual = *hasher.finalize().as_bytes();
+        if installer.received_bytes() != stat.length_bytes || actual != expected {
+            return Err(ChunkError::DigestMismatch {
+                chunk,
+                expected: format!("{} bytes, blake3 {}", stat.length_bytes, hex(&expected)),
+                actual: format!("{} bytes, blake3 {}", installer.received_bytes(), hex(&actual)),
+            });
+        }
+        let version = ChunkVersion(request.version);
+        let meta = blocking(move || installer.finish(version)).await?;
+        self.integrity.clear(chunk);
+        self.metrics.copies.inc();
+        tracing::info!(%chunk, %peer, version = meta.version.0, length_bytes = meta.length_bytes, "installed a chunk copied from a peer");
+        Ok(CopyChunkFromPeerResponse {
+            length_bytes: meta.length_bytes,
+            version: meta.version.0,
+            blake3: actual.to_vec(),
+        })
+    }
+}
+
+fn invalid(message: &str) -> ChunkError {
+    ChunkError::InvalidArgument(message.to_owned())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The next message of a write stream, or `None` at its end.
+async fn next_message(inbound: &mut Streaming<WriteChunkRequest>) -> Result<Option<WriteChunkRequest>, ChunkError> {
+    match tokio::time::timeout(WRITE_IDLE_TIMEOUT, inbound.message()).await {
+        Ok(Ok(message)) => Ok(message),
+        Ok(Err(status)) => Err(ChunkError::UpstreamFailed(status.message().to_owned())),
+        Err(_) => Err(ChunkError::Timeout { what: "waiting for the next write message".into() }),
+    }
+}
+
+#[tonic::async_trait]
+impl ChunkService for ChunkApi {
+    async fn write_chunk(
+        &self,
+        request: Request<Streaming<WriteChunkRequest>>,
+    ) -> Result<Response<WriteChunkResponse>, Status> {
+        self.metrics.write_streams.inc();
+        match self.write_stream(request.into_inner()).await {
+            Ok(response) => Ok(Response::new(response)),
+            Err(error) => {
+                self.metrics.write_failures.inc();
+                Err(self.fail("write", 0, error))
+            }
+        }
+    }
+
+    type ReadChunkStream = ReceiverStream<Result<ReadChunkResponse, Status>>;
+
+    async fn read_chunk(&self, request: Request<ReadChunkRequest>) -> Result<Response<Self::ReadChunkStream>, Status> {
+        let request = request.into_inner();
+        self.metrics.read_requests.inc();
+        let chunk = ChunkId(request.chunk_id);
+        let version = (request.version != 0).then_some(ChunkVersion(request.version));
+        let piece = |offset: u64, len: u64| {
+            let (engine, integrity) = (self.engine.clone(), self.integrity.clone());
+            blocking(move || engine.read(chunk, version, offset, len).inspect_err(|e| integrity.observe(e, "read")))
+        };
+        // The first piece is read before answering, so that a missing chunk, a wrong version or
+        // a bad range is the call's status rather than an error in the middle of the stream.
+        let first_len = request.length.min(READ_MESSAGE_BYTES as u64);
+        let (meta, first) = piece(request.offset, first_len).await.map_err(|e| self.fail("read", chunk.0, e))?;
+        let end = request.offset.checked_add(request.length).filter(|&end| end <= meta.chunk_size_bytes).ok_or_else(
+            || {
+                to_status(&ChunkError::OutOfRange {
+                    chunk,
+                    offset: request.offset,
+                    len: request.length,
+                    chunk_size_bytes: meta.chunk_size_bytes,
+                })
+            },
+        )?;
+        let end = end.min(meta.length_bytes);
+
+        let (tx, rx) = mpsc::channel(READ_QUEUE_MESSAGES_MAX);
+        let api = self.clone();
+        tokio::spawn(async move {
+            let mut offset = request.offset;
+            let mut next = Some((meta, first));
+            loop {
+                let (meta, data) = match next.take() {
+                    Some(piece) => piece,
+                    None => {
+                        let len = (end - offset).min(READ_MESSAGE_BYTES as u64);
+                        let (engine, integrity) = (api.engine.clone(), api.integrity.clone());
+                        let read = blocking(move || {
+                            engine.read(chunk, version, offset, len).inspect_err(|e| integrity.observe(e, "read"))
+                        })
+                        .await;
+                        match read {
+                            Ok(piece) => piece,
+                            Err(error) => {
+                                let _ = tx.send(Err(api.fail("read", chunk.0, error))).await;
+                                return;
+                            }
+                        }
+                    }
+                };
+                if data.is_empty() {
+                    return;
+                }
+                let len = data.len() as u64;
+                api.metrics.read_bytes.inc_by(len);
+                let message = ReadChunkResponse {
+                    offset,
+                    crc32: crc32(&data),
+                    data,
+                    version: meta.version.0,
+                    length_bytes: meta.length_bytes,
+                };
+                if tx.send(Ok(message)).await.is_err() {
+                    return; // the reader went away
+                }
+                offset += len;
+                if offset >= end {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn truncate_chunk(
+        &self,
+        request: Request<TruncateChunkRequest>,
+    ) -> Result<Response<TruncateChunkResponse>, Status> {
+        let request = request.into_inner();
+        let chunk = ChunkId(request.chunk_id);
+        let result = async {
+            let engine = self.engine.clone();
+            let (version, length, sync) = (ChunkVersion(request.version), request.length_bytes, request.sync);
+            let integrity = self.integrity.clone();
+            let meta = blocking(move || {
+                let meta = engine.truncate(chunk, version, length).inspect_err(|e| integrity.observe(e, "write"))?;
+                if sync {
+                    engine.sync()?;
+                }
+                Ok(meta)
+            })
+            .await?;
+            let downstream = self
+                .forward_unary(&request.chain, |mut client, chain| async move {
+                    client.truncate_chunk(TruncateChunkRequest { chain, ..request }).await
+                })
+                .await?;
+            Ok(TruncateChunkResponse {
+                length_bytes: meta.length_bytes,
+                replicas: 1 + downstream.map_or(0, |r| r.replicas),
+            })
+        }
+        .await;
+        result.map(Response::new).map_err(|e| self.fail("truncate", chunk.0, e))
+    }
+
+    async fn delete_chunk(
+        &self,
+        request: Request<DeleteChunkRequest>,
+    ) -> Result<Response<DeleteChunkResponse>, Status> {
+        let request = request.into_inner();
+        let chunk = ChunkId(request.chunk_id);
+        let result = async {
+            let engine = self.engine.clone();
+            let version = (request.version != 0).then_some(ChunkVersion(request.version));
+            let sync = request.sync;
+            let existed = blocking(move || {
+                let existed = engine.delete(chunk, version)?;
+                if sync {
+                    engine.sync()?;
+                }
+                Ok(existed)
+            })
+            .await?;
+            self.integrity.clear(chunk);
+            let downstream = self
+                .forward_unary(&request.chain, |mut client, chain| async move {
+                    client.delete_chunk(DeleteChunkRequest { chain, ..request }).await
+                })
+                .await?;
+            Ok(DeleteChunkResponse { existed, replicas: 1 + downstream.map_or(0, |r| r.replicas) })
+        }
+        .await;
+        result.map(Response::new).map_err(|e| self.fail("delete", chunk.0, e))
+    }
+
+    async fn stat_chunk(&self, request: Request<StatChunkRequest>) -> Result<Response<StatChunkResponse>, Status> {
+        let request = request.into_inner();
+        let chunk = ChunkId(request.chunk_id);
+        let (engine, integrity) = (self.engine.clone(), self.integrity.clone());
+        let stat = blocking(move || engine.stat(chunk, request.digest).inspect_err(|e| integrity.observe(e, "stat")))
+            .await
+            .map_err(|e| self.fail("stat", chunk.0, e))?;
+        Ok(Response::new(StatChunkResponse {
+            chunk_id: chunk.0,
+            version: stat.meta.version.0,
+            length_bytes: stat.meta.length_bytes,
+            chunk_size_bytes: stat.meta.chunk_size_bytes,
+            block_size_bytes: stat.meta.block_size_bytes,
+            blake3: stat.blake3.map(|d| d.to_vec()).unwrap_or_default(),
+            corrupt: stat.meta.corrupt,
+        }))
+    }
+
+    async fn list_chunks(&self, request: Request<ListChunksRequest>) -> Result<Response<ListChunksResponse>, Status> {
+        let request = request.into_inner();
+        let engine = self.engine.clone();
+        let (page, more) = blocking(move || engine.list(ChunkId(request.start_after), request.limit))
+            .await
+            .map_err(|e| self.fail("list", 0, e))?;
+        let chunks = page
+            .into_iter()
+            .map(|(id, meta)| ChunkInfo {
+                chunk_id: id.0,
+                version: meta.version.0,
+                length_bytes: meta.length_bytes,
+                corrupt: meta.corrupt,
+            })
+            .collect();
+        Ok(Response::new(ListChunksResponse { chunks, more }))
+    }
+
+    async fn update_version(
+        &self,
+        request: Request<UpdateVersionRequest>,
+    ) -> Result<Response<UpdateVersionResponse>, Status> {
+        let request = request.into_inner();
+        let chunk = ChunkId(request.chunk_id);
+        let engine = self.engine.clone();
+        let meta = blocking(move || {
+            let meta = engine.update_version(
+                chunk,
+                ChunkVersion(request.expected_version),
+                ChunkVersion(request.new_version),
+            )?;
+            engine.sync()?;
+            Ok(meta)
+        })
+        .await
+        .map_err(|e| self.fail("update_version", chunk.0, e))?;
+        Ok(Response::new(UpdateVersionResponse { version: meta.version.0 }))
+    }
+
+    async fn copy_chunk_from_peer(
+        &self,
+        request: Request<CopyChunkFromPeerRequest>,
+    ) -> Result<Response<CopyChunkFromPeerResponse>, Status> {
+        let request = request.into_inner();
+        let chunk_id = request.chunk_id;
+        match tokio::time::timeout(COPY_TIMEOUT, self.copy_from_peer(request)).await {
+            Ok(Ok(response)) => Ok(Response::new(response)),
+            Ok(Err(error)) => Err(self.fail("copy", chunk_id, error)),
+            Err(_) => Err(self.fail("copy", chunk_id, ChunkError::Timeout { what: "copy from peer".into() })),
+        }
+    }
+}
