@@ -23,20 +23,32 @@ pub struct ClusterOptions {
     pub election_timeout: &'static str,
     /// `--snapshot-count`; `None` keeps the server's default.
     pub snapshot_count: Option<u64>,
+    /// Further coordinator flags.
+    pub extra_args: Vec<OsString>,
 }
 
 impl Default for ClusterOptions {
     /// Calm timings: two 3-node clusters share 2 cores during a test run, and a starved
     /// heartbeat must not trigger elections in tests that are not about them.
     fn default() -> Self {
-        ClusterOptions { heartbeat_interval: "100ms", election_timeout: "1s", snapshot_count: None }
+        ClusterOptions {
+            heartbeat_interval: "100ms",
+            election_timeout: "1s",
+            snapshot_count: None,
+            extra_args: Vec::new(),
+        }
     }
 }
 
 impl ClusterOptions {
     /// Fast elections, for fault tests that wait for a new leader.
     pub fn fast_failover() -> Self {
-        ClusterOptions { heartbeat_interval: "50ms", election_timeout: "500ms", snapshot_count: None }
+        ClusterOptions {
+            heartbeat_interval: "50ms",
+            election_timeout: "500ms",
+            snapshot_count: None,
+            extra_args: Vec::new(),
+        }
     }
 
     fn coordinator_args(&self) -> Vec<OsString> {
@@ -49,6 +61,7 @@ impl ClusterOptions {
         if let Some(count) = self.snapshot_count {
             args.extend(["--snapshot-count".into(), count.to_string().into()]);
         }
+        args.extend(self.extra_args.iter().cloned());
         args
     }
 }
