@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "proto/cairn/raft.proto",
     "proto/cairn/coordinator.proto",
     "proto/cairn/chunk.proto",
+    "proto/cairn/meta.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

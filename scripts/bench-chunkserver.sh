@@ -33,7 +33,10 @@ t0=$(now); dd if="$WORK/raw" of=/dev/null bs=1M iflag=direct status=none; t1=$(n
 echo "raw read  (dd iflag=direct, 1 MiB blocks): $(rate "$mib" "$(echo "$t1 - $t0" | bc -l)") MiB/s"
 rm -f "$WORK/raw"
 
-"$CAIRN" dev up --dir "$WORK/cluster" --coordinators 3 --chunkservers 3 >/dev/null
+# Only the services the chunkservers need (no metaservers, if this launcher knows them).
+only=()
+if "$CAIRN" dev up --help | grep -q -- --metaservers; then only=(--metaservers 0); fi
+"$CAIRN" dev up --dir "$WORK/cluster" --coordinators 3 --chunkservers 3 "${only[@]}" >/dev/null
 # shellcheck disable=SC1091
 source "$WORK/cluster/cluster.env"
 IFS=, read -r cs1 cs2 cs3 <<<"$CAIRN_CHUNKSERVER_ENDPOINTS"

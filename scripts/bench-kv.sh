@@ -42,7 +42,7 @@ start_etcd() {
 echo "# $(date -u +%FT%TZ) $(nproc) cores, $(uname -r)"
 echo "# etcd: $(etcd --version | head -1)"
 start_etcd
-"$CAIRN" dev up --dir "$WORK/cairn" >/dev/null
+"$CAIRN" dev up --dir "$WORK/cairn" --chunkservers 0 --metaservers 0 >/dev/null
 # shellcheck disable=SC1091
 source "$WORK/cairn/cluster.env"
 

@@ -19,8 +19,8 @@ use tonic::{Code, Status};
 
 use crate::block::crc32;
 use crate::limits::{
-    CONNECT_TIMEOUT, GRPC_CONNECTION_WINDOW_BYTES, GRPC_MESSAGE_BYTES_MAX, GRPC_STREAM_WINDOW_BYTES,
-    WRITE_MESSAGE_BYTES_MAX,
+    CONNECT_TIMEOUT, GRPC_CONNECTION_WINDOW_BYTES, GRPC_FRAME_BYTES_MAX, GRPC_MESSAGE_BYTES_MAX,
+    GRPC_STREAM_WINDOW_BYTES, WRITE_MESSAGE_BYTES_MAX,
 };
 
 /// Status metadata naming the replica (host:port) that failed in a chain operation.
@@ -78,6 +78,7 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
         .tcp_nodelay(true)
         .initial_stream_window_size(GRPC_STREAM_WINDOW_BYTES)
         .initial_connection_window_size(GRPC_CONNECTION_WINDOW_BYTES)
+        .max_frame_size(GRPC_FRAME_BYTES_MAX)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5)))
 }

@@ -49,6 +49,8 @@ pub const READ_MESSAGE_BYTES: usize = MIB as usize;
 pub const GRPC_MESSAGE_BYTES_MAX: usize = WRITE_MESSAGE_BYTES_MAX + 64 * KIB as usize;
 /// HTTP/2 flow-control window per stream: how much a sender may have in flight on one stream.
 pub const GRPC_STREAM_WINDOW_BYTES: u32 = 8 * MIB as u32;
+/// Largest HTTP/2 frame this side accepts (h2's default is 16 KiB: 64 frames per message).
+pub const GRPC_FRAME_BYTES_MAX: u32 = MIB as u32;
 /// HTTP/2 flow-control window per connection.
 pub const GRPC_CONNECTION_WINDOW_BYTES: u32 = 32 * MIB as u32;
 /// Replicas after the primary in one chain.
@@ -70,6 +72,8 @@ const _: () = assert!(READ_MESSAGE_BYTES <= WRITE_MESSAGE_BYTES_MAX);
 const _: () = assert!(GRPC_MESSAGE_BYTES_MAX > WRITE_MESSAGE_BYTES_MAX);
 const _: () = assert!(GRPC_STREAM_WINDOW_BYTES as usize >= GRPC_MESSAGE_BYTES_MAX);
 const _: () = assert!(GRPC_CONNECTION_WINDOW_BYTES >= GRPC_STREAM_WINDOW_BYTES);
+// HTTP/2 allows frames of at most 2^24 - 1 bytes.
+const _: () = assert!(GRPC_FRAME_BYTES_MAX < (1 << 24) && GRPC_FRAME_BYTES_MAX <= GRPC_STREAM_WINDOW_BYTES);
 
 // ---- Deadlines ----
 

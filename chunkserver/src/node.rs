@@ -16,7 +16,10 @@ use crate::engine::ChunkEngine;
 use crate::error::ChunkError;
 use crate::http::{self, HttpState};
 use crate::integrity::Integrity;
-use crate::limits::{GRPC_CONNECTION_WINDOW_BYTES, GRPC_MESSAGE_BYTES_MAX, GRPC_STREAM_WINDOW_BYTES, SHUTDOWN_GRACE};
+use crate::limits::{
+    GRPC_CONNECTION_WINDOW_BYTES, GRPC_FRAME_BYTES_MAX, GRPC_MESSAGE_BYTES_MAX, GRPC_STREAM_WINDOW_BYTES,
+    SHUTDOWN_GRACE,
+};
 use crate::metrics::Metrics;
 use crate::registry::{Registration, RegistrationConfig};
 use crate::scrubber::{self, ScrubConfig};
@@ -84,6 +87,7 @@ pub async fn run(config: ChunkserverConfig, shutdown: CancellationToken) -> Resu
         tonic::transport::Server::builder()
             .initial_stream_window_size(GRPC_STREAM_WINDOW_BYTES)
             .initial_connection_window_size(GRPC_CONNECTION_WINDOW_BYTES)
+            .max_frame_size(GRPC_FRAME_BYTES_MAX)
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, stop.cancelled())
             .await

@@ -310,8 +310,10 @@ impl Watcher {
                 },
                 _ = progress.tick(), if self.progress_notify => {
                     if !sent_since_tick {
-                        let revision = self.backend.current_revision().map_err(|e| Stop::Failed(e.to_string()))?;
-                        self.emit(revision, Vec::new()).await?;
+                        // Report what this watcher has processed, not the store's revision:
+                        // events of later revisions may still be queued for it, and a progress
+                        // notification promises there are none up to its revision.
+                        self.emit(next - 1, Vec::new()).await?;
                     }
                     sent_since_tick = false;
                 }

@@ -63,6 +63,9 @@ pub struct DevUpArgs {
     /// Number of chunkservers (0 for a coordinator-only cluster).
     #[arg(long, default_value_t = 3)]
     pub chunkservers: usize,
+    /// Number of metaserver replicas (0 for none).
+    #[arg(long, default_value_t = 3)]
+    pub metaservers: usize,
 }
 
 #[derive(Debug, Args)]
@@ -260,6 +263,7 @@ mod tests {
                 assert_eq!(args.timeout, Duration::from_secs(90));
                 assert_eq!(args.coordinators, 3);
                 assert_eq!(args.chunkservers, 3);
+                assert_eq!(args.metaservers, 3);
             }
             other => panic!("unexpected {other:?}"),
         }

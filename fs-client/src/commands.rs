@@ -29,6 +29,7 @@ async fn dev_up(args: DevUpArgs) -> anyhow::Result<ExitCode> {
     let spec = ClusterSpec {
         coordinators: args.coordinators,
         chunkservers: args.chunkservers,
+        metaservers: args.metaservers,
         ready_timeout: args.timeout,
         ..ClusterSpec::new(args.dir.dir)
     };

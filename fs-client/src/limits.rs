@@ -8,6 +8,8 @@ use std::time::Duration;
 pub const DEV_COORDINATORS_MAX: usize = 9;
 /// Largest number of chunkservers in a dev cluster.
 pub const DEV_CHUNKSERVERS_MAX: usize = 16;
+/// Largest dev-cluster metaserver group.
+pub const DEV_METASERVERS_MAX: usize = 9;
 
 /// Dev-cluster ports are drawn at random from `DEV_PORT_MIN` up to the start of the kernel's
 /// ephemeral port range, trying this many before letting the kernel choose.

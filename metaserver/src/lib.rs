@@ -1,2 +1,14 @@
-//! Cairn's metaserver. Not built yet: it arrives with its own issue (see docs/architecture.md).
-//! The crate exists so the workspace layout is final from the start; it has no behaviour.
+//! Cairn's metaserver, phase 1: the Raft-replicated namespace (see docs/metaserver.md).
+//!
+//! - [`namespace`]: the deterministic state machine (inodes, entries, attributes, xattrs).
+//! - [`node`]: wiring and lifecycle of one metaserver process.
+//! - [`api`]: the thin tonic adapter of `cairn.meta.v1.MetaService`.
+//! - [`config`], [`limits`], [`metrics`], [`http`]: operations.
+
+pub mod api;
+pub mod config;
+pub mod http;
+pub mod limits;
+pub mod metrics;
+pub mod namespace;
+pub mod node;

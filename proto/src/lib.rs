@@ -64,6 +64,15 @@ pub mod cairn {
         }
     }
 
+    /// Package `cairn.meta`.
+    pub mod meta {
+        /// Generated code from package `cairn.meta.v1` (`meta.proto`): the metaserver API.
+        #[allow(clippy::all, clippy::pedantic, clippy::nursery, missing_docs)]
+        pub mod v1 {
+            tonic::include_proto!("cairn.meta.v1");
+        }
+    }
+
     /// Package `cairn.chunk`.
     pub mod chunk {
         /// Generated code from package `cairn.chunk.v1` (`chunk.proto`): the chunkserver API.
@@ -76,6 +85,7 @@ pub mod cairn {
 
 pub use cairn::chunk::v1 as chunk;
 pub use cairn::coordinator::v1 as coordinator;
+pub use cairn::meta::v1 as meta;
 pub use cairn::raft::v1 as raft;
 
 /// Encoded `google.protobuf.FileDescriptorSet` of every `.proto` file in this crate.

@@ -143,6 +143,7 @@ impl TestCluster {
         // Coordinators only: these fixtures test the coordinator, and on 2 cores every extra
         // process steals time from heartbeats.
         spec.chunkservers = 0;
+        spec.metaservers = 0;
         spec.ready_timeout = CLUSTER_READY_TIMEOUT;
         spec.coordinator_args = options.coordinator_args();
         match Cluster::start(spec).await {

@@ -118,8 +118,10 @@ async fn member_add_remove_status_health_and_snapshot() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nospace_alarm_refuses_writes_but_serves_reads_and_deletes() -> anyhow::Result<()> {
     // A reserve larger than any disk: every member raises NOSPACE at start.
-    let mut options = ClusterOptions::default();
-    options.extra_args = vec!["--disk-free-min-bytes".into(), (u64::MAX / 2).to_string().into()];
+    let options = ClusterOptions {
+        extra_args: vec!["--disk-free-min-bytes".into(), (u64::MAX / 2).to_string().into()],
+        ..ClusterOptions::default()
+    };
     let cluster = TestCluster::start_with("nospace", options).await?;
     let ctl = cluster.etcdctl();
     let alarms = poll_until("the NOSPACE alarm", DEADLINE, || async {

@@ -96,7 +96,8 @@ impl ChunkApi {
             Some(WriteHeader { chain: header.chain.iter().skip(1).cloned().collect(), ..header.clone() });
         let mut message = first;
         let mut bytes_written = 0u64;
-        let mut length_bytes;
+        let mut length_bytes = 0;
+        let mut applying: Option<tokio::task::JoinHandle<Result<u64, ChunkError>>> = None;
         loop {
             if message.data.len() > WRITE_MESSAGE_BYTES_MAX {
                 return Err(ChunkError::TooLarge { len: message.data.len(), max: WRITE_MESSAGE_BYTES_MAX });
@@ -121,19 +122,28 @@ impl ChunkApi {
                 };
                 forwarder.send(copy).await?;
             }
+            // Messages apply in order, one at a time, but the next one is received and
+            // forwarded while the previous one is being applied.
+            if let Some(previous) = applying.take() {
+                length_bytes = previous.await.map_err(|e| ChunkError::Internal(format!("apply task: {e}")))??;
+            }
             let len = message.data.len() as u64;
             let (engine, integrity) = (self.engine.clone(), self.integrity.clone());
             let (offset, data) = (message.offset, message.data);
-            let meta =
-                blocking(move || engine.write(&target, offset, &data).inspect_err(|e| integrity.observe(e, "write")))
-                    .await?;
-            length_bytes = meta.length_bytes;
+            let metrics = self.metrics.clone();
+            applying = Some(tokio::task::spawn_blocking(move || {
+                let meta = engine.write(&target, offset, &data).inspect_err(|e| integrity.observe(e, "write"))?;
+                metrics.write_bytes.inc_by(len);
+                Ok::<_, ChunkError>(meta.length_bytes)
+            }));
             bytes_written += len;
-            self.metrics.write_bytes.inc_by(len);
             match next_message(&mut inbound).await? {
                 Some(next) => message = next,
                 None => break,
             }
+        }
+        if let Some(last) = applying.take() {
+            length_bytes = last.await.map_err(|e| ChunkError::Internal(format!("apply task: {e}")))??;
         }
 
         // Durable here (if asked) and acknowledged downstream, concurrently.

@@ -18,7 +18,7 @@ use rocksdb::{
 
 use super::{ChunkMeta, ChunkStore, StorageError, StoreBatch, StoreOp};
 use crate::ids::ChunkId;
-use crate::limits::{BLOB_FILE_BYTES, BLOB_MIN_BYTES, BLOCK_MEMTABLE_BYTES, MIB};
+use crate::limits::{BLOB_FILE_BYTES, BLOB_MIN_BYTES, BLOCK_MEMTABLE_BYTES};
 
 const CF_META: &str = "chunk_meta";
 const CF_BLOCKS: &str = "chunk_blocks";
@@ -63,9 +63,12 @@ impl RocksStore {
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(4);
-        // Spread file writeback over time instead of one large fsync at the end of a flush.
-        db_opts.set_bytes_per_sync(MIB);
-        db_opts.set_wal_bytes_per_sync(MIB);
+        // No `bytes_per_sync` / `wal_bytes_per_sync`: on this machine the periodic
+        // sync_file_range they issue cut sequential writes from ~420 to ~170 MiB/s
+        // (bench-blocks, 256 KiB blocks); durability comes from the explicit WAL fsync anyway.
+        // Chunks are mostly read sequentially, and their blocks sit in order in the blob files:
+        // let the kernel read ahead instead of advising random access (RocksDB's default).
+        db_opts.set_advise_random_on_open(false);
         // Bounds the WAL (and recovery time): older memtables are flushed when exceeded.
         db_opts.set_max_total_wal_size(4 * BLOCK_MEMTABLE_BYTES as u64);
 

@@ -394,7 +394,8 @@ impl Keeper {
                     }
                     Renewal::Gone => return LeaseLoss::Expired,
                     Renewal::Failed { endpoint, reason } | Renewal::Refused { endpoint, message: reason, .. } => {
-                        tracing::debug!(lease = %self.id, endpoint = self.client.addr(endpoint), %reason, "lease renewal failed; trying the next endpoint");
+                        let addr = self.client.addr(endpoint);
+                        tracing::debug!(lease = %self.id, endpoint = addr, %reason, "lease renewal failed");
                         self.client.fail_over(endpoint);
                         // Several tries must fit in what is left of the TTL, whatever the
                         // client's backoff.

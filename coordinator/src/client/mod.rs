@@ -7,10 +7,11 @@
 //! # What it promises
 //!
 //! * **Endpoint failover.** A [`CoordinatorClient`] holds a lazily connected channel to every
-//!   endpoint it was given and sends each call to the *current* one. When an attempt fails in a
-//!   way that allows another, the client makes the next endpoint current and tries again after
-//!   a backoff, for at most [`ClientOptions::attempts`] attempts, each bounded by
-//!   [`ClientOptions::request_timeout`].
+//!   endpoint it was given and sends each call to the *current* one. When an attempt fails other
+//!   than by a definite answer from the server (transport error, deadline, "no leader", ...),
+//!   the next endpoint becomes current for every later call; if the failure allows another
+//!   attempt (below), the call is tried again there after a backoff, for at most
+//!   [`ClientOptions::attempts`] attempts, each bounded by [`ClientOptions::request_timeout`].
 //! * **Writes are never applied twice by the library.** Reads (`get*`, read-only txns,
 //!   `time_to_live`) are retried after any transport failure or timeout. Writes are retried
 //!   only when the failure proves the request was not applied: the connection was refused
@@ -19,11 +20,13 @@
 //!   other failure — the deadline passed, the connection broke after sending, the server said
 //!   "etcdserver: request timed out" — a write fails with [`ClientError::OutcomeUnknown`]: it
 //!   may have been applied, or may still be, and only the caller can tell (read it back, or
-//!   make the write conditional with a txn). Every other error means it was not applied.
+//!   make the write conditional with a txn). Every other error means it was not applied,
+//!   except [`ClientError::Malformed`] (the server did process it but answered nonsense).
 //! * **Lease keep-alive.** [`CoordinatorClient::keep_alive`] returns a [`LeaseKeeper`] whose
 //!   task renews the lease every TTL/3 on a `LeaseKeepAlive` stream, moving to another endpoint
-//!   when the stream breaks. Its [`LeaseState`] turns [`LeaseState::Lost`] as soon as the
-//!   server answers TTL 0 or the time the last renewal guaranteed has run out — on the client's
+//!   when the stream breaks (pausing at most TTL/6 between tries). Its [`LeaseState`] turns
+//!   [`LeaseState::Lost`] as soon as the server answers TTL 0 (the lease does not exist) or the
+//!   time the last renewal guaranteed has run out — on the client's
 //!   clock, measured from when that renewal was *sent*, so the client never believes in a lease
 //!   the server has already expired (clock rates assumed equal). Dropping the keeper stops the
 //!   renewals (and revokes the lease, if asked to).
@@ -31,7 +34,9 @@
 //!   once, in revision order, from its start revision on, across broken streams and dead
 //!   endpoints: it remembers the last revision it delivered and re-creates the watch on another
 //!   endpoint from the next one. If that revision has been compacted away, the stream yields
-//!   [`ClientError::Compacted`] and ends — events were lost and the consumer must re-read.
+//!   [`ClientError::Compacted`] and ends — events were lost and the consumer must re-read
+//!   (unless the server's progress notifications had vouched that nothing was missed; see
+//!   `watch.rs`).
 //!
 //! # What it assumes
 //!
@@ -44,7 +49,8 @@
 //!
 //! It never panics on what a server sends (a malformed answer is
 //! [`ClientError::Malformed`]), never buffers without a bound (see the `CLIENT_*` limits in
-//! [`crate::limits`]), and never keeps a task running past the handle that owns it.
+//! [`crate::limits`]), and never keeps a task running past the handle that owns it (except a
+//! dropped keeper's revoke, bounded by the client's attempts).
 //!
 //! # Not (yet) covered
 //!
@@ -200,7 +206,8 @@ impl CoordinatorClient {
             if !may_retry(op, fate) {
                 return Err(ClientError::OutcomeUnknown { operation, endpoint: endpoint.addr.clone(), reason });
             }
-            tracing::debug!(operation, endpoint = %endpoint.addr, attempt = n, %reason, "coordinator call failed; trying the next endpoint");
+            let addr = &endpoint.addr;
+            tracing::debug!(operation, endpoint = %addr, attempt = n, %reason, "coordinator call failed; trying again");
             last = format!("{}: {reason}", endpoint.addr);
             if n < options.attempts {
                 tokio::time::sleep(backoff.next_delay()).await;

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::error::ClientError;
-use super::retry::{classify, Fate};
+use super::retry::{classify, Backoff, Fate};
 use super::types::{prefix_range_end, KeyValue, Revision};
 use super::{describe, watch_client, CoordinatorClient};
 use crate::limits;
@@ -317,7 +317,7 @@ impl Watcher {
     }
 
     /// One gRPC stream: create the watcher, then forward its events until the stream ends.
-    async fn session(&mut self, endpoint: usize, backoff: &mut super::retry::Backoff) -> SessionEnd {
+    async fn session(&mut self, endpoint: usize, backoff: &mut Backoff) -> SessionEnd {
         let timeout = self.client.options().request_timeout;
         let create = WatchRequest {
             request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {

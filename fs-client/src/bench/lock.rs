@@ -312,47 +312,67 @@ impl Worker {
                 Ok(Err(status)) => Err(status),
                 Err(_) => Err(tonic::Status::deadline_exceeded("lock timed out")),
             };
-            outcome.record(&self.window, started, Instant::now(), result.is_ok());
-            if let Err(status) = result {
-                self.note_error(&status);
-                tokio::time::sleep(BENCH_ERROR_BACKOFF).await;
+            match result {
+                Ok(()) => outcome.record(&self.window, started, Instant::now(), true),
+                Err(status) => self.fail(outcome, started, &status).await,
             }
         }
     }
 
     async fn keepalive_loop(&self, lease_id: i64, outcome: &mut WorkerOutcome) {
         let mut lease = LeaseClient::new(self.channel.clone());
-        'stream: while Instant::now() < self.window.end {
+        while Instant::now() < self.window.end {
+            // The first renewal is queued before the stream opens: etcd (grpc-go) sends the
+            // response headers only with its first answer, so opening an empty stream would
+            // wait forever.
             let (tx, rx) = mpsc::channel(BENCH_KEEPALIVE_STREAM_BUFFER);
-            let mut responses = match lease.lease_keep_alive(ReceiverStream::new(rx)).await {
-                Ok(resp) => resp.into_inner(),
-                Err(status) => {
-                    self.note_error(&status);
-                    tokio::time::sleep(BENCH_ERROR_BACKOFF).await;
+            let mut started = Instant::now();
+            if tx.send(LeaseKeepAliveRequest { id: lease_id }).await.is_err() {
+                continue;
+            }
+            let opened = tokio::time::timeout(BENCH_RPC_TIMEOUT, lease.lease_keep_alive(ReceiverStream::new(rx))).await;
+            let mut responses = match opened {
+                Ok(Ok(resp)) => resp.into_inner(),
+                Ok(Err(status)) => {
+                    self.fail(outcome, started, &status).await;
+                    continue;
+                }
+                Err(_) => {
+                    self.fail(outcome, started, &tonic::Status::deadline_exceeded("keep-alive stream did not open"))
+                        .await;
                     continue;
                 }
             };
-            while Instant::now() < self.window.end {
-                let started = Instant::now();
-                if tx.send(LeaseKeepAliveRequest { id: lease_id }).await.is_err() {
-                    continue 'stream;
-                }
+            loop {
                 let answer = tokio::time::timeout(BENCH_RPC_TIMEOUT, responses.message()).await;
-                let ok = matches!(&answer, Ok(Ok(Some(resp))) if resp.ttl > 0);
-                outcome.record(&self.window, started, Instant::now(), ok);
-                if !ok {
-                    let status = match answer {
-                        Ok(Err(status)) => status,
-                        Ok(Ok(Some(_))) => tonic::Status::not_found("lease expired (keep-alive answered TTL 0)"),
-                        Ok(Ok(None)) => tonic::Status::unavailable("keep-alive stream ended"),
-                        Err(_) => tonic::Status::deadline_exceeded("keep-alive timed out"),
-                    };
-                    self.note_error(&status);
-                    tokio::time::sleep(BENCH_ERROR_BACKOFF).await;
-                    continue 'stream;
+                let failure = match answer {
+                    Ok(Ok(Some(resp))) if resp.ttl > 0 => None,
+                    Ok(Ok(Some(_))) => Some(tonic::Status::not_found("lease expired (keep-alive answered TTL 0)")),
+                    Ok(Ok(None)) => Some(tonic::Status::unavailable("keep-alive stream ended")),
+                    Ok(Err(status)) => Some(status),
+                    Err(_) => Some(tonic::Status::deadline_exceeded("keep-alive timed out")),
+                };
+                if let Some(status) = failure {
+                    self.fail(outcome, started, &status).await;
+                    break;
+                }
+                outcome.record(&self.window, started, Instant::now(), true);
+                if Instant::now() >= self.window.end {
+                    return;
+                }
+                started = Instant::now();
+                if tx.send(LeaseKeepAliveRequest { id: lease_id }).await.is_err() {
+                    break;
                 }
             }
         }
+    }
+
+    /// Counts a failed operation that started at `started`, remembers the error, and backs off.
+    async fn fail(&self, outcome: &mut WorkerOutcome, started: Instant, status: &tonic::Status) {
+        outcome.record(&self.window, started, Instant::now(), false);
+        self.note_error(status);
+        tokio::time::sleep(BENCH_ERROR_BACKOFF).await;
     }
 }
 

@@ -146,6 +146,21 @@ impl Cluster {
         self.state.chunkserver_http()
     }
 
+    /// Metaserver (MetaService gRPC) addresses, `host:port`, ordered by id.
+    pub fn metaserver_endpoints(&self) -> Vec<String> {
+        self.state.metaserver_endpoints()
+    }
+
+    /// Metaserver HTTP addresses, `host:port`, ordered by id.
+    pub fn metaserver_http_endpoints(&self) -> Vec<String> {
+        self.state.metaserver_http()
+    }
+
+    /// Ids of the metaservers, ascending (name them with [`NodeRef::metaserver`]).
+    pub fn metaserver_ids(&self) -> Vec<NodeId> {
+        self.ids_of(ServiceKind::Metaserver)
+    }
+
     /// Ids of the chunkservers, ascending (name them with [`NodeRef::chunkserver`]).
     pub fn chunkserver_ids(&self) -> Vec<NodeId> {
         self.ids_of(ServiceKind::Chunkserver)

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::state::{ClusterState, NodeInfo};
 use super::{DevError, NodeId, NodeRef, PortAllocator, ServiceKind};
-use crate::limits::{DEV_CHUNKSERVERS_MAX, DEV_COORDINATORS_MAX, DEV_READY_TIMEOUT_DEFAULT};
+use crate::limits::{DEV_CHUNKSERVERS_MAX, DEV_COORDINATORS_MAX, DEV_METASERVERS_MAX, DEV_READY_TIMEOUT_DEFAULT};
 
 /// What cluster to start and where.
 #[derive(Debug, Clone)]
@@ -21,6 +21,9 @@ pub struct ClusterSpec {
     /// Number of chunkservers (ids `1..=chunkservers`); 0 runs none. They start once the
     /// coordinators are healthy and register in them.
     pub chunkservers: usize,
+    /// Size of the metaserver Raft group (ids `1..=metaservers`); 0 runs none. They start
+    /// after the coordinators and chunkservers are healthy.
+    pub metaservers: usize,
     /// Overall deadline for every node to report healthy.
     pub ready_timeout: Duration,
     /// Where the server binaries are; `None` means [`super::bin_dir`].
@@ -30,22 +33,27 @@ pub struct ClusterSpec {
     pub coordinator_args: Vec<OsString>,
     /// Extra arguments appended to every chunkserver's command line (e.g. `--scrub-interval`).
     pub chunkserver_args: Vec<OsString>,
+    /// Extra arguments appended to every metaserver's command line (e.g. Raft timings).
+    pub metaserver_args: Vec<OsString>,
     /// Extra environment for every server process (e.g. `RUST_LOG`). `NO_COLOR=1` is always set
     /// so logs stay greppable.
     pub env: Vec<(OsString, OsString)>,
 }
 
 impl ClusterSpec {
-    /// Three coordinators and three chunkservers in `dir`, with default timeouts.
+    /// Three coordinators, three chunkservers and three metaservers in `dir`, with default
+    /// timeouts.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         ClusterSpec {
             dir: dir.into(),
             coordinators: 3,
             chunkservers: 3,
+            metaservers: 3,
             ready_timeout: DEV_READY_TIMEOUT_DEFAULT,
             bin_dir: None,
             coordinator_args: Vec::new(),
             chunkserver_args: Vec::new(),
+            metaserver_args: Vec::new(),
             env: Vec::new(),
         }
     }
@@ -63,6 +71,12 @@ impl ClusterSpec {
                 self.chunkservers
             )));
         }
+        if self.metaservers > DEV_METASERVERS_MAX {
+            return Err(DevError::InvalidSpec(format!(
+                "metaservers must be at most {DEV_METASERVERS_MAX}, not {}",
+                self.metaservers
+            )));
+        }
         if self.ready_timeout.is_zero() {
             return Err(DevError::InvalidSpec("ready_timeout must be positive".into()));
         }
@@ -74,6 +88,7 @@ impl ClusterSpec {
         match kind {
             ServiceKind::Coordinator => self.coordinators,
             ServiceKind::Chunkserver => self.chunkservers,
+            ServiceKind::Metaserver => self.metaservers,
         }
     }
 
@@ -81,6 +96,7 @@ impl ClusterSpec {
         match kind {
             ServiceKind::Coordinator => &self.coordinator_args,
             ServiceKind::Chunkserver => &self.chunkserver_args,
+            ServiceKind::Metaserver => &self.metaserver_args,
         }
     }
 }
@@ -99,8 +115,14 @@ pub struct NodeAddrs {
 
 /// `1=127.0.0.1:P1,2=127.0.0.1:P2,...` from the coordinators' peer addresses, ordered by id.
 pub fn initial_cluster(nodes: &[NodeInfo]) -> String {
+    initial_cluster_of(nodes, ServiceKind::Coordinator)
+}
+
+/// `1=127.0.0.1:P1,...` from the peer addresses of the nodes of one Raft group (`kind`),
+/// ordered by id.
+pub fn initial_cluster_of(nodes: &[NodeInfo], kind: ServiceKind) -> String {
     let mut members: Vec<(NodeId, SocketAddr)> =
-        nodes.iter().filter(|n| n.kind == ServiceKind::Coordinator).map(|n| (n.id, n.addrs.peer)).collect();
+        nodes.iter().filter(|n| n.kind == kind).map(|n| (n.id, n.addrs.peer)).collect();
     members.sort();
     members.iter().map(|(id, addr)| format!("{id}={addr}")).collect::<Vec<_>>().join(",")
 }
@@ -141,6 +163,22 @@ pub(crate) fn command_args(node: &NodeInfo, nodes: &[NodeInfo], extra: &[OsStrin
             node.addrs.client.to_string().into(),
             "--listen-http".into(),
             node.addrs.http.to_string().into(),
+            "--coordinator-endpoints".into(),
+            coordinator_endpoints(nodes).into(),
+        ],
+        ServiceKind::Metaserver => vec![
+            "--node-id".into(),
+            node.id.to_string().into(),
+            "--data-dir".into(),
+            node.data_dir.clone().into_os_string(),
+            "--listen-client".into(),
+            node.addrs.client.to_string().into(),
+            "--listen-peer".into(),
+            node.addrs.peer.to_string().into(),
+            "--listen-http".into(),
+            node.addrs.http.to_string().into(),
+            "--initial-cluster".into(),
+            initial_cluster_of(nodes, ServiceKind::Metaserver).into(),
             "--coordinator-endpoints".into(),
             coordinator_endpoints(nodes).into(),
         ],
@@ -272,26 +310,71 @@ mod tests {
     }
 
     #[test]
+    fn metaserver_command_line() {
+        let mut nodes = vec![node(1, 1000), node(2, 2000)];
+        for (id, base) in [(1, 6000), (2, 6100)] {
+            let mut m = node(id, base);
+            m.kind = ServiceKind::Metaserver;
+            m.data_dir = PathBuf::from(format!("/d/metaserver-{id}"));
+            nodes.push(m);
+        }
+        let args = command_args(&nodes[3], &nodes, &[]);
+        let args: Vec<_> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(
+            args,
+            [
+                "--node-id",
+                "2",
+                "--data-dir",
+                "/d/metaserver-2",
+                "--listen-client",
+                "127.0.0.1:6100",
+                "--listen-peer",
+                "127.0.0.1:6101",
+                "--listen-http",
+                "127.0.0.1:6102",
+                "--initial-cluster",
+                "1=127.0.0.1:6001,2=127.0.0.1:6101",
+                "--coordinator-endpoints",
+                "127.0.0.1:1000,127.0.0.1:2000",
+            ]
+        );
+        let too_many = ClusterSpec { metaservers: DEV_METASERVERS_MAX + 1, ..ClusterSpec::new("/c") };
+        assert!(too_many.validate().is_err());
+    }
+
+    #[test]
     fn plan_adds_chunkservers_after_coordinators() {
         let nodes = plan_nodes(&ClusterSpec::new("/c"), Path::new("/c"), None).expect("plan");
         let kinds: Vec<String> = nodes.iter().map(|n| n.node_ref().to_string()).collect();
         assert_eq!(
             kinds,
-            ["coordinator-1", "coordinator-2", "coordinator-3", "chunkserver-1", "chunkserver-2", "chunkserver-3"]
+            [
+                "coordinator-1",
+                "coordinator-2",
+                "coordinator-3",
+                "chunkserver-1",
+                "chunkserver-2",
+                "chunkserver-3",
+                "metaserver-1",
+                "metaserver-2",
+                "metaserver-3"
+            ]
         );
         assert_eq!(nodes[3].data_dir, PathBuf::from("/c/chunkserver-1"));
+        assert_eq!(nodes[6].data_dir, PathBuf::from("/c/metaserver-1"));
         let mut ports: Vec<u16> =
             nodes.iter().flat_map(|n| [n.addrs.client.port(), n.addrs.peer.port(), n.addrs.http.port()]).collect();
         ports.sort();
         ports.dedup();
-        assert_eq!(ports.len(), 18);
+        assert_eq!(ports.len(), 27);
         let too_many = ClusterSpec { chunkservers: DEV_CHUNKSERVERS_MAX + 1, ..ClusterSpec::new("/c") };
         assert!(too_many.validate().is_err());
     }
 
     #[test]
     fn plan_assigns_distinct_ports_and_dirs() {
-        let spec = ClusterSpec { chunkservers: 0, ..ClusterSpec::new("/c") };
+        let spec = ClusterSpec { chunkservers: 0, metaservers: 0, ..ClusterSpec::new("/c") };
         let nodes = plan_nodes(&spec, Path::new("/c"), None).expect("plan");
         assert_eq!(nodes.len(), 3);
         let mut ports: Vec<u16> =

@@ -50,7 +50,7 @@ pub use cluster::Cluster;
 pub use daemon::{down, status, up, DownReport, NodeReport, UpOutcome};
 pub use error::DevError;
 pub use health::{fetch_status, leader, probe_health, NodeStatus};
-pub use layout::{initial_cluster, ClusterSpec, NodeAddrs};
+pub use layout::{initial_cluster, initial_cluster_of, ClusterSpec, NodeAddrs};
 pub use logs::{scan_log_errors, tail_lines, LogLine};
 pub use nix::sys::signal::Signal;
 pub use ports::{pick_free_ports, PortAllocator};
@@ -69,27 +69,31 @@ impl fmt::Display for NodeId {
 
 /// The kinds of server process a dev cluster can run.
 ///
-/// Extension point: the metaserver joins here when its binary exists, with its binary name, its
-/// command line (`layout.rs`) and its `cluster.env` keys (`state.rs`). Kinds start in the order
-/// of [`ServiceKind::ALL`], each kind once the previous ones are healthy (chunkservers register
-/// in the coordinators).
+/// Extension point: a new service joins here with its binary name, its command line
+/// (`layout.rs`) and its `cluster.env` keys (`state.rs`). Kinds start in the order of
+/// [`ServiceKind::ALL`], each kind once the previous ones are healthy (chunkservers register in
+/// the coordinators; metaservers start last, after the coordinators and chunkservers they will
+/// use).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ServiceKind {
     Coordinator,
     Chunkserver,
+    Metaserver,
 }
 
 impl ServiceKind {
     /// Every kind, in start order.
-    pub const ALL: &'static [ServiceKind] = &[ServiceKind::Coordinator, ServiceKind::Chunkserver];
+    pub const ALL: &'static [ServiceKind] =
+        &[ServiceKind::Coordinator, ServiceKind::Chunkserver, ServiceKind::Metaserver];
 
     /// Short name used in file names and messages (`coordinator`).
     pub fn name(self) -> &'static str {
         match self {
             ServiceKind::Coordinator => "coordinator",
             ServiceKind::Chunkserver => "chunkserver",
+            ServiceKind::Metaserver => "metaserver",
         }
     }
 
@@ -98,6 +102,7 @@ impl ServiceKind {
         match self {
             ServiceKind::Coordinator => "cairn-coordinator",
             ServiceKind::Chunkserver => "cairn-chunkserver",
+            ServiceKind::Metaserver => "cairn-metaserver",
         }
     }
 }
@@ -125,6 +130,10 @@ impl NodeRef {
 
     pub const fn chunkserver(id: NodeId) -> Self {
         NodeRef { kind: ServiceKind::Chunkserver, id }
+    }
+
+    pub const fn metaserver(id: NodeId) -> Self {
+        NodeRef { kind: ServiceKind::Metaserver, id }
     }
 }
 

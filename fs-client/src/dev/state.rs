@@ -75,6 +75,16 @@ impl ClusterState {
         self.addrs_of(ServiceKind::Chunkserver, |a| a.http)
     }
 
+    /// MetaService (gRPC) addresses of the metaservers, ordered by id.
+    pub fn metaserver_endpoints(&self) -> Vec<String> {
+        self.addrs_of(ServiceKind::Metaserver, |a| a.client)
+    }
+
+    /// HTTP addresses of the metaservers, ordered by id.
+    pub fn metaserver_http(&self) -> Vec<String> {
+        self.addrs_of(ServiceKind::Metaserver, |a| a.http)
+    }
+
     fn addrs_of(&self, kind: ServiceKind, pick: fn(&NodeAddrs) -> std::net::SocketAddr) -> Vec<String> {
         let mut nodes: Vec<&NodeInfo> = self.nodes.iter().filter(|n| n.kind == kind).collect();
         nodes.sort_by_key(|n| n.id);
@@ -136,6 +146,10 @@ pub fn render_env(state: &ClusterState) -> String {
             ServiceKind::Chunkserver => {
                 entries.push(("CAIRN_CHUNKSERVER_ENDPOINTS", state.chunkserver_endpoints().join(",")));
                 entries.push(("CAIRN_CHUNKSERVER_HTTP", state.chunkserver_http().join(",")));
+            }
+            ServiceKind::Metaserver => {
+                entries.push(("CAIRN_METASERVER_ENDPOINTS", state.metaserver_endpoints().join(",")));
+                entries.push(("CAIRN_METASERVER_HTTP", state.metaserver_http().join(",")));
             }
         }
     }
@@ -221,6 +235,30 @@ mod tests {
             "{env}"
         );
         assert_eq!(s.chunkserver_endpoints(), ["127.0.0.1:7010", "127.0.0.1:7020"]);
+    }
+
+    #[test]
+    fn env_lists_metaserver_endpoints() {
+        let mut s = state("/tmp/cairn");
+        let addr = |p: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
+        for i in [2u16, 1] {
+            s.nodes.push(NodeInfo {
+                kind: ServiceKind::Metaserver,
+                id: NodeId(u64::from(i)),
+                pid: None,
+                addrs: NodeAddrs { client: addr(8000 + i * 10), peer: addr(8001 + i * 10), http: addr(8002 + i * 10) },
+                data_dir: PathBuf::from(format!("/tmp/cairn/metaserver-{i}")),
+                log_path: PathBuf::from(format!("/tmp/cairn/logs/metaserver-{i}.log")),
+            });
+        }
+        let env = render_env(&s);
+        assert!(
+            env.ends_with(
+                "CAIRN_METASERVER_ENDPOINTS=127.0.0.1:8010,127.0.0.1:8020\n\
+                 CAIRN_METASERVER_HTTP=127.0.0.1:8012,127.0.0.1:8022\n"
+            ),
+            "{env}"
+        );
     }
 
     #[test]

@@ -1,0 +1,292 @@
+//! `cairn.meta.v1.MetaService`: a thin tonic adapter over [`NamespaceNode`]. Handlers convert
+//! the request ([`convert`]), delegate, and convert the answer; POSIX errors go into `errno`,
+//! runtime errors become a status through [`error::status`].
+
+pub mod convert;
+pub mod error;
+
+use cairn_proto::meta as pb;
+use cairn_proto::meta::meta_service_server::{MetaService, MetaServiceServer};
+use tonic::{Request, Response, Status};
+
+use crate::limits::GRPC_MESSAGE_BYTES_MAX;
+use crate::namespace::{read, Errno, InodeId, Op, Outcome, Reply, SessionId, SetAttr};
+use crate::node::namespace::NamespaceNode;
+use convert::{attr, caller, time};
+use error::status;
+
+pub struct MetaApi {
+    node: NamespaceNode,
+}
+
+impl MetaApi {
+    pub fn server(node: NamespaceNode) -> MetaServiceServer<MetaApi> {
+        MetaServiceServer::new(MetaApi { node })
+            .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+    }
+}
+
+type Answer<T> = Result<Response<T>, Status>;
+
+fn attr_response(outcome: Outcome) -> Answer<pb::AttrResponse> {
+    Ok(Response::new(match outcome {
+        Ok(Reply::Attr(i)) | Ok(Reply::Created { attr: i, .. }) => pb::AttrResponse { errno: 0, attr: Some(attr(&i)) },
+        Ok(other) => return Err(Status::internal(format!("unexpected reply {other:?}"))),
+        Err(e) => pb::AttrResponse { errno: e.code(), attr: None },
+    }))
+}
+
+fn errno_response(outcome: Outcome) -> Answer<pb::ErrnoResponse> {
+    Ok(Response::new(pb::ErrnoResponse { errno: outcome.err().map_or(0, Errno::code) }))
+}
+
+fn session(id: u64) -> Option<SessionId> {
+    (id != 0).then_some(SessionId(id))
+}
+
+impl MetaApi {
+    async fn change(&self, cred: Option<pb::Credentials>, t: Option<pb::Timespec>, op: Op) -> Result<Outcome, Status> {
+        let caller = caller(cred)?;
+        let time = time(t)?;
+        self.node.change(caller, time, op).await.map_err(status)
+    }
+}
+
+#[tonic::async_trait]
+impl MetaService for MetaApi {
+    async fn format(&self, request: Request<pb::FormatRequest>) -> Answer<pb::FormatResponse> {
+        let r = request.into_inner();
+        let op = Op::Format { chunk_size_bytes: r.chunk_size_bytes, replication_factor: r.replication_factor };
+        let outcome = self.change(r.cred, r.time, op).await?;
+        Ok(Response::new(match outcome {
+            Ok(Reply::Formatted(p)) => pb::FormatResponse {
+                errno: 0,
+                chunk_size_bytes: p.chunk_size_bytes,
+                replication_factor: p.replication_factor,
+                created: Some(convert::timespec(p.created)),
+                fs_generation: p.fs_generation,
+            },
+            Ok(other) => return Err(Status::internal(format!("unexpected reply {other:?}"))),
+            Err(e) => pb::FormatResponse { errno: e.code(), ..Default::default() },
+        }))
+    }
+
+    async fn get_attr(&self, request: Request<pb::GetAttrRequest>) -> Answer<pb::AttrResponse> {
+        let r = request.into_inner();
+        caller(r.cred)?;
+        let result = self.node.read("getattr", |s| read::getattr(s, InodeId(r.ino))).await.map_err(status)?;
+        attr_response(result.map(Reply::Attr))
+    }
+
+    async fn lookup(&self, request: Request<pb::LookupRequest>) -> Answer<pb::AttrResponse> {
+        let r = request.into_inner();
+        let c = caller(r.cred)?;
+        let result =
+            self.node.read("lookup", |s| read::lookup(s, &c, InodeId(r.parent), &r.name)).await.map_err(status)?;
+        attr_response(result.map(Reply::Attr))
+    }
+
+    async fn access(&self, request: Request<pb::AccessRequest>) -> Answer<pb::ErrnoResponse> {
+        let r = request.into_inner();
+        let c = caller(r.cred)?;
+        let result = self.node.read("access", |s| read::access(s, &c, InodeId(r.ino), r.mask)).await.map_err(status)?;
+        errno_response(result.map(|()| Reply::Done))
+    }
+
+    async fn mknod(&self, request: Request<pb::MknodRequest>) -> Answer<pb::AttrResponse> {
+        let r = request.into_inner();
+        let kind = convert::file_kind(r.r#type)?;
+        let op =
+            Op::Mknod { parent: InodeId(r.parent), name: r.name, kind, mode: r.mode, umask: r.umask, rdev: r.rdev };
+        attr_response(self.change(r.cred, r.time, op).await?)
+    }
+
+    async fn mkdir(&self, request: Request<pb::MkdirRequest>) -> Answer<pb::AttrResponse> {
+        let r = request.into_inner();
+        let op = Op::Mkdir { parent: InodeId(r.parent), name: r.name, mode: r.mode, umask: r.umask };
+        attr_response(self.change(r.cred, r.time, op).await?)
+    }
+
+    async fn create(&self, request: Request<pb::CreateRequest>) -> Answer<pb::CreateResponse> {
+        let r = request.into_inner();
+        let op = Op::Create {
+            parent: InodeId(r.parent),
+            name: r.name,
+            mode: r.mode,
+            umask: r.umask,
+            exclusive: r.exclusive,
+            session: session(r.session),
+            flags: convert::open_flags(r.open),
+        };
+        Ok(Response::new(match self.change(r.cred, r.time, op).await? {
+            Ok(Reply::Created { attr: a, created }) => pb::CreateResponse { errno: 0, attr: Some(attr(&a)), created },
+            Ok(other) => return Err(Status::internal(format!("unexpected reply {other:?}"))),
+            Err(e) => pb::CreateResponse { errno: e.code(), attr: None, created: false },
+        }))
+    }
+
+    async fn open(&self, request: Request<pb::OpenRequest>) -> Answer<pb::AttrResponse> {
+        let r = request.into_inner();
+        let op = Op::Open { ino: InodeId(r.ino), session: SessionId(r.session), flags: convert::open_flags(r.open) };
+        attr_response(self.change(r.cred, r.time, op).await?)
+    }
+
+    async fn close(&self, request: Request<pb::CloseRequest>) -> Answer<pb::ErrnoResponse> {
+        let r = request.into_inner();
+        let op = Op::Close { ino: InodeId(r.ino), session: SessionId(r.session) };
+        errno_response(self.change(r.cred, r.time, op).await?)
+    }
+
+    async fn unlink(&self, request: Request<pb::RemoveRequest>) -> Answer<pb::ErrnoResponse> {
+        let r = request.into_inner();
+        let op = Op::Unlink { parent: InodeId(r.parent), name: r.name };
+        errno_response(self.change(r.cred, r.time, op).await?)
+    }
+
+    async fn rmdir(&self, request: Request<pb::RemoveRequest>) -> Answer<pb::ErrnoResponse> {
+        let r = request.into_inner();
+        let op = Op::Rmdir { parent: InodeId(r.parent), name: r.name };
+        errno_response(self.change(r.cred, r.time, op).await?)
+    }
+
+    async fn link(&self, request: Request<pb::LinkRequest>) -> Answer<pb::AttrResponse> {
+        let r = request.into_inner();
+        let op = Op::Link { ino: InodeId(r.ino), new_parent: InodeId(r.new_parent), new_name: r.new_name };
+        attr_response(self.change(r.cred, r.time, op).await?)
+    }
+
+    async fn symlink(&self, request: Request<pb::SymlinkRequest>) -> Answer<pb::AttrResponse> {
+        let r = request.into_inner();
+        let op = Op::Symlink { parent: InodeId(r.parent), name: r.name, target: r.target };
+        attr_response(self.change(r.cred, r.time, op).await?)
+    }
+
+    async fn readlink(&self, request: Request<pb::ReadlinkRequest>) -> Answer<pb::ReadlinkResponse> {
+        let r = request.into_inner();
+        caller(r.cred)?;
+        let result = self.node.read("readlink", |s| read::readlink(s, InodeId(r.ino))).await.map_err(status)?;
+        Ok(Response::new(match result {
+            Ok(target) => pb::ReadlinkResponse { errno: 0, target },
+            Err(e) => pb::ReadlinkResponse { errno: e.code(), target: Vec::new() },
+        }))
+    }
+
+    async fn rename(&self, request: Request<pb::RenameRequest>) -> Answer<pb::ErrnoResponse> {
+        let r = request.into_inner();
+        let op = Op::Rename {
+            parent: InodeId(r.parent),
+            name: r.name,
+            new_parent: InodeId(r.new_parent),
+            new_name: r.new_name,
+            flags: convert::rename_flags(r.flags),
+        };
+        errno_response(self.change(r.cred, r.time, op).await?)
+    }
+
+    async fn set_attr(&self, request: Request<pb::SetAttrRequest>) -> Answer<pb::AttrResponse> {
+        let r = request.into_inner();
+        let attr = SetAttr {
+            mode: r.mode,
+            uid: r.uid,
+            gid: r.gid,
+            size: r.size,
+            atime: convert::time_set(r.atime)?,
+            mtime: convert::time_set(r.mtime)?,
+            through_write_handle: r.through_write_handle,
+        };
+        attr_response(self.change(r.cred, r.time, Op::SetAttr { ino: InodeId(r.ino), attr }).await?)
+    }
+
+    async fn set_xattr(&self, request: Request<pb::SetXattrRequest>) -> Answer<pb::ErrnoResponse> {
+        let r = request.into_inner();
+        let Some(mode) = convert::xattr_mode(r.flags) else {
+            return Ok(Response::new(pb::ErrnoResponse { errno: Errno::Inval.code() }));
+        };
+        let op = Op::SetXattr { ino: InodeId(r.ino), name: r.name, value: r.value, mode };
+        errno_response(self.change(r.cred, r.time, op).await?)
+    }
+
+    async fn get_xattr(&self, request: Request<pb::GetXattrRequest>) -> Answer<pb::GetXattrResponse> {
+        let r = request.into_inner();
+        let c = caller(r.cred)?;
+        let result =
+            self.node.read("getxattr", |s| read::getxattr(s, &c, InodeId(r.ino), &r.name)).await.map_err(status)?;
+        Ok(Response::new(match result {
+            Ok(value) => pb::GetXattrResponse { errno: 0, value },
+            Err(e) => pb::GetXattrResponse { errno: e.code(), value: Vec::new() },
+        }))
+    }
+
+    async fn list_xattr(&self, request: Request<pb::ListXattrRequest>) -> Answer<pb::ListXattrResponse> {
+        let r = request.into_inner();
+        let c = caller(r.cred)?;
+        let result = self.node.read("listxattr", |s| read::listxattr(s, &c, InodeId(r.ino))).await.map_err(status)?;
+        Ok(Response::new(match result {
+            Ok(names) => pb::ListXattrResponse { errno: 0, names },
+            Err(e) => pb::ListXattrResponse { errno: e.code(), names: Vec::new() },
+        }))
+    }
+
+    async fn remove_xattr(&self, request: Request<pb::RemoveXattrRequest>) -> Answer<pb::ErrnoResponse> {
+        let r = request.into_inner();
+        let op = Op::RemoveXattr { ino: InodeId(r.ino), name: r.name };
+        errno_response(self.change(r.cred, r.time, op).await?)
+    }
+
+    async fn read_dir(&self, request: Request<pb::ReadDirRequest>) -> Answer<pb::ReadDirResponse> {
+        let r = request.into_inner();
+        let c = caller(r.cred)?;
+        let result = self
+            .node
+            .read("readdir", |s| read::readdir(s, &c, InodeId(r.ino), r.cookie, r.limit, r.plus))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(match result {
+            Ok(page) => pb::ReadDirResponse {
+                errno: 0,
+                entries: page
+                    .entries
+                    .into_iter()
+                    .map(|e| pb::DirEntry {
+                        name: e.name,
+                        ino: e.ino.0,
+                        r#type: convert::file_type(e.kind) as i32,
+                        cookie: e.cookie,
+                        attr: e.attr.as_ref().map(attr),
+                    })
+                    .collect(),
+                eof: page.eof,
+            },
+            Err(e) => pb::ReadDirResponse { errno: e.code(), entries: Vec::new(), eof: false },
+        }))
+    }
+
+    async fn stat_fs(&self, request: Request<pb::StatFsRequest>) -> Answer<pb::StatFsResponse> {
+        let r = request.into_inner();
+        caller(r.cred)?;
+        let result = self.node.read("statfs", read::statfs).await.map_err(status)?;
+        Ok(Response::new(match result {
+            Ok(s) => pb::StatFsResponse {
+                errno: 0,
+                chunk_size_bytes: s.params.chunk_size_bytes,
+                replication_factor: s.params.replication_factor,
+                inodes_used: s.usage.inodes,
+                bytes_used: s.usage.bytes,
+                name_bytes_max: s.name_bytes_max,
+                fs_generation: s.params.fs_generation,
+            },
+            Err(e) => pb::StatFsResponse { errno: e.code(), ..Default::default() },
+        }))
+    }
+
+    async fn digest(&self, _request: Request<pb::DigestRequest>) -> Answer<pb::DigestResponse> {
+        let d = self.node.local_digest().map_err(status)?;
+        Ok(Response::new(pb::DigestResponse {
+            digest: d.digest.to_vec(),
+            rows: d.rows,
+            applied_index: d.applied_index,
+            node_id: self.node.rsm().node_id(),
+        }))
+    }
+}

@@ -1,0 +1,212 @@
+//! Commands replicated through the Raft log, and what `apply` answers.
+//!
+//! A command is bincode of [`Command`]: the caller's credentials, the time chosen by the node
+//! that proposed it (`now`: the client's timestamp when it sent one, else the proposing node's
+//! clock — never the applying replica's), and the operation. Every replica applies the same
+//! bytes, so every replica stores the same times. The answer is bincode of [`Outcome`].
+
+use serde::{Deserialize, Serialize};
+
+use super::errno::Errno;
+use super::types::{Caller, FileKind, FsParams, Inode, InodeId, SessionId, Timespec};
+
+/// What an open asks for; the permission check and `O_TRUNC` follow from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct OpenFlags {
+    pub read: bool,
+    pub write: bool,
+    pub truncate: bool,
+}
+
+/// A time to set with `utimens`: the proposer's `now` (`UTIME_NOW`) or a given time.
+/// `UTIME_OMIT` is the absence of a [`TimeSet`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimeSet {
+    Now,
+    At(Timespec),
+}
+
+/// The attribute changes of one setattr; `None` leaves an attribute alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+    /// The change comes through a handle opened for writing (`ftruncate`): truncation then
+    /// needs no write permission, as on Linux.
+    pub through_write_handle: bool,
+}
+
+/// `setxattr` flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum XattrMode {
+    /// Create or replace.
+    #[default]
+    Any,
+    /// `XATTR_CREATE`: fail with EEXIST if it exists.
+    Create,
+    /// `XATTR_REPLACE`: fail with ENODATA if it does not exist.
+    Replace,
+}
+
+/// `renameat2` flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RenameFlags {
+    pub noreplace: bool,
+    pub exchange: bool,
+}
+
+/// A namespace change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Records the filesystem parameters and creates the root directory. Idempotent: once
+    /// formatted, it answers the parameters already recorded.
+    Format {
+        chunk_size_bytes: u64,
+        replication_factor: u32,
+    },
+    /// A regular file, FIFO, socket or device node (not a directory or symlink).
+    Mknod {
+        parent: InodeId,
+        name: Vec<u8>,
+        kind: FileKind,
+        mode: u32,
+        umask: u32,
+        rdev: u64,
+    },
+    Mkdir {
+        parent: InodeId,
+        name: Vec<u8>,
+        mode: u32,
+        umask: u32,
+    },
+    /// `open(O_CREAT)`: creates a regular file, or with `exclusive` (O_EXCL) fails if the name
+    /// exists; without it opens the existing file. Opens a handle when `session` is given.
+    Create {
+        parent: InodeId,
+        name: Vec<u8>,
+        mode: u32,
+        umask: u32,
+        exclusive: bool,
+        session: Option<SessionId>,
+        flags: OpenFlags,
+    },
+    Open {
+        ino: InodeId,
+        session: SessionId,
+        flags: OpenFlags,
+    },
+    Close {
+        ino: InodeId,
+        session: SessionId,
+    },
+    Unlink {
+        parent: InodeId,
+        name: Vec<u8>,
+    },
+    Rmdir {
+        parent: InodeId,
+        name: Vec<u8>,
+    },
+    Link {
+        ino: InodeId,
+        new_parent: InodeId,
+        new_name: Vec<u8>,
+    },
+    Symlink {
+        parent: InodeId,
+        name: Vec<u8>,
+        target: Vec<u8>,
+    },
+    Rename {
+        parent: InodeId,
+        name: Vec<u8>,
+        new_parent: InodeId,
+        new_name: Vec<u8>,
+        flags: RenameFlags,
+    },
+    SetAttr {
+        ino: InodeId,
+        attr: SetAttr,
+    },
+    SetXattr {
+        ino: InodeId,
+        name: Vec<u8>,
+        value: Vec<u8>,
+        mode: XattrMode,
+    },
+    RemoveXattr {
+        ino: InodeId,
+        name: Vec<u8>,
+    },
+}
+
+impl Op {
+    /// A short name for metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Format { .. } => "format",
+            Op::Mknod { .. } => "mknod",
+            Op::Mkdir { .. } => "mkdir",
+            Op::Create { .. } => "create",
+            Op::Open { .. } => "open",
+            Op::Close { .. } => "close",
+            Op::Unlink { .. } => "unlink",
+            Op::Rmdir { .. } => "rmdir",
+            Op::Link { .. } => "link",
+            Op::Symlink { .. } => "symlink",
+            Op::Rename { .. } => "rename",
+            Op::SetAttr { .. } => "setattr",
+            Op::SetXattr { .. } => "setxattr",
+            Op::RemoveXattr { .. } => "removexattr",
+        }
+    }
+}
+
+/// One replicated command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub caller: Caller,
+    /// The time of the operation, chosen by the proposer (see the module docs).
+    pub now: Timespec,
+    pub op: Op,
+}
+
+/// What a successful command answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// No attributes to return (unlink, rmdir, rename, close, removexattr, setxattr).
+    Done,
+    /// The attributes of the inode the operation created or changed.
+    Attr(Inode),
+    /// `Create`: the file's attributes and whether this call created it.
+    Created {
+        attr: Inode,
+        created: bool,
+    },
+    Formatted(FsParams),
+}
+
+/// The result of a command as replicated back to its proposer.
+pub type Outcome = Result<Reply, Errno>;
+
+/// Encodes a command for [`cairn_coordinator::rsm::Rsm::propose`].
+pub fn encode_command(command: &Command) -> Vec<u8> {
+    // Serialising plain data into a Vec cannot fail.
+    bincode::serialize(command).unwrap_or_default()
+}
+
+pub fn decode_command(bytes: &[u8]) -> Result<Command, bincode::Error> {
+    bincode::deserialize(bytes)
+}
+
+pub fn encode_outcome(outcome: &Outcome) -> Vec<u8> {
+    bincode::serialize(outcome).unwrap_or_default()
+}
+
+pub fn decode_outcome(bytes: &[u8]) -> Result<Outcome, bincode::Error> {
+    bincode::deserialize(bytes)
+}

@@ -1,0 +1,182 @@
+//! The namespace's domain types: ids, inodes, callers, times, and the filesystem parameters.
+//! Values are stored with bincode; field order is the on-disk format (append-only changes).
+
+use serde::{Deserialize, Serialize};
+
+/// An inode number. Numbers are allocated from a counter and never reused, so the pair
+/// (inode, generation) is unique forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(transparent)]
+pub struct InodeId(pub u64);
+
+impl InodeId {
+    /// The root directory, created by `Format`.
+    pub const ROOT: InodeId = InodeId(1);
+}
+
+impl std::fmt::Display for InodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A client session (a mount). Open handles belong to one; in phase 2 a session's expiry
+/// closes its handles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(transparent)]
+pub struct SessionId(pub u64);
+
+/// Seconds and nanoseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+pub struct Timespec {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+impl Timespec {
+    pub const fn new(sec: i64, nsec: u32) -> Self {
+        Timespec { sec, nsec }
+    }
+
+    /// The wall clock now. Only proposers call this, never `apply`.
+    pub fn now() -> Self {
+        let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Timespec { sec: d.as_secs() as i64, nsec: d.subsec_nanos() }
+    }
+}
+
+/// The type of an inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FileKind {
+    Regular,
+    Directory,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+impl FileKind {
+    /// The `S_IFMT` bits of this type.
+    pub const fn format_bits(self) -> u32 {
+        match self {
+            FileKind::Fifo => 0o010000,
+            FileKind::CharDevice => 0o020000,
+            FileKind::Directory => 0o040000,
+            FileKind::BlockDevice => 0o060000,
+            FileKind::Regular => 0o100000,
+            FileKind::Symlink => 0o120000,
+            FileKind::Socket => 0o140000,
+        }
+    }
+}
+
+pub const S_ISUID: u32 = 0o4000;
+pub const S_ISGID: u32 = 0o2000;
+pub const S_ISVTX: u32 = 0o1000;
+pub const S_IXGRP: u32 = 0o0010;
+/// Permission bits plus setuid, setgid and sticky.
+pub const MODE_BITS: u32 = 0o7777;
+
+/// An inode with its POSIX attributes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inode {
+    pub ino: InodeId,
+    pub kind: FileKind,
+    /// Permission, setuid, setgid and sticky bits (`MODE_BITS`); the type is `kind`.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub nlink: u32,
+    pub rdev: u64,
+    pub atime: Timespec,
+    pub mtime: Timespec,
+    pub ctime: Timespec,
+    /// The Raft log index that created the inode.
+    pub generation: u64,
+    /// For a directory, its parent (what `..` names; the root is its own parent). Zero for
+    /// other types, which may have many parents.
+    pub parent: InodeId,
+    /// A symlink's target; empty for other types.
+    #[serde(with = "serde_bytes")]
+    pub target: Vec<u8>,
+    /// Open handles over all sessions. An inode whose `nlink` drops to zero stays until this
+    /// drops to zero too.
+    pub open_handles: u32,
+}
+
+impl Inode {
+    pub fn is_dir(&self) -> bool {
+        self.kind == FileKind::Directory
+    }
+
+    /// `st_mode`: type and permission bits.
+    pub fn st_mode(&self) -> u32 {
+        self.kind.format_bits() | (self.mode & MODE_BITS)
+    }
+}
+
+/// Who asks: the credentials a permission check uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+impl Caller {
+    pub const fn root() -> Caller {
+        Caller { uid: 0, gid: 0, groups: Vec::new() }
+    }
+
+    pub fn user(uid: u32, gid: u32) -> Caller {
+        Caller { uid, gid, groups: Vec::new() }
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.uid == 0
+    }
+
+    /// Whether the caller belongs to `gid` (primary or supplementary).
+    pub fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.contains(&gid)
+    }
+}
+
+/// Parameters fixed when the filesystem is formatted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsParams {
+    pub chunk_size_bytes: u64,
+    pub replication_factor: u32,
+    /// When the filesystem was formatted (the proposer's clock).
+    pub created: Timespec,
+    /// Log index of the format command: distinguishes two filesystems with equal parameters.
+    pub fs_generation: u64,
+}
+
+/// Usage counters kept by `apply`, for statfs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Usage {
+    /// Live inodes, including unlinked ones still open.
+    pub inodes: u64,
+    /// Sum of the sizes of regular files.
+    pub bytes: u64,
+}
+
+/// A directory entry as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dentry {
+    pub ino: InodeId,
+    pub kind: FileKind,
+}
+
+/// An inode waiting for its chunks to be reclaimed (phase 2 deletes them on chunkservers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reclaim {
+    pub size: u64,
+    /// Log index of the command that removed the inode.
+    pub removed_at: u64,
+}

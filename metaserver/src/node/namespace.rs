@@ -1,0 +1,109 @@
+//! The namespace as the API sees it on one node: changes are proposed through Raft (forwarded
+//! to the leader by the runtime), reads wait for a read-index barrier and then read the local
+//! replica. Both are linearizable.
+//!
+//! Times: a change carries the client's timestamp when it sent one, else this node's clock,
+//! fixed here before proposing — `apply` never reads a clock.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cairn_coordinator::rsm::store::{StateRead, StateStore};
+use cairn_coordinator::rsm::{Rsm, RsmError};
+
+use crate::limits::REQUEST_TIMEOUT;
+use crate::metrics::Metrics;
+use crate::namespace::command::{decode_outcome, encode_command};
+use crate::namespace::{read, Caller, Command, Errno, Fail, Namespace, Op, Outcome, Timespec};
+
+/// One node's access to the replicated namespace. Cheap to clone.
+#[derive(Clone)]
+pub struct NamespaceNode {
+    rsm: Rsm<Namespace>,
+    metrics: Arc<Metrics>,
+}
+
+/// A digest of this node's namespace tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalDigest {
+    pub digest: [u8; 32],
+    pub rows: u64,
+    pub applied_index: u64,
+}
+
+fn outcome_label<T>(result: &Result<Result<T, Errno>, RsmError>) -> &'static str {
+    match result {
+        Ok(Ok(_)) => "ok",
+        Ok(Err(e)) => e.name(),
+        Err(RsmError::Timeout) => "timeout",
+        Err(RsmError::NotLeader { .. } | RsmError::NoLeader) => "no_leader",
+        Err(_) => "error",
+    }
+}
+
+impl NamespaceNode {
+    pub fn new(rsm: Rsm<Namespace>, metrics: Arc<Metrics>) -> Self {
+        NamespaceNode { rsm, metrics }
+    }
+
+    pub fn rsm(&self) -> &Rsm<Namespace> {
+        &self.rsm
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Proposes a change and returns its outcome. `time` is the client's timestamp, if any.
+    pub async fn change(&self, caller: Caller, time: Option<Timespec>, op: Op) -> Result<Outcome, RsmError> {
+        let name = op.name();
+        let started = Instant::now();
+        let command = Command { caller, now: time.unwrap_or_else(Timespec::now), op };
+        let result = match tokio::time::timeout(REQUEST_TIMEOUT, self.rsm.propose(encode_command(&command))).await {
+            Err(_) => Err(RsmError::Timeout),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(bytes)) => {
+                decode_outcome(&bytes).map_err(|e| RsmError::Internal(format!("undecodable outcome: {e}")))
+            }
+        };
+        self.metrics.observe(name, outcome_label(&result), started.elapsed());
+        result
+    }
+
+    /// Runs a read on the local replica after a read barrier.
+    pub async fn read<T>(
+        &self,
+        name: &'static str,
+        f: impl FnOnce(&dyn StateRead) -> Result<T, Fail>,
+    ) -> Result<Result<T, Errno>, RsmError> {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(REQUEST_TIMEOUT, self.rsm.read_barrier()).await {
+            Err(_) => Err(RsmError::Timeout),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => {
+                let view = self.rsm.store().read_view();
+                match f(&*view) {
+                    Ok(v) => Ok(Ok(v)),
+                    Err(Fail::Errno(e)) => Ok(Err(e)),
+                    Err(Fail::Store(e)) => Err(RsmError::Internal(format!("read namespace: {e}"))),
+                }
+            }
+        };
+        self.metrics.observe(name, outcome_label(&result), started.elapsed());
+        result
+    }
+
+    /// Whether this replica has applied a format (no barrier).
+    pub fn formatted_locally(&self) -> bool {
+        let view = self.rsm.store().read_view();
+        matches!(read::fs_params(&*view), Ok(Some(_)))
+    }
+
+    /// The digest of this replica's tables as applied so far (no barrier).
+    pub fn local_digest(&self) -> Result<LocalDigest, RsmError> {
+        let view = self.rsm.store().read_view();
+        let applied_index = self.rsm.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0);
+        let (digest, rows) = read::digest(&*view).map_err(|e| RsmError::Internal(format!("digest: {e}")))?;
+        Ok(LocalDigest { digest, rows, applied_index })
+    }
+}
