@@ -18,7 +18,7 @@ pub const APPEND_ENTRIES_MAX: u64 = 16;
 /// Shortest deadline for an AppendEntries call that carries entries.
 pub const APPEND_ENTRIES_TIMEOUT_MIN: Duration = Duration::from_secs(2);
 /// Batches proposed to Raft but not yet committed, per leader.
-pub const BATCHES_IN_FLIGHT_MAX: usize = 8;
+pub const BATCHES_IN_FLIGHT_MAX: usize = 2;
 /// Log appends whose fsync is pending; appenders wait when it is full.
 pub const LOG_SYNC_QUEUE_MAX: usize = 1024;
 /// Largest gRPC message on the peer (Raft) transport.

@@ -333,8 +333,9 @@ enum Queue {
     Front,
 }
 
-/// Reads the caller's position from `view`. `known` says whether `view` is at or after the
-/// ticket's revision, i.e. whether a missing key means the key is gone.
+/// Reads the caller's position from `view`. A view older than the ticket (a follower that has
+/// not applied the queueing txn yet) cannot tell whether the caller's key is gone, so only a
+/// view at or after the ticket's revision can answer [`Queue::Lost`].
 fn position(view: &dyn StateRead, ticket: &Ticket) -> Result<Queue, LockError> {
     let revision = mvcc::current_revision(view)?;
     if revision >= ticket.create_revision {

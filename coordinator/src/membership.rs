@@ -44,8 +44,14 @@ pub fn peer_addr_from_url(text: &str) -> Result<String, MemberError> {
 }
 
 impl Backend {
-    /// Every member as etcd describes it.
-    pub fn member_list(&self) -> Vec<EtcdMember> {
+    /// Every member as etcd describes it, as of a linearizable read point (so a member list
+    /// read right after a change, from any node, shows the change).
+    pub async fn member_list(&self) -> Result<Vec<EtcdMember>, ApiError> {
+        self.rsm().read_barrier().await?;
+        Ok(self.members_here())
+    }
+
+    fn members_here(&self) -> Vec<EtcdMember> {
         let (nodes, voters) = self.rsm().members();
         nodes
             .iter()

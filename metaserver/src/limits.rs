@@ -34,6 +34,27 @@ pub const CHUNK_SIZES_BYTES: [u64; 2] = [64 << 20, 128 << 20];
 /// Largest replication factor a filesystem may ask for.
 pub const REPLICATION_FACTOR_MAX: u32 = 16;
 
+/// Shortest session lease a client may ask for: long enough to ride out a leader election.
+pub const SESSION_TTL_MIN: Duration = Duration::from_secs(2);
+/// Longest session lease: a dead client's locks are released at most this long after it died.
+pub const SESSION_TTL_MAX: Duration = Duration::from_secs(300);
+/// Longest client name or host name stored with a session (longer ones are cut).
+pub const SESSION_LABEL_CHARS_MAX: usize = 256;
+/// How often the leader checks session deadlines.
+pub const SESSION_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+/// Most sessions one `ExpireSessions` command ends.
+pub const SESSION_EXPIRE_BATCH_MAX: usize = 256;
+/// Most lock ranges (POSIX) or flock holders on one inode; beyond that a grant answers ENOLCK.
+pub const LOCKS_PER_INODE_MAX: usize = 4096;
+/// Lock-change notifications buffered per node for blocked lock waiters; a waiter that falls
+/// further behind simply retries its grant.
+pub const LOCK_NOTIFY_CHANNEL_MAX: usize = 1024;
+/// Longest a blocking lock request waits inside the server before answering EINTR (the client
+/// asks again); its own gRPC deadline may end it sooner.
+pub const LOCK_WAIT_MAX: Duration = Duration::from_secs(600);
+
+const _: () = assert!(SESSION_TTL_MIN.as_millis() > 2 * SESSION_CHECK_INTERVAL.as_millis());
+const _: () = assert!(SESSION_TTL_MIN.as_millis() <= SESSION_TTL_MAX.as_millis());
 const _: () = assert!(READDIR_ENTRIES_DEFAULT <= READDIR_ENTRIES_MAX);
 const _: () = assert!(XATTR_VALUE_BYTES_MAX + XATTR_NAME_BYTES_MAX <= XATTR_INODE_BYTES_MAX);
 const _: () = assert!(XATTR_INODE_BYTES_MAX < GRPC_MESSAGE_BYTES_MAX);

@@ -9,7 +9,7 @@
 //!
 //! Against etcd 3.4 (Debian's `etcd`, a single node started by the test; skipped when not
 //! installed), with a resource that ignores tokens: the frozen holder's write lands after the
-//! others' and undoes their increments. docs/coordination.md records the numbers.
+//! others' and increments are lost. docs/coordination.md records the numbers.
 
 mod lock_support;
 
@@ -148,13 +148,15 @@ async fn etcd_3_4_without_fencing_loses_updates() -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("cairn-etcd-fencing-").tempdir()?;
     let outcome = stale_holder_scenario(std::slice::from_ref(&etcd.endpoint), dir.path(), false).await?;
 
-    // What docs/coordination.md reports: two holders at once, and the stale write lands and
-    // undoes the increments made meanwhile; a txn on the lock key still stops it.
+    // What docs/coordination.md reports: two holders at once, and the stale write lands, so
+    // increments are lost — the ones made while the holder was frozen, if the stale write comes
+    // last, or the stale increment itself, if the current holder read before it and writes
+    // after it. A txn on the lock key still stops the stale write.
     ensure!(!stale_write_refused(&outcome), "an unfenced resource refused a write: {}", outcome.summary());
     ensure!(!outcome.record.overlaps.is_empty(), "no overlapping holders seen: {}", outcome.summary());
     ensure!(
-        outcome.lost_updates() >= WRITES_WHILE_FROZEN as u64,
-        "the stale write did not undo the increments made while frozen: {}",
+        outcome.lost_updates() >= 1 && !outcome.repeated_values().is_empty(),
+        "the stale write lost no increment: {}",
         outcome.summary()
     );
     outcome.check_kv_counter()?;

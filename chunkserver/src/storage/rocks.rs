@@ -52,6 +52,15 @@ fn parse_block_key(key: &[u8]) -> Option<(ChunkId, u32)> {
     Some((ChunkId(u64::from_be_bytes(chunk)), u32::from_be_bytes(index)))
 }
 
+/// Reads of block values skip RocksDB's own checksums: every block value carries a CRC that the
+/// engine verifies end to end on every read, and the RocksDB build is portable (no SSE4.2), so
+/// its software CRC32C was the largest CPU cost of a read (perf: ~15% of a chunkserver).
+fn block_read_options() -> ReadOptions {
+    let mut opts = ReadOptions::default();
+    opts.set_verify_checksums(false);
+    opts
+}
+
 fn engine(e: rocksdb::Error) -> StorageError {
     StorageError::Engine(e.into_string())
 }
@@ -138,7 +147,7 @@ impl ChunkStore for RocksStore {
 
     fn block(&self, chunk: ChunkId, index: u32) -> Result<Option<Vec<u8>>, StorageError> {
         let cf = self.cf(CF_BLOCKS)?;
-        self.db.get_cf(cf, block_key(chunk, index)).map_err(engine)
+        self.db.get_cf_opt(cf, block_key(chunk, index), &block_read_options()).map_err(engine)
     }
 
     fn blocks(&self, chunk: ChunkId, first: u32, count: u32) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
@@ -146,7 +155,7 @@ impl ChunkStore for RocksStore {
         let keys: Vec<[u8; 12]> =
             (0..count).filter_map(|i| first.checked_add(i)).map(|index| block_key(chunk, index)).collect();
         self.db
-            .batched_multi_get_cf(cf, &keys, true)
+            .batched_multi_get_cf_opt(cf, &keys, true, &block_read_options())
             .into_iter()
             .map(|value| value.map(|v| v.map(|v| v.to_vec())).map_err(engine))
             .collect()

@@ -4,7 +4,10 @@ use cairn_proto::meta as pb;
 use tonic::Status;
 
 use crate::limits::CALLER_GROUPS_MAX;
-use crate::namespace::{Caller, FileKind, Inode, OpenFlags, RenameFlags, TimeSet, Timespec, XattrMode};
+use crate::namespace::locks::len_of;
+use crate::namespace::{
+    Caller, FileKind, Inode, LockKind, OpenFlags, PosixLock, RenameFlags, TimeSet, Timespec, XattrMode,
+};
 
 pub fn caller(cred: Option<pb::Credentials>) -> Result<Caller, Status> {
     let cred = cred.ok_or_else(|| Status::invalid_argument("missing credentials"))?;
@@ -104,6 +107,36 @@ pub fn time_set(t: Option<pb::TimeSet>) -> Result<Option<TimeSet>, Status> {
         Some(pb::time_set::Value::Now(true)) => Ok(Some(TimeSet::Now)),
         Some(pb::time_set::Value::Now(false)) => Ok(None),
         Some(pb::time_set::Value::At(at)) => Ok(time(Some(at))?.map(TimeSet::At)),
+    }
+}
+
+/// A lock type; `None` for an unspecified or unknown one (answered with EINVAL).
+pub fn lock_kind(t: i32) -> Option<LockKind> {
+    match pb::LockType::try_from(t).ok()? {
+        pb::LockType::Shared => Some(LockKind::Shared),
+        pb::LockType::Exclusive => Some(LockKind::Exclusive),
+        pb::LockType::Unlock => Some(LockKind::Unlock),
+        pb::LockType::Unspecified => None,
+    }
+}
+
+pub fn lock_type(kind: LockKind) -> pb::LockType {
+    match kind {
+        LockKind::Shared => pb::LockType::Shared,
+        LockKind::Exclusive => pb::LockType::Exclusive,
+        LockKind::Unlock => pb::LockType::Unlock,
+    }
+}
+
+pub fn lock(l: &PosixLock) -> pb::Lock {
+    pb::Lock {
+        r#type: lock_type(l.kind) as i32,
+        start: l.start,
+        len: len_of(l.start, l.end),
+        pid: l.pid,
+        session: l.owner.session.0,
+        owner: l.owner.owner,
+        fencing_token: l.token,
     }
 }
 

@@ -10,7 +10,7 @@ use cairn_proto::meta::meta_service_server::{MetaService, MetaServiceServer};
 use tonic::{Request, Response, Status};
 
 use crate::limits::GRPC_MESSAGE_BYTES_MAX;
-use crate::namespace::{read, Errno, InodeId, Op, Outcome, Reply, SessionId, SetAttr};
+use crate::namespace::{locks, read, Errno, InodeId, LockKind, LockOwner, Op, Outcome, Reply, SessionId, SetAttr};
 use crate::node::namespace::NamespaceNode;
 use convert::{attr, caller, time};
 use error::status;
@@ -39,6 +39,22 @@ fn attr_response(outcome: Outcome) -> Answer<pb::AttrResponse> {
 
 fn errno_response(outcome: Outcome) -> Answer<pb::ErrnoResponse> {
     Ok(Response::new(pb::ErrnoResponse { errno: outcome.err().map_or(0, Errno::code) }))
+}
+
+fn lock_response(outcome: Outcome) -> Answer<pb::LockResponse> {
+    Ok(Response::new(match outcome {
+        Ok(Reply::Locked { token }) => pb::LockResponse { errno: 0, fencing_token: token },
+        Ok(other) => return Err(Status::internal(format!("unexpected reply {other:?}"))),
+        Err(e) => pb::LockResponse { errno: e.code(), fencing_token: 0 },
+    }))
+}
+
+fn einval_lock() -> Answer<pb::LockResponse> {
+    Ok(Response::new(pb::LockResponse { errno: Errno::Inval.code(), fencing_token: 0 }))
+}
+
+fn owner(session: u64, owner: u64) -> LockOwner {
+    LockOwner { session: SessionId(session), owner }
 }
 
 fn session(id: u64) -> Option<SessionId> {
@@ -278,6 +294,81 @@ impl MetaService for MetaApi {
             },
             Err(e) => pb::StatFsResponse { errno: e.code(), ..Default::default() },
         }))
+    }
+
+    async fn open_session(&self, request: Request<pb::OpenSessionRequest>) -> Answer<pb::OpenSessionResponse> {
+        let r = request.into_inner();
+        let op = Op::OpenSession { client_name: r.client_name, host: r.host, pid: r.pid, ttl_ms: r.ttl_ms };
+        Ok(Response::new(match self.change(r.cred, r.time, op).await? {
+            Ok(Reply::Session { id, ttl_ms }) => pb::OpenSessionResponse { errno: 0, session: id.0, ttl_ms },
+            Ok(other) => return Err(Status::internal(format!("unexpected reply {other:?}"))),
+            Err(e) => pb::OpenSessionResponse { errno: e.code(), ..Default::default() },
+        }))
+    }
+
+    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Answer<pb::HeartbeatResponse> {
+        let r = request.into_inner();
+        Ok(Response::new(match self.node.heartbeat(SessionId(r.session)).await.map_err(status)? {
+            Some(ttl) => pb::HeartbeatResponse { errno: 0, ttl_ms: ttl.as_millis() as u64 },
+            None => pb::HeartbeatResponse { errno: Errno::BadF.code(), ttl_ms: 0 },
+        }))
+    }
+
+    async fn close_session(&self, request: Request<pb::CloseSessionRequest>) -> Answer<pb::ErrnoResponse> {
+        let r = request.into_inner();
+        errno_response(self.change(r.cred, r.time, Op::CloseSession { session: SessionId(r.session) }).await?)
+    }
+
+    async fn get_lock(&self, request: Request<pb::GetLockRequest>) -> Answer<pb::GetLockResponse> {
+        let r = request.into_inner();
+        caller(r.cred)?;
+        let Some(kind) = convert::lock_kind(r.r#type) else {
+            return Ok(Response::new(pb::GetLockResponse { errno: Errno::Inval.code(), conflict: None }));
+        };
+        let who = owner(r.session, r.owner);
+        let result = self
+            .node
+            .read("getlk", |s| locks::get_lock(s, InodeId(r.ino), who, kind, r.start, r.len))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(match result {
+            Ok(conflict) => pb::GetLockResponse { errno: 0, conflict: conflict.as_ref().map(convert::lock) },
+            Err(e) => pb::GetLockResponse { errno: e.code(), conflict: None },
+        }))
+    }
+
+    async fn set_lock(&self, request: Request<pb::SetLockRequest>) -> Answer<pb::LockResponse> {
+        let r = request.into_inner();
+        let c = caller(r.cred)?;
+        let t = time(r.time)?;
+        let Some(kind) = convert::lock_kind(r.r#type) else { return einval_lock() };
+        let op = Op::SetLock {
+            ino: InodeId(r.ino),
+            owner: owner(r.session, r.owner),
+            pid: r.pid,
+            kind,
+            start: r.start,
+            len: r.len,
+        };
+        let wait = r.wait && kind != LockKind::Unlock;
+        lock_response(self.node.lock(c, t, op, wait).await.map_err(status)?)
+    }
+
+    async fn flock(&self, request: Request<pb::FlockRequest>) -> Answer<pb::LockResponse> {
+        let r = request.into_inner();
+        let c = caller(r.cred)?;
+        let t = time(r.time)?;
+        let Some(kind) = convert::lock_kind(r.r#type) else { return einval_lock() };
+        let op = Op::Flock { ino: InodeId(r.ino), owner: owner(r.session, r.owner), pid: r.pid, kind };
+        let wait = r.wait && kind != LockKind::Unlock;
+        lock_response(self.node.lock(c, t, op, wait).await.map_err(status)?)
+    }
+
+    async fn release_owner(&self, request: Request<pb::ReleaseOwnerRequest>) -> Answer<pb::ErrnoResponse> {
+        let r = request.into_inner();
+        let op =
+            Op::ReleaseOwner { ino: InodeId(r.ino), owner: owner(r.session, r.owner), posix: r.posix, flock: r.flock };
+        errno_response(self.change(r.cred, r.time, op).await?)
     }
 
     async fn digest(&self, _request: Request<pb::DigestRequest>) -> Answer<pb::DigestResponse> {

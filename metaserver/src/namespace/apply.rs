@@ -8,7 +8,7 @@ use cairn_coordinator::rsm::store::StateRead;
 
 use super::command::{Command, Op, OpenFlags, RenameFlags, Reply, SetAttr, TimeSet, XattrMode};
 use super::errno::Errno;
-use super::keys::{self, DENTRIES, INODES, META, OPEN, RECLAIM, XATTRS};
+use super::keys::{self, DENTRIES, INODES, META, OPEN, RECLAIM, SESSION_OPEN, XATTRS};
 use super::perm::{self, MAY_EXEC, MAY_READ, MAY_WRITE};
 use super::rows::{self, check_name, decode, encode, is_dot_or_dotdot, Fail, Res};
 use super::tx::Tx;
@@ -28,12 +28,21 @@ pub(crate) struct Apply<'a> {
     now: Timespec,
     log_index: u64,
     usage: Usage,
+    /// Inodes whose locks this command changed (waiters there should try again).
+    pub lock_changes: Vec<InodeId>,
 }
 
 impl<'a> Apply<'a> {
     pub fn new(state: &'a dyn StateRead, command: &'a Command, log_index: u64) -> Res<Self> {
         let usage = rows::usage(state)?;
-        Ok(Apply { tx: Tx::new(state), caller: &command.caller, now: command.now, log_index, usage })
+        Ok(Apply {
+            tx: Tx::new(state),
+            caller: &command.caller,
+            now: command.now,
+            log_index,
+            usage,
+            lock_changes: Vec::new(),
+        })
     }
 
     /// Runs the operation; on success the changes are in `self.tx`.
@@ -87,9 +96,27 @@ impl<'a> Apply<'a> {
             Op::SetAttr { ino, attr } => self.setattr(*ino, attr)?,
             Op::SetXattr { ino, name, value, mode } => self.setxattr(*ino, name, value, *mode)?,
             Op::RemoveXattr { ino, name } => self.removexattr(*ino, name)?,
+            Op::OpenSession { client_name, host, pid, ttl_ms } => {
+                self.open_session(client_name, host, *pid, *ttl_ms)?
+            }
+            Op::CloseSession { session } => self.close_session(*session)?,
+            Op::ExpireSessions { ids } => self.expire_sessions(ids)?,
+            Op::SetLock { ino, owner, pid, kind, start, len } => {
+                self.set_lock(*ino, *owner, *pid, *kind, *start, *len)?
+            }
+            Op::Flock { ino, owner, pid, kind } => self.flock(*ino, *owner, *pid, *kind)?,
+            Op::ReleaseOwner { ino, owner, posix, flock } => {
+                self.release_owner(*ino, *owner, *posix, *flock)?;
+                Reply::Done
+            }
         };
         self.tx.put(META, keys::META_USAGE, encode(&self.usage));
         Ok(reply)
+    }
+
+    /// The command's time (chosen by its proposer).
+    pub(super) fn now(&self) -> Timespec {
+        self.now
     }
 
     fn put_inode(&mut self, inode: &Inode) {
@@ -290,6 +317,8 @@ impl<'a> Apply<'a> {
     }
 
     fn add_handle(&mut self, mut inode: Inode, session: SessionId) -> Res<Inode> {
+        self.live_session(session)?;
+        self.tx.put(SESSION_OPEN, keys::session_inode_key(session, inode.ino), Vec::new());
         let key = keys::open_key(inode.ino, session);
         let count: u32 = match self.tx.get(OPEN, &key)? {
             Some(bytes) => decode("open count", &bytes)?,
@@ -302,24 +331,38 @@ impl<'a> Apply<'a> {
     }
 
     fn close(&mut self, ino: InodeId, session: SessionId) -> Res<Reply> {
-        let mut inode = self.get(ino)?;
+        self.get(ino)?;
         let key = keys::open_key(ino, session);
         let count: u32 = match self.tx.get(OPEN, &key)? {
             Some(bytes) => decode("open count", &bytes)?,
             None => return Err(Errno::BadF.into()),
         };
         if count <= 1 {
+            // The session's last handle on the file: a session without a handle holds no locks
+            // there (as a process's locks go with its last descriptor of the file).
             self.tx.delete(OPEN, key);
+            self.tx.delete(SESSION_OPEN, keys::session_inode_key(session, ino));
+            self.release_session_locks(ino, session)?;
         } else {
             self.tx.put(OPEN, key, encode(&(count - 1)));
         }
-        inode.open_handles = inode.open_handles.saturating_sub(1);
+        self.drop_handles(ino, 1)?;
+        Ok(Reply::Done)
+    }
+
+    /// Uncounts `count` handles of `ino`; removes the inode when that was the last handle of an
+    /// unlinked file.
+    pub(super) fn drop_handles(&mut self, ino: InodeId, count: u32) -> Res<()> {
+        let Some(mut inode) = rows::inode(&self.tx, ino)? else {
+            return Ok(());
+        };
+        inode.open_handles = inode.open_handles.saturating_sub(count);
         if inode.nlink == 0 && inode.open_handles == 0 {
-            self.destroy(&inode)?;
+            self.destroy(&inode)
         } else {
             self.put_inode(&inode);
+            Ok(())
         }
-        Ok(Reply::Done)
     }
 
     /// Truncates or extends a regular file's recorded size, keeping the usage counter.

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::errno::Errno;
-use super::types::{Caller, FileKind, FsParams, Inode, InodeId, SessionId, Timespec};
+use super::types::{Caller, FileKind, FsParams, Inode, InodeId, LockKind, LockOwner, SessionId, Timespec};
 
 /// What an open asks for; the permission check and `O_TRUNC` follow from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -142,6 +142,47 @@ pub enum Op {
         ino: InodeId,
         name: Vec<u8>,
     },
+    /// Opens a client session with a lease of `ttl_ms` (clamped to the limits).
+    OpenSession {
+        client_name: String,
+        host: String,
+        pid: u32,
+        ttl_ms: u64,
+    },
+    /// Closes a session: releases its locks and closes its open handles.
+    CloseSession {
+        session: SessionId,
+    },
+    /// Proposed by the leader when sessions' leases ran out; the same effect as closing each.
+    /// Ids that no longer exist are skipped (a close may have raced the expiry).
+    ExpireSessions {
+        ids: Vec<SessionId>,
+    },
+    /// F_SETLK / F_SETLKW (one attempt): locks or unlocks `[start, start + len)` (`len` 0: to
+    /// EOF) for `owner`. EAGAIN when another owner holds a conflicting lock.
+    SetLock {
+        ino: InodeId,
+        owner: LockOwner,
+        pid: u32,
+        kind: LockKind,
+        start: u64,
+        len: u64,
+    },
+    /// flock(2) (one attempt): whole-file lock of `owner`. EAGAIN on conflict.
+    Flock {
+        ino: InodeId,
+        owner: LockOwner,
+        pid: u32,
+        kind: LockKind,
+    },
+    /// Releases `owner`'s POSIX locks (`posix`, on close/flush of the owner's file) and/or
+    /// flock (`flock`, on release of the open file) on `ino`.
+    ReleaseOwner {
+        ino: InodeId,
+        owner: LockOwner,
+        posix: bool,
+        flock: bool,
+    },
 }
 
 impl Op {
@@ -162,6 +203,12 @@ impl Op {
             Op::SetAttr { .. } => "setattr",
             Op::SetXattr { .. } => "setxattr",
             Op::RemoveXattr { .. } => "removexattr",
+            Op::OpenSession { .. } => "open_session",
+            Op::CloseSession { .. } => "close_session",
+            Op::ExpireSessions { .. } => "expire_sessions",
+            Op::SetLock { .. } => "setlk",
+            Op::Flock { .. } => "flock",
+            Op::ReleaseOwner { .. } => "release_owner",
         }
     }
 }
@@ -188,6 +235,16 @@ pub enum Reply {
         created: bool,
     },
     Formatted(FsParams),
+    /// `OpenSession`: the new session and its granted TTL.
+    Session {
+        id: SessionId,
+        ttl_ms: u64,
+    },
+    /// A lock request was granted (or an unlock done): the grant's fencing token (0 for an
+    /// unlock, which grants nothing).
+    Locked {
+        token: u64,
+    },
 }
 
 /// The result of a command as replicated back to its proposer.

@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 pub enum Errno {
     #[error("EPERM: operation not permitted")]
     Perm,
+    #[error("EINTR: interrupted (a blocking lock wait was cancelled)")]
+    Intr,
+    #[error("EAGAIN: resource temporarily unavailable (a conflicting lock is held)")]
+    Again,
     #[error("ENOENT: no such file or directory")]
     NoEnt,
     #[error("E2BIG: argument list too long")]
@@ -37,6 +41,8 @@ pub enum Errno {
     Range,
     #[error("ENAMETOOLONG: file name too long")]
     NameTooLong,
+    #[error("ENOLCK: no locks available")]
+    NoLck,
     #[error("ENOTEMPTY: directory not empty")]
     NotEmpty,
     #[error("ENODATA: no data available")]
@@ -51,6 +57,9 @@ impl Errno {
     /// Every variant, for round-trip tests.
     pub const ALL: &'static [Errno] = &[
         Errno::Perm,
+        Errno::Intr,
+        Errno::Again,
+        Errno::NoLck,
         Errno::NoEnt,
         Errno::TooBig,
         Errno::BadF,
@@ -75,6 +84,9 @@ impl Errno {
     pub const fn code(self) -> u32 {
         match self {
             Errno::Perm => 1,
+            Errno::Intr => 4,
+            Errno::Again => 11,
+            Errno::NoLck => 37,
             Errno::NoEnt => 2,
             Errno::TooBig => 7,
             Errno::BadF => 9,
@@ -100,6 +112,9 @@ impl Errno {
     pub fn name(self) -> &'static str {
         match self {
             Errno::Perm => "EPERM",
+            Errno::Intr => "EINTR",
+            Errno::Again => "EAGAIN",
+            Errno::NoLck => "ENOLCK",
             Errno::NoEnt => "ENOENT",
             Errno::TooBig => "E2BIG",
             Errno::BadF => "EBADF",

@@ -14,7 +14,7 @@
 //! Cookies 0, 1 and 2 are reserved: 0 starts a listing, 1 and 2 are what clients give `.` and
 //! `..`. Every stored cookie is at least [`COOKIE_FIRST`] and below 2^62, which fits `off_t`.
 
-use super::types::{InodeId, SessionId};
+use super::types::{InodeId, LockOwner, SessionId};
 
 pub const INODES: &str = "ns_inodes";
 pub const DENTRIES: &str = "ns_dentries";
@@ -22,13 +22,21 @@ pub const XATTRS: &str = "ns_xattrs";
 pub const OPEN: &str = "ns_open";
 pub const RECLAIM: &str = "ns_reclaim";
 pub const META: &str = "ns_meta";
+pub const SESSIONS: &str = "ns_sessions";
+pub const SESSION_OPEN: &str = "ns_session_open";
+pub const SESSION_LOCKS: &str = "ns_session_locks";
+pub const LOCKS: &str = "ns_locks";
+pub const FLOCKS: &str = "ns_flocks";
 
 /// Every table of the namespace, in digest order.
-pub const TABLES: &[&str] = &[INODES, DENTRIES, XATTRS, OPEN, RECLAIM, META];
+pub const TABLES: &[&str] =
+    &[INODES, DENTRIES, XATTRS, OPEN, RECLAIM, META, SESSIONS, SESSION_OPEN, SESSION_LOCKS, LOCKS, FLOCKS];
 
 pub const META_FS: &[u8] = b"fs";
 pub const META_NEXT_INODE: &[u8] = b"next_inode";
 pub const META_USAGE: &[u8] = b"usage";
+pub const META_NEXT_SESSION: &[u8] = b"next_session";
+pub const META_NEXT_FENCE: &[u8] = b"next_fence";
 
 /// The smallest cookie of a stored entry.
 pub const COOKIE_FIRST: u64 = 3;
@@ -97,6 +105,35 @@ pub fn open_key(ino: InodeId, session: SessionId) -> Vec<u8> {
     let mut key = Vec::with_capacity(16);
     key.extend_from_slice(&ino.0.to_be_bytes());
     key.extend_from_slice(&session.0.to_be_bytes());
+    key
+}
+
+/// `ns_sessions`: the session id.
+pub fn session_key(session: SessionId) -> [u8; 8] {
+    session.0.to_be_bytes()
+}
+
+/// `ns_session_open` and `ns_session_locks`: session ‖ inode, so a session's inodes are one scan.
+pub fn session_inode_key(session: SessionId, ino: InodeId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16);
+    key.extend_from_slice(&session.0.to_be_bytes());
+    key.extend_from_slice(&ino.0.to_be_bytes());
+    key
+}
+
+/// `ns_flocks`: inode ‖ session ‖ owner.
+pub fn flock_key(ino: InodeId, owner: LockOwner) -> Vec<u8> {
+    let mut key = Vec::with_capacity(24);
+    key.extend_from_slice(&ino.0.to_be_bytes());
+    key.extend_from_slice(&owner.session.0.to_be_bytes());
+    key.extend_from_slice(&owner.owner.to_be_bytes());
+    key
+}
+
+/// `ns_locks`: inode ‖ session ‖ owner ‖ start (one owner's ranges never overlap).
+pub fn lock_key(ino: InodeId, owner: LockOwner, start: u64) -> Vec<u8> {
+    let mut key = flock_key(ino, owner);
+    key.extend_from_slice(&start.to_be_bytes());
     key
 }
 

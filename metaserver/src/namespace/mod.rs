@@ -1,5 +1,5 @@
 //! The namespace state machine: inodes, directory entries, attributes, extended attributes,
-//! hard and symbolic links, open-but-unlinked files.
+//! hard and symbolic links, open-but-unlinked files, client sessions and file locks.
 //!
 //! # Contract
 //! - [`Namespace`] implements the consensus runtime's [`App`]: `apply` is deterministic. It
@@ -19,7 +19,13 @@
 //! - `ns_xattrs`: inode id ‖ name → value.
 //! - `ns_open`: inode id ‖ session id → open-handle count of that session.
 //! - `ns_reclaim`: inode id → [`types::Reclaim`]: removed files whose chunks await deletion.
-//! - `ns_meta`: filesystem parameters, the next inode id, usage counters.
+//! - `ns_meta`: filesystem parameters, the next inode id, usage counters, the next session id
+//!   and the next fencing token.
+//! - `ns_sessions`: session id → [`Session`] (see [`sessions`]).
+//! - `ns_session_open`, `ns_session_locks`: session ‖ inode → (): where a session has handles
+//!   open or may hold locks, so its close or expiry finds them.
+//! - `ns_locks`: inode ‖ session ‖ owner ‖ start → [`PosixLock`]; `ns_flocks`: inode ‖ session ‖
+//!   owner → [`FlockLock`] (see [`locks`]).
 //!
 //! # What it never does
 //! It never reads the clock, never returns EXDEV, and never reuses an inode id.
@@ -28,9 +34,11 @@ mod apply;
 pub mod command;
 pub mod errno;
 pub mod keys;
+pub mod locks;
 pub mod perm;
 pub mod read;
 mod rows;
+pub mod sessions;
 mod tx;
 pub mod types;
 mod xattr;
@@ -38,21 +46,66 @@ mod xattr;
 #[cfg(test)]
 mod tests;
 
+use std::sync::{Mutex, MutexGuard};
+
 use cairn_coordinator::rsm::store::{StateRead, StoreError, WriteSet};
 use cairn_coordinator::rsm::App;
 
 pub use command::{Command, Op, OpenFlags, Outcome, RenameFlags, Reply, SetAttr, TimeSet, XattrMode};
 pub use errno::Errno;
 pub use rows::Fail;
-pub use types::{Caller, FileKind, FsParams, Inode, InodeId, SessionId, Timespec};
+pub use types::{
+    Caller, FileKind, FlockLock, FsParams, Inode, InodeId, LockKind, LockOwner, PosixLock, Session, SessionId, Timespec,
+};
+
+use crate::limits::LOCK_NOTIFY_CHANNEL_MAX;
 
 /// The namespace application for the consensus runtime.
-#[derive(Debug, Default)]
-pub struct Namespace;
+///
+/// Besides applying commands it tells this node's blocked lock waiters when locks changed:
+/// `apply` stages the inodes whose locks a command changed, and `applied` (called by the runtime
+/// once the writes are readable) publishes them on a bounded broadcast ([`Namespace::lock_events`]).
+/// [`LockEvent::All`] follows an installed snapshot, or an overflow of the staging queue.
+#[derive(Debug)]
+pub struct Namespace {
+    lock_events: tokio::sync::broadcast::Sender<LockEvent>,
+    staged: Mutex<Vec<LockEvent>>,
+}
+
+/// A change of the locks on this replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockEvent {
+    /// The locks of this inode changed.
+    Inode(InodeId),
+    /// Any locks may have changed.
+    All,
+}
+
+impl Default for Namespace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl Namespace {
     pub fn new() -> Self {
-        Namespace
+        let (lock_events, _) = tokio::sync::broadcast::channel(LOCK_NOTIFY_CHANNEL_MAX);
+        Namespace { lock_events, staged: Mutex::new(Vec::new()) }
+    }
+
+    /// Receives the lock changes applied on this replica from now on.
+    pub fn lock_events(&self) -> tokio::sync::broadcast::Receiver<LockEvent> {
+        self.lock_events.subscribe()
+    }
+
+    fn staged(&self) -> MutexGuard<'_, Vec<LockEvent>> {
+        // Each push or drain is one step, so a poisoned queue is still consistent.
+        self.staged.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn publish(&self, event: LockEvent) {
+        // An error only means nobody waits.
+        let _ = self.lock_events.send(event);
     }
 }
 
@@ -63,22 +116,33 @@ pub fn apply_command(
     log_index: u64,
     bytes: &[u8],
 ) -> Result<Outcome, StoreError> {
+    Ok(apply_command_with_locks(state, writes, log_index, bytes)?.0)
+}
+
+/// [`apply_command`], also answering the inodes whose locks changed.
+pub fn apply_command_with_locks(
+    state: &dyn StateRead,
+    writes: &mut WriteSet,
+    log_index: u64,
+    bytes: &[u8],
+) -> Result<(Outcome, Vec<InodeId>), StoreError> {
     let command = match command::decode_command(bytes) {
         Ok(c) => c,
         Err(e) => {
             // A command this build cannot decode was proposed by a newer or broken node. Every
             // replica of this build answers the same, so they stay identical.
             tracing::warn!(log_index, error = %e, "undecodable namespace command");
-            return Ok(Err(Errno::Inval));
+            return Ok((Err(Errno::Inval), Vec::new()));
         }
     };
     let mut run = apply::Apply::new(state, &command, log_index).map_err(store_error)?;
     match run.run(&command.op) {
         Ok(reply) => {
+            let changed = std::mem::take(&mut run.lock_changes);
             run.tx.commit(writes);
-            Ok(Ok(reply))
+            Ok((Ok(reply), changed))
         }
-        Err(Fail::Errno(e)) => Ok(Err(e)),
+        Err(Fail::Errno(e)) => Ok((Err(e), Vec::new())),
         Err(Fail::Store(e)) => Err(e),
     }
 }
@@ -102,7 +166,29 @@ impl App for Namespace {
         log_index: u64,
         command: &[u8],
     ) -> Result<Vec<u8>, StoreError> {
-        let outcome = apply_command(state, writes, log_index, command)?;
+        let (outcome, changed) = apply_command_with_locks(state, writes, log_index, command)?;
+        if !changed.is_empty() {
+            let mut staged = self.staged();
+            if staged.len() + changed.len() > LOCK_NOTIFY_CHANNEL_MAX {
+                // Only if the runtime stopped calling `applied`: waiters then look at everything.
+                staged.clear();
+                staged.push(LockEvent::All);
+            } else {
+                staged.extend(changed.into_iter().map(LockEvent::Inode));
+            }
+        }
         Ok(command::encode_outcome(&outcome))
+    }
+
+    fn applied(&self) {
+        let events: Vec<LockEvent> = std::mem::take(&mut *self.staged());
+        for event in events {
+            self.publish(event);
+        }
+    }
+
+    fn snapshot_installed(&self, _state: &dyn StateRead) {
+        self.staged().clear();
+        self.publish(LockEvent::All);
     }
 }

@@ -2,7 +2,7 @@
 //! errors, permission rules, rename edge cases, link counts, open-unlinked files and readdir
 //! cookies under concurrent changes.
 
-use cairn_coordinator::rsm::store::{MemStore, StateStore, WriteSet};
+use cairn_coordinator::rsm::store::{MemStore, StateRead, StateStore, WriteSet};
 
 use super::command::{encode_command, Command, Op, OpenFlags, RenameFlags, Reply, SetAttr, TimeSet, XattrMode};
 use super::read;
@@ -43,7 +43,19 @@ impl Fs {
         let mut fs = Fs { store: MemStore::new(keys::TABLES), index: 0, clock: 1_000 };
         let r = fs.exec(&root(), Op::Format { chunk_size_bytes: 64 << 20, replication_factor: 3 });
         assert!(matches!(r, Ok(Reply::Formatted(_))), "{r:?}");
+        // Sessions 1 and 2, which the tests open handles in.
+        for want in [SessionId(1), SessionId(2)] {
+            assert_eq!(fs.open_session(), want);
+        }
         fs
+    }
+
+    fn open_session(&mut self) -> SessionId {
+        let op = Op::OpenSession { client_name: "test".into(), host: "h".into(), pid: 1, ttl_ms: 5_000 };
+        match self.exec(&root(), op) {
+            Ok(Reply::Session { id, .. }) => id,
+            other => panic!("open session: {other:?}"),
+        }
     }
 
     fn exec(&mut self, caller: &Caller, op: Op) -> Result<Reply, Errno> {
@@ -853,4 +865,257 @@ fn inode_ids_are_never_reused_and_generation_is_the_log_index() {
     let b = fs.mknod(&root(), ROOT, "a", 0o644).expect("a again");
     assert!(b.ino > a.ino);
     let _ = (S_ISUID, S_ISGID, S_ISVTX);
+}
+
+// ---- sessions and file locks ----
+
+use super::locks;
+use super::types::{LockKind, LockOwner, LOCK_END_EOF};
+
+const SH: LockKind = LockKind::Shared;
+const EX: LockKind = LockKind::Exclusive;
+const UN: LockKind = LockKind::Unlock;
+
+fn own(session: SessionId, owner: u64) -> LockOwner {
+    LockOwner { session, owner }
+}
+
+impl Fs {
+    /// A regular file open in sessions 1 and 2.
+    fn locked_file(&mut self, name: &str) -> InodeId {
+        let f = self.mknod(&root(), ROOT, name, 0o644).expect("mknod").ino;
+        for s in [S1, SessionId(2)] {
+            self.attr(&root(), Op::Open { ino: f, session: s, flags: OpenFlags { read: true, ..Default::default() } })
+                .expect("open");
+        }
+        f
+    }
+
+    fn setlk(&mut self, ino: InodeId, o: LockOwner, kind: LockKind, start: u64, len: u64) -> Result<u64, Errno> {
+        let pid = o.owner as u32 + 100;
+        match self.exec(&root(), Op::SetLock { ino, owner: o, pid, kind, start, len })? {
+            Reply::Locked { token } => Ok(token),
+            other => panic!("setlk: {other:?}"),
+        }
+    }
+
+    fn flock(&mut self, ino: InodeId, o: LockOwner, kind: LockKind) -> Result<u64, Errno> {
+        match self.exec(&root(), Op::Flock { ino, owner: o, pid: 7, kind })? {
+            Reply::Locked { token } => Ok(token),
+            other => panic!("flock: {other:?}"),
+        }
+    }
+
+    fn getlk(
+        &self,
+        ino: InodeId,
+        o: LockOwner,
+        kind: LockKind,
+        start: u64,
+        len: u64,
+    ) -> Option<(LockKind, u64, u64, u32)> {
+        locks::get_lock(&self.store, ino, o, kind, start, len)
+            .expect("getlk")
+            .map(|l| (l.kind, l.start, locks::len_of(l.start, l.end), l.pid))
+    }
+
+    /// One owner's ranges as (start, end, kind).
+    fn ranges(&self, ino: InodeId, o: LockOwner) -> Vec<(u64, u64, LockKind)> {
+        locks::posix_locks(&self.store, ino)
+            .expect("locks")
+            .into_iter()
+            .filter(|l| l.owner == o)
+            .map(|l| (l.start, l.end, l.kind))
+            .collect()
+    }
+}
+
+#[test]
+fn posix_locks_split_merge_and_unlock_sub_ranges() {
+    let mut fs = Fs::new();
+    let f = fs.locked_file("f");
+    let a = own(S1, 1);
+    fs.setlk(f, a, SH, 0, 10).expect("lock");
+    fs.setlk(f, a, SH, 10, 10).expect("adjacent lock");
+    assert_eq!(fs.ranges(f, a), vec![(0, 20, SH)], "adjacent same-type ranges merge");
+    fs.setlk(f, a, EX, 5, 5).expect("upgrade a middle part");
+    assert_eq!(fs.ranges(f, a), vec![(0, 5, SH), (5, 10, EX), (10, 20, SH)]);
+    fs.setlk(f, a, UN, 12, 3).expect("unlock a hole");
+    assert_eq!(fs.ranges(f, a), vec![(0, 5, SH), (5, 10, EX), (10, 12, SH), (15, 20, SH)]);
+    fs.setlk(f, a, SH, 0, 0).expect("downgrade all to EOF");
+    assert_eq!(fs.ranges(f, a), vec![(0, LOCK_END_EOF, SH)]);
+    fs.setlk(f, a, UN, 100, 0).expect("unlock the tail");
+    assert_eq!(fs.ranges(f, a), vec![(0, 100, SH)]);
+    fs.setlk(f, a, UN, 0, 0).expect("unlock all");
+    assert!(fs.ranges(f, a).is_empty());
+    assert_eq!(fs.setlk(f, a, UN, 0, 0), Ok(0), "unlocking nothing succeeds");
+    assert_eq!(fs.setlk(f, a, SH, u64::MAX, 1), Err(Errno::Inval));
+    assert_eq!(fs.setlk(f, a, SH, 1, i64::MAX as u64 + 1), Err(Errno::Inval));
+}
+
+#[test]
+fn posix_conflicts_between_owners_and_getlk() {
+    let mut fs = Fs::new();
+    let f = fs.locked_file("f");
+    let (a, b, c) = (own(S1, 1), own(S1, 2), own(SessionId(2), 1));
+    fs.setlk(f, a, SH, 0, 100).expect("shared");
+    fs.setlk(f, b, SH, 50, 100).expect("shared + shared");
+    assert_eq!(fs.setlk(f, c, EX, 99, 1), Err(Errno::Again), "exclusive vs shared");
+    assert_eq!(fs.getlk(f, c, EX, 99, 1), Some((SH, 0, 100, 101)), "holder's pid reported");
+    fs.setlk(f, c, EX, 150, 0).expect("adjacent to EOF is free");
+    assert_eq!(fs.getlk(f, a, SH, 200, 1), Some((EX, 150, 0, 101)), "len 0 = to EOF");
+    assert_eq!(fs.setlk(f, a, SH, 1 << 40, 1), Err(Errno::Again), "EOF lock covers far offsets");
+    assert_eq!(fs.getlk(f, a, EX, 0, 50), None, "own locks never conflict");
+    assert_eq!(fs.getlk(f, c, SH, 0, 150), None, "shared vs shared");
+    assert_eq!(errno(locks::get_lock(&fs.store, f, a, UN, 0, 0)), Errno::Inval);
+    // Upgrade refused: the owner keeps its shared lock.
+    assert_eq!(fs.setlk(f, a, EX, 0, 100), Err(Errno::Again));
+    assert_eq!(fs.ranges(f, a), vec![(0, 100, SH)]);
+    fs.setlk(f, b, UN, 0, 0).expect("unlock b");
+    fs.setlk(f, a, EX, 0, 100).expect("upgrade once alone");
+    assert_eq!(fs.getlk(f, b, SH, 10, 1), Some((EX, 0, 100, 101)));
+}
+
+#[test]
+fn flock_shared_exclusive_and_conversions() {
+    let mut fs = Fs::new();
+    let f = fs.locked_file("f");
+    let (a, b) = (own(S1, 1), own(SessionId(2), 9));
+    fs.flock(f, a, SH).expect("sh");
+    fs.flock(f, b, SH).expect("sh + sh");
+    assert_eq!(fs.flock(f, b, EX), Err(Errno::Again), "upgrade blocked by another shared holder");
+    fs.flock(f, a, UN).expect("un");
+    fs.flock(f, b, EX).expect("upgrade");
+    assert_eq!(fs.flock(f, a, SH), Err(Errno::Again));
+    fs.flock(f, b, SH).expect("downgrade");
+    fs.flock(f, a, SH).expect("now shared");
+    // flock and POSIX locks are independent.
+    fs.setlk(f, a, EX, 0, 0).expect("posix lock alongside flock");
+    assert!(locks::flocks(&fs.store, f).expect("flocks").len() == 2);
+}
+
+#[test]
+fn fencing_tokens_strictly_increase() {
+    let mut fs = Fs::new();
+    let f = fs.locked_file("f");
+    let g = fs.locked_file("g");
+    let a = own(S1, 1);
+    let mut last = 0;
+    for t in [
+        fs.setlk(f, a, SH, 0, 10),
+        fs.setlk(g, a, EX, 0, 0),
+        fs.flock(f, a, EX),
+        fs.setlk(f, a, EX, 0, 10),
+        fs.flock(g, own(SessionId(2), 1), SH),
+    ] {
+        let t = t.expect("grant");
+        assert!(t > last, "token {t} after {last}");
+        last = t;
+    }
+    assert_eq!(fs.setlk(f, a, UN, 0, 0), Ok(0), "an unlock grants nothing");
+    assert!(fs.flock(f, a, SH).expect("grant") > last);
+}
+
+#[test]
+fn locks_need_a_live_session_with_the_file_open() {
+    let mut fs = Fs::new();
+    let f = fs.locked_file("f");
+    let g = fs.mknod(&root(), ROOT, "g", 0o644).expect("mknod").ino;
+    assert_eq!(fs.setlk(g, own(S1, 1), SH, 0, 0), Err(Errno::BadF), "not open in the session");
+    assert_eq!(fs.setlk(f, own(SessionId(77), 1), SH, 0, 0), Err(Errno::BadF), "no such session");
+    assert_eq!(fs.flock(InodeId(9999), own(S1, 1), SH), Err(Errno::BadF));
+    let open = Op::Open { ino: g, session: SessionId(77), flags: OpenFlags { read: true, ..Default::default() } };
+    assert_eq!(fs.attr(&root(), open).map(|_| ()), Err(Errno::BadF), "handles need a live session");
+}
+
+#[test]
+fn release_owner_and_last_close_release_locks() {
+    let mut fs = Fs::new();
+    let f = fs.locked_file("f");
+    let (a, b) = (own(S1, 1), own(S1, 2));
+    fs.setlk(f, a, EX, 0, 10).expect("lock");
+    fs.flock(f, a, EX).expect("flock");
+    fs.setlk(f, b, EX, 20, 10).expect("lock");
+    fs.exec(&root(), Op::ReleaseOwner { ino: f, owner: a, posix: true, flock: false }).expect("release");
+    assert!(fs.ranges(f, a).is_empty());
+    assert_eq!(fs.flock(f, own(SessionId(2), 1), SH), Err(Errno::Again), "flock kept");
+    fs.exec(&root(), Op::ReleaseOwner { ino: f, owner: a, posix: false, flock: true }).expect("release");
+    fs.flock(f, own(SessionId(2), 1), SH).expect("flock free");
+    // Session 1's last handle on f closes: b's lock goes too.
+    fs.exec(&root(), Op::Close { ino: f, session: S1 }).expect("close");
+    assert!(fs.ranges(f, b).is_empty());
+}
+
+#[test]
+fn session_close_and_expiry_release_locks_and_close_handles() {
+    let mut fs = Fs::new();
+    let s3 = fs.open_session();
+    let s4 = fs.open_session();
+    assert_eq!((s3, s4), (SessionId(3), SessionId(4)), "ids come from a counter");
+    let f = fs.mknod(&root(), ROOT, "f", 0o644).expect("mknod").ino;
+    let rw = OpenFlags { read: true, write: true, truncate: false };
+    for _ in 0..2 {
+        fs.attr(&root(), Op::Open { ino: f, session: s3, flags: rw }).expect("open");
+    }
+    fs.attr(&root(), Op::Open { ino: f, session: s4, flags: rw }).expect("open");
+    let t1 = fs.setlk(f, own(s3, 1), EX, 0, 0).expect("lock");
+    fs.flock(f, own(s3, 2), EX).expect("flock");
+    assert_eq!(fs.setlk(f, own(s4, 1), EX, 0, 0), Err(Errno::Again));
+    // The file is unlinked while open in both sessions.
+    fs.unlink(&root(), ROOT, "f").expect("unlink");
+
+    // s3 expires (as the leader would propose); an unknown id in the batch is skipped.
+    fs.exec(&root(), Op::ExpireSessions { ids: vec![s3, SessionId(999)] }).expect("expire");
+    let inode = read::getattr(&fs.store, f).expect("still open in s4");
+    assert_eq!(inode.open_handles, 1, "both of s3's handles closed");
+    let t2 = fs.setlk(f, own(s4, 1), EX, 0, 0).expect("s3's lock released");
+    assert!(t2 > t1);
+    fs.flock(f, own(s4, 1), EX).expect("s3's flock released");
+    assert_eq!(fs.setlk(f, own(s3, 1), SH, 0, 0), Err(Errno::BadF), "an expired session holds nothing");
+    assert_eq!(fs.exec(&root(), Op::CloseSession { session: s3 }), Err(Errno::BadF));
+
+    // s4 closes: its locks go, its handle closes, and the unlinked file is reclaimed.
+    fs.exec(&root(), Op::CloseSession { session: s4 }).expect("close session");
+    assert_eq!(errno(read::getattr(&fs.store, f)), Errno::NoEnt);
+    assert!(fs.store.get(keys::RECLAIM, &keys::inode_key(f)).expect("get").is_some(), "queued for reclaim");
+    for table in [keys::LOCKS, keys::FLOCKS, keys::SESSION_LOCKS, keys::SESSION_OPEN, keys::OPEN] {
+        let mut rows = 0;
+        fs.store
+            .scan(table, &[], None, false, &mut |_, _| {
+                rows += 1;
+                true
+            })
+            .expect("scan");
+        assert_eq!(rows, 0, "{table} left rows behind");
+    }
+    // Expiring an already-ended session is a no-op.
+    fs.exec(&root(), Op::ExpireSessions { ids: vec![s4] }).expect("expire again");
+}
+
+#[test]
+fn session_ttl_is_clamped() {
+    let mut fs = Fs::new();
+    let ask = |ttl_ms| Op::OpenSession { client_name: "c".into(), host: "h".into(), pid: 1, ttl_ms };
+    assert!(matches!(fs.exec(&root(), ask(1)), Ok(Reply::Session { ttl_ms: 2_000, .. })));
+    assert!(matches!(fs.exec(&root(), ask(u64::MAX)), Ok(Reply::Session { ttl_ms: 300_000, .. })));
+    assert!(matches!(fs.exec(&root(), ask(10_000)), Ok(Reply::Session { ttl_ms: 10_000, .. })));
+}
+
+#[test]
+fn lock_changes_are_reported_for_waiters() {
+    use cairn_coordinator::rsm::App;
+    let mut fs = Fs::new();
+    let f = fs.locked_file("f");
+    let ns = super::Namespace::new();
+    let mut events = ns.lock_events();
+    let command = Command {
+        caller: root(),
+        now: Timespec::new(5, 0),
+        op: Op::SetLock { ino: f, owner: own(S1, 1), pid: 1, kind: EX, start: 0, len: 0 },
+    };
+    let mut writes = WriteSet::new();
+    ns.apply(&fs.store, &mut writes, 100, &encode_command(&command)).expect("apply");
+    assert!(events.try_recv().is_err(), "published only once applied");
+    ns.applied();
+    assert_eq!(events.try_recv().expect("event"), super::LockEvent::Inode(f));
 }

@@ -20,11 +20,78 @@ impl std::fmt::Display for InodeId {
     }
 }
 
-/// A client session (a mount). Open handles belong to one; in phase 2 a session's expiry
-/// closes its handles.
+/// A client session (a mount), allocated by `OpenSession` from a counter (never reused, never
+/// 0). Open handles and file locks belong to one; its close or expiry releases them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 #[serde(transparent)]
 pub struct SessionId(pub u64);
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A session as stored in `ns_sessions`. Its deadline is not stored: expiry is decided by the
+/// leader's countdown (see `crate::sessions`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: SessionId,
+    /// The lease TTL granted (the requested one, clamped to the limits).
+    pub ttl_ms: u64,
+    /// Who opened it, for operators: client name, host and process id.
+    pub client_name: String,
+    pub host: String,
+    pub pid: u32,
+    /// The proposer's time of the `OpenSession` command.
+    pub opened: Timespec,
+}
+
+/// Who holds a lock: a session and, inside it, the owner the client names (FUSE's
+/// `lock_owner` for POSIX locks, the open file's owner for flock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+pub struct LockOwner {
+    pub session: SessionId,
+    pub owner: u64,
+}
+
+/// The type of a lock request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LockKind {
+    /// `F_RDLCK` / `LOCK_SH`.
+    Shared,
+    /// `F_WRLCK` / `LOCK_EX`.
+    Exclusive,
+    /// `F_UNLCK` / `LOCK_UN`.
+    Unlock,
+}
+
+/// The end of a byte range that runs to the end of the file (any length, `l_len == 0`).
+pub const LOCK_END_EOF: u64 = u64::MAX;
+
+/// A held POSIX byte-range lock: `[start, end)`, `end == LOCK_END_EOF` for "to EOF".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PosixLock {
+    pub owner: LockOwner,
+    pub start: u64,
+    pub end: u64,
+    /// `Shared` or `Exclusive` (never `Unlock`).
+    pub kind: LockKind,
+    /// The process that asked, reported by F_GETLK.
+    pub pid: u32,
+    /// The fencing token of the grant that created this range.
+    pub token: u64,
+}
+
+/// A held flock lock (whole file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlockLock {
+    pub owner: LockOwner,
+    /// `Shared` or `Exclusive`.
+    pub kind: LockKind,
+    pub pid: u32,
+    pub token: u64,
+}
 
 /// Seconds and nanoseconds since the Unix epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]

@@ -18,6 +18,7 @@ use crate::config::MetaConfig;
 use crate::limits::FORMAT_RETRY_INTERVAL;
 use crate::metrics::Metrics;
 use crate::namespace::{Caller, Namespace, Op, Reply};
+use crate::sessions::LeaderCalls;
 use namespace::NamespaceNode;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,9 @@ pub async fn run(config: MetaConfig, shutdown: CancellationToken) -> Result<(), 
     rsm_config.logs_to_keep_after_snapshot = (config.snapshot_count / 10).max(1);
     let rsm = Rsm::open(rsm_config, Arc::new(Namespace::new())).await?;
     let node = NamespaceNode::new(rsm.clone(), Arc::new(Metrics::new()));
+    // Held for the whole run: the leader-call handler only keeps a weak reference.
+    let shared_node = Arc::new(node.clone());
+    rsm.set_app_rpc_handler(Arc::new(LeaderCalls { node: Arc::downgrade(&shared_node) }));
 
     let peer_listener = bind(config.listen_peer).await?;
     let client_listener = bind(config.listen_client).await?;
@@ -95,6 +99,13 @@ pub async fn run(config: MetaConfig, shutdown: CancellationToken) -> Result<(), 
     let (chunk_size_bytes, replication_factor) = (config.chunk_size_bytes, config.replication_factor);
     tasks.spawn(async move {
         format_once(formatter, chunk_size_bytes, replication_factor, stop).await;
+        Ok(())
+    });
+
+    let stop = shutdown.clone();
+    let expirer = shared_node.clone();
+    tasks.spawn(async move {
+        crate::sessions::expire_while_leader(expirer, stop).await;
         Ok(())
     });
 

@@ -6,21 +6,25 @@
 //! fixed here before proposing — `apply` never reads a clock.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cairn_coordinator::rsm::store::{StateRead, StateStore};
 use cairn_coordinator::rsm::{Rsm, RsmError};
 
-use crate::limits::REQUEST_TIMEOUT;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::limits::{LOCK_WAIT_MAX, REQUEST_TIMEOUT};
 use crate::metrics::Metrics;
 use crate::namespace::command::{decode_outcome, encode_command};
-use crate::namespace::{read, Caller, Command, Errno, Fail, Namespace, Op, Outcome, Timespec};
+use crate::namespace::{read, Caller, Command, Errno, Fail, LockEvent, Namespace, Op, Outcome, SessionId, Timespec};
+use crate::sessions::{Countdowns, RPC_SESSION_HEARTBEAT};
 
 /// One node's access to the replicated namespace. Cheap to clone.
 #[derive(Clone)]
 pub struct NamespaceNode {
     rsm: Rsm<Namespace>,
     metrics: Arc<Metrics>,
+    countdowns: Arc<Countdowns>,
 }
 
 /// A digest of this node's namespace tables.
@@ -43,7 +47,69 @@ fn outcome_label<T>(result: &Result<Result<T, Errno>, RsmError>) -> &'static str
 
 impl NamespaceNode {
     pub fn new(rsm: Rsm<Namespace>, metrics: Arc<Metrics>) -> Self {
-        NamespaceNode { rsm, metrics }
+        NamespaceNode { rsm, metrics, countdowns: Arc::new(Countdowns::new()) }
+    }
+
+    /// The session countdowns this node keeps while it leads.
+    pub fn countdowns(&self) -> &Arc<Countdowns> {
+        &self.countdowns
+    }
+
+    /// Renews a session's lease on the leader: its granted TTL, or `None` when the session is
+    /// not open (closed or expired).
+    pub async fn heartbeat(&self, session: SessionId) -> Result<Option<Duration>, RsmError> {
+        let started = Instant::now();
+        let call = self.rsm.call_leader(RPC_SESSION_HEARTBEAT, session.0.to_be_bytes().to_vec());
+        let result = match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
+            Err(_) => Err(RsmError::Timeout),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(body)) => match <[u8; 8]>::try_from(body.as_slice()) {
+                Ok(bytes) => {
+                    let ms = u64::from_be_bytes(bytes);
+                    Ok((ms > 0).then(|| Duration::from_millis(ms)))
+                }
+                Err(_) => Err(RsmError::Internal("malformed heartbeat answer".into())),
+            },
+        };
+        let label = match &result {
+            Ok(Some(_)) => "ok",
+            Ok(None) => Errno::BadF.name(),
+            Err(_) => "error",
+        };
+        self.metrics.observe("heartbeat", label, started.elapsed());
+        result
+    }
+
+    /// Proposes a lock request (`SetLock` or `Flock`). With `wait`, a conflict (EAGAIN) is not
+    /// answered: the request waits until this replica applies a change of the inode's locks,
+    /// then proposes again — no polling, nothing queued in the replicated state. Dropping the
+    /// returned future (the client cancelled the RPC) stops the wait; after `LOCK_WAIT_MAX` it
+    /// answers EINTR. The subscription is taken before each proposal, so a release applied after
+    /// the refused attempt is never missed.
+    pub async fn lock(&self, caller: Caller, time: Option<Timespec>, op: Op, wait: bool) -> Result<Outcome, RsmError> {
+        let ino = match &op {
+            Op::SetLock { ino, .. } | Op::Flock { ino, .. } => *ino,
+            other => return Err(RsmError::Internal(format!("{} is not a lock request", other.name()))),
+        };
+        if !wait {
+            return self.change(caller, time, op).await;
+        }
+        let deadline = tokio::time::Instant::now() + LOCK_WAIT_MAX;
+        loop {
+            let mut events = self.rsm.app().lock_events();
+            let outcome = self.change(caller.clone(), time, op.clone()).await?;
+            if outcome != Err(Errno::Again) {
+                return Ok(outcome);
+            }
+            loop {
+                match tokio::time::timeout_at(deadline, events.recv()).await {
+                    Err(_) => return Ok(Err(Errno::Intr)),
+                    Ok(Ok(LockEvent::Inode(changed))) if changed != ino => continue,
+                    Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => break,
+                    Ok(Err(RecvError::Closed)) => return Err(RsmError::ShuttingDown),
+                }
+            }
+        }
     }
 
     pub fn rsm(&self) -> &Rsm<Namespace> {

@@ -1,6 +1,6 @@
 //! Fixtures shared by the chunkserver multi-process tests (`chunkserver_*.rs`): a dev cluster of
-//! three coordinators and three chunkservers started through the same launcher as `cairn dev
-//! up`, registry and HTTP probes, and a polling helper.
+//! three coordinators and three chunkservers (no metaservers) started through the same launcher
+//! as `cairn dev up`, registry and HTTP probes, and a polling helper.
 //!
 //! A test ends with [`ChunkCluster::finish`], which fails on unexpected ERROR lines in any
 //! server log. A test that fails before that keeps its cluster directory for inspection.
@@ -76,6 +76,8 @@ impl ChunkCluster {
         spec.coordinator_args =
             ["--heartbeat-interval", "100ms", "--election-timeout", "1s"].iter().map(OsString::from).collect();
         spec.chunkserver_args = chunkserver_args.iter().map(OsString::from).collect();
+        // Only what chunkservers need: coordinators for their registration.
+        spec.metaservers = 0;
         assert_eq!(spec.chunkservers, 3, "the dev launcher starts three chunkservers by default");
         let cluster = match Cluster::start(spec).await {
             Ok(cluster) => cluster,

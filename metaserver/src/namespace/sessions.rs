@@ -1,0 +1,120 @@
+//! Client sessions in the replicated namespace.
+//!
+//! # Contract
+//! - `OpenSession` allocates the next id from a counter in `ns_meta` (never 0, never reused) and
+//!   stores the session with its granted TTL (the request clamped to
+//!   [`SESSION_TTL_MIN`, `SESSION_TTL_MAX`]). The deadline is not replicated: only the leader
+//!   counts down (see `crate::sessions`), and proposes `ExpireSessions` — time never enters
+//!   `apply`.
+//! - Closing or expiring a session releases every lock it holds and closes every handle it has
+//!   open (found through the `ns_session_open` and `ns_session_locks` indexes), so an
+//!   open-but-unlinked file whose last handles belonged to the session is removed and queued
+//!   for reclaim.
+//! - Handles and locks need a live session: open/create with an unknown session and lock
+//!   requests of one answer EBADF.
+
+use super::apply::Apply;
+use super::command::Reply;
+use super::errno::Errno;
+use super::keys::{self, META, OPEN, SESSIONS, SESSION_LOCKS, SESSION_OPEN};
+use super::rows::{decode, encode, Res};
+use super::types::{InodeId, Session, SessionId};
+use crate::limits::{SESSION_TTL_MAX, SESSION_TTL_MIN};
+use cairn_coordinator::rsm::store::StateRead;
+
+/// The session, if it is open.
+pub fn session(state: &dyn StateRead, id: SessionId) -> Res<Option<Session>> {
+    match state.get(SESSIONS, &keys::session_key(id))? {
+        None => Ok(None),
+        Some(bytes) => Ok(Some(decode("session", &bytes)?)),
+    }
+}
+
+/// Every open session, in id order.
+pub fn sessions(state: &dyn StateRead) -> Res<Vec<Session>> {
+    let mut rows = Vec::new();
+    state.scan(SESSIONS, &[], None, false, &mut |_, v| {
+        rows.push(v.to_vec());
+        true
+    })?;
+    rows.iter().map(|v| Ok(decode("session", v)?)).collect()
+}
+
+/// The inodes listed under `session` in an index table (`ns_session_open` / `ns_session_locks`).
+fn session_inodes(state: &dyn StateRead, table: &str, session: SessionId) -> Res<Vec<InodeId>> {
+    let (start, end) = keys::id_range(session.0);
+    let mut out = Vec::new();
+    state.scan(table, &start, Some(&end), false, &mut |k, _| {
+        if let Some(ino) = k.get(8..).and_then(keys::decode_u64) {
+            out.push(InodeId(ino));
+        }
+        true
+    })?;
+    Ok(out)
+}
+
+/// Clamps a requested TTL (0: the minimum).
+pub fn granted_ttl_ms(requested_ms: u64) -> u64 {
+    let min = SESSION_TTL_MIN.as_millis() as u64;
+    let max = SESSION_TTL_MAX.as_millis() as u64;
+    requested_ms.clamp(min, max)
+}
+
+impl Apply<'_> {
+    /// The session, or EBADF when it is not open (closed, expired, or never opened).
+    pub(super) fn live_session(&self, id: SessionId) -> Res<Session> {
+        session(&self.tx, id)?.ok_or(Errno::BadF.into())
+    }
+
+    pub(super) fn open_session(&mut self, client_name: &str, host: &str, pid: u32, ttl_ms: u64) -> Res<Reply> {
+        let next: u64 = match self.tx.get(META, keys::META_NEXT_SESSION)? {
+            Some(bytes) => decode("next session", &bytes)?,
+            None => 1,
+        };
+        self.tx.put(META, keys::META_NEXT_SESSION, encode(&(next + 1)));
+        let session = Session {
+            id: SessionId(next),
+            ttl_ms: granted_ttl_ms(ttl_ms),
+            client_name: client_name.chars().take(crate::limits::SESSION_LABEL_CHARS_MAX).collect(),
+            host: host.chars().take(crate::limits::SESSION_LABEL_CHARS_MAX).collect(),
+            pid,
+            opened: self.now(),
+        };
+        self.tx.put(SESSIONS, keys::session_key(session.id), encode(&session));
+        Ok(Reply::Session { id: session.id, ttl_ms: session.ttl_ms })
+    }
+
+    pub(super) fn close_session(&mut self, id: SessionId) -> Res<Reply> {
+        self.live_session(id)?;
+        self.end_session(id)?;
+        Ok(Reply::Done)
+    }
+
+    pub(super) fn expire_sessions(&mut self, ids: &[SessionId]) -> Res<Reply> {
+        for &id in ids {
+            if session(&self.tx, id)?.is_some() {
+                self.end_session(id)?;
+            }
+        }
+        Ok(Reply::Done)
+    }
+
+    /// Releases the session's locks, closes its handles and forgets it.
+    fn end_session(&mut self, id: SessionId) -> Res<()> {
+        for ino in session_inodes(&self.tx, SESSION_LOCKS, id)? {
+            self.release_session_locks(ino, id)?;
+        }
+        for ino in session_inodes(&self.tx, SESSION_OPEN, id)? {
+            let key = keys::open_key(ino, id);
+            let count: u32 = match self.tx.get(OPEN, &key)? {
+                Some(bytes) => decode("open count", &bytes)?,
+                None => 0,
+            };
+            self.tx.delete(OPEN, key);
+            self.tx.delete(SESSION_OPEN, keys::session_inode_key(id, ino));
+            self.drop_handles(ino, count)?;
+        }
+        self.tx.delete(SESSIONS, keys::session_key(id));
+        Ok(())
+    }
+}
