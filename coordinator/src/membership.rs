@@ -51,7 +51,10 @@ impl Backend {
         Ok(self.members_here())
     }
 
-    fn members_here(&self) -> Vec<EtcdMember> {
+    /// Every member as this node knows it now. Used in the answers to membership changes: the
+    /// node that handled a removal may be the removed member, which never reaches a later read
+    /// point.
+    pub fn members_here(&self) -> Vec<EtcdMember> {
         let (nodes, voters) = self.rsm().members();
         nodes
             .iter()

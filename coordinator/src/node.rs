@@ -24,7 +24,7 @@ use crate::lessor::Lessor;
 use crate::limits;
 use crate::lock::Locks;
 use crate::mvcc::KvStateMachine;
-use crate::rsm::{incoming_nodelay, Member, PeerService, Rsm, RsmConfig, RsmError};
+use crate::rsm::{incoming_nodelay, Member, Rsm, RsmConfig, RsmError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -70,41 +70,25 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> Resu
 
     let mut tasks: JoinSet<Result<(), NodeError>> = JoinSet::new();
 
-    let peer_service = PeerService::new(rsm.clone());
     let stop = shutdown.clone();
+    let peers = rsm.clone();
     tasks.spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(peer_service)
-            .serve_with_incoming_shutdown(incoming_nodelay(peer_listener), stop.cancelled())
+        peers
+            .serve_peers(peer_listener, stop)
             .await
             .map_err(|e| NodeError::Server { what: "peer", message: e.to_string() })
     });
 
-    // The lowest id of a new cluster bootstraps it; the others wait to be contacted.
-    if config.initial_cluster.keys().next() == Some(&config.node_id) {
-        let members = config
-            .initial_cluster
-            .iter()
-            .map(|(id, peer)| {
-                let mut member = Member::new(peer.clone());
-                if *id == config.node_id {
-                    member.client_addr = config.advertise_client.clone();
-                    member.name = config.name.clone();
-                }
-                (*id, member)
-            })
-            .collect();
-        rsm.bootstrap(members).await?;
-    }
     let me = Member {
         peer_addr: config.advertise_peer.clone(),
         client_addr: config.advertise_client.clone(),
         name: config.name.clone(),
     };
+    rsm.found_if_first(&me, &config.initial_cluster).await?;
     let stop = shutdown.clone();
     let publisher = rsm.clone();
     tasks.spawn(async move {
-        publish_self(publisher, me, stop).await;
+        publisher.publish_self_until_done(me, stop).await;
         Ok(())
     });
 
@@ -234,21 +218,6 @@ async fn expire_leases_while_leader(backend: Arc<Backend>, stop: CancellationTok
         }
         if let Err(e) = backend.expire_leases().await {
             tracing::warn!(error = %e, "lease expiry round failed");
-        }
-    }
-}
-
-/// Records this node's client address and name in the membership once it is a member (other
-/// members and `etcdctl member list` learn client endpoints from there), retrying until done.
-async fn publish_self(rsm: Rsm<KvStateMachine>, me: Member, stop: CancellationToken) {
-    loop {
-        match rsm.publish_self(me.clone()).await {
-            Ok(()) => return,
-            Err(e) => tracing::debug!(error = %e, "publishing member attributes; will retry"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
 }

@@ -29,7 +29,7 @@ impl Cluster for ClusterApi {
         Ok(Response::new(MemberAddResponse {
             header: self.header(),
             member: Some(member),
-            members: self.backend.member_list().await?,
+            members: self.backend.members_here(),
         }))
     }
 
@@ -38,7 +38,7 @@ impl Cluster for ClusterApi {
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         self.backend.member_remove(request.into_inner().id).await?;
-        Ok(Response::new(MemberRemoveResponse { header: self.header(), members: self.backend.member_list().await? }))
+        Ok(Response::new(MemberRemoveResponse { header: self.header(), members: self.backend.members_here() }))
     }
 
     async fn member_update(
@@ -47,7 +47,7 @@ impl Cluster for ClusterApi {
     ) -> Result<Response<MemberUpdateResponse>, Status> {
         let req = request.into_inner();
         self.backend.member_update(req.id, &req.peer_ur_ls).await?;
-        Ok(Response::new(MemberUpdateResponse { header: self.header(), members: self.backend.member_list().await? }))
+        Ok(Response::new(MemberUpdateResponse { header: self.header(), members: self.backend.members_here() }))
     }
 
     async fn member_list(&self, _request: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
@@ -59,6 +59,6 @@ impl Cluster for ClusterApi {
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
         self.backend.member_promote(request.into_inner().id).await?;
-        Ok(Response::new(MemberPromoteResponse { header: self.header(), members: self.backend.member_list().await? }))
+        Ok(Response::new(MemberPromoteResponse { header: self.header(), members: self.backend.members_here() }))
     }
 }

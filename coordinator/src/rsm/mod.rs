@@ -13,6 +13,7 @@ mod error;
 mod log_store;
 mod network;
 mod node;
+mod replica;
 mod service;
 mod state_machine;
 pub mod store;

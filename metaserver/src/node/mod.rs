@@ -5,11 +5,9 @@
 
 pub mod namespace;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use cairn_coordinator::rsm::{incoming_nodelay, Member, PeerService, Rsm, RsmConfig, RsmError};
+use cairn_coordinator::rsm::{incoming_nodelay, Member, Rsm, RsmConfig, RsmError};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -56,41 +54,25 @@ pub async fn run(config: MetaConfig, shutdown: CancellationToken) -> Result<(), 
 
     let mut tasks: JoinSet<Result<(), NodeError>> = JoinSet::new();
 
-    let peer_service = PeerService::new(rsm.clone());
     let stop = shutdown.clone();
+    let peers = rsm.clone();
     tasks.spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(peer_service)
-            .serve_with_incoming_shutdown(incoming_nodelay(peer_listener), stop.cancelled())
+        peers
+            .serve_peers(peer_listener, stop)
             .await
             .map_err(|e| NodeError::Server { what: "peer", message: e.to_string() })
     });
 
-    // The lowest id of a new group bootstraps it; the others wait to be contacted.
-    if config.initial_cluster.keys().next() == Some(&config.node_id) {
-        let members: BTreeMap<_, _> = config
-            .initial_cluster
-            .iter()
-            .map(|(id, peer)| {
-                let mut member = Member::new(peer.clone());
-                if *id == config.node_id {
-                    member.client_addr = config.advertise_client.clone();
-                    member.name = config.name.clone();
-                }
-                (*id, member)
-            })
-            .collect();
-        rsm.bootstrap(members).await?;
-    }
     let me = Member {
         peer_addr: config.advertise_peer.clone(),
         client_addr: config.advertise_client.clone(),
         name: config.name.clone(),
     };
+    rsm.found_if_first(&me, &config.initial_cluster).await?;
     let stop = shutdown.clone();
     let publisher = rsm.clone();
     tasks.spawn(async move {
-        publish_self(publisher, me, stop).await;
+        publisher.publish_self_until_done(me, stop).await;
         Ok(())
     });
 
@@ -194,20 +176,6 @@ async fn format_once(node: NamespaceNode, chunk_size_bytes: u64, replication_fac
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(FORMAT_RETRY_INTERVAL) => {}
-        }
-    }
-}
-
-/// Records this node's client address and name in the membership once it is a member.
-async fn publish_self(rsm: Rsm<Namespace>, me: Member, stop: CancellationToken) {
-    loop {
-        match rsm.publish_self(me.clone()).await {
-            Ok(()) => return,
-            Err(e) => tracing::debug!(error = %e, "publishing member attributes; will retry"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
 }
