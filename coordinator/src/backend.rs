@@ -88,11 +88,17 @@ impl Backend {
         if self.alarms.nospace() && adds_data(&request) {
             return Err(ApiError::NoSpace);
         }
+        use internal_request::Request;
+        let timeout = match &request {
+            // These may touch any number of keys; their apply time grows with them.
+            Request::DeleteRange(_) | Request::Txn(_) | Request::Compaction(_) => limits::PROPOSE_LONG_TIMEOUT,
+            _ => limits::PROPOSE_TIMEOUT,
+        };
         let command = InternalRequest { request: Some(request) }.encode_to_vec();
         if command.len() > limits::REQUEST_BYTES_MAX {
             return Err(KvError::RequestTooLarge.into());
         }
-        let bytes = self.rsm.propose(command).await?;
+        let bytes = self.rsm.propose_within(command, timeout).await?;
         let response = InternalResponse::decode(bytes.as_slice())
             .map_err(|e| RsmError::Internal(format!("undecodable apply result: {e}")))?;
         match response.response {

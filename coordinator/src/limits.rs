@@ -25,8 +25,13 @@ pub const LOG_SYNC_QUEUE_MAX: usize = 1024;
 pub const RAFT_MESSAGE_BYTES_MAX: usize = 128 * 1024 * 1024;
 /// Snapshot chunk sent per InstallSnapshot RPC.
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
-/// Deadline for a write forwarded to the leader, including commit.
+/// Deadline for a write forwarded to the leader, including commit (etcd's 5 s + 2 elections).
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(7);
+/// Deadline for writes that may touch any number of keys (range deletes, txns, compaction):
+/// applying a delete of a few hundred thousand keys takes seconds.
+pub const PROPOSE_LONG_TIMEOUT: Duration = Duration::from_secs(30);
+/// No proposal waits longer than this, whatever it asks for.
+pub const PROPOSE_TIMEOUT_MAX: Duration = Duration::from_secs(60);
 /// Deadline for establishing a linearizable read point.
 pub const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline for connecting to a peer.
@@ -75,6 +80,7 @@ pub const DISK_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 pub const KEEPALIVE_STREAM_BUFFER: usize = 64;
 
 const _: () = assert!(REQUEST_BYTES_MAX < BATCH_BYTES_MAX);
+const _: () = assert!(PROPOSE_LONG_TIMEOUT.as_secs() <= PROPOSE_TIMEOUT_MAX.as_secs());
 const _: () = assert!(GRPC_RECV_BYTES_MAX < GRPC_DECODE_BYTES_MAX);
 
 // ---- MVCC key-value and lease state machine (mvcc) ----

@@ -239,12 +239,19 @@ impl<A: App> Rsm<A> {
 
     /// Proposes `command`, here if leader or forwarded to the leader, and returns its result.
     pub async fn propose(&self, command: Vec<u8>) -> Result<Vec<u8>, RsmError> {
-        let deadline = tokio::time::Instant::now() + limits::PROPOSE_TIMEOUT;
+        self.propose_within(command, limits::PROPOSE_TIMEOUT).await
+    }
+
+    /// [`Rsm::propose`] with a deadline of its own, for commands that may take long to apply
+    /// (a delete of a whole key range).
+    pub async fn propose_within(&self, command: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, RsmError> {
+        let timeout = timeout.min(limits::PROPOSE_TIMEOUT_MAX);
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut attempt = 0u32;
         loop {
             let outcome = match self.leader() {
-                Some((id, _)) if id == self.inner.node_id => self.propose_local(command.clone()).await,
-                Some((_, addr)) => self.forward(&addr, command.clone()).await,
+                Some((id, _)) if id == self.inner.node_id => self.propose_local_within(command.clone(), timeout).await,
+                Some((_, addr)) => self.forward(&addr, command.clone(), timeout).await,
                 None => Err(RsmError::NoLeader),
             };
             match outcome {
@@ -260,9 +267,13 @@ impl<A: App> Rsm<A> {
 
     /// Queues `command` for the next batch on this node, which must be the leader.
     pub async fn propose_local(&self, command: Vec<u8>) -> Result<Vec<u8>, RsmError> {
+        self.propose_local_within(command, limits::PROPOSE_TIMEOUT).await
+    }
+
+    pub(crate) async fn propose_local_within(&self, command: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, RsmError> {
         let (reply, rx) = oneshot::channel();
         self.inner.proposals.send(Proposal { command, reply }).await.map_err(|_| RsmError::ShuttingDown)?;
-        match tokio::time::timeout(limits::PROPOSE_TIMEOUT, rx).await {
+        match tokio::time::timeout(timeout.min(limits::PROPOSE_TIMEOUT_MAX), rx).await {
             Err(_) => Err(RsmError::Timeout),
             Ok(Err(_)) => Err(RsmError::ShuttingDown),
             Ok(Ok(result)) => result,
@@ -275,10 +286,10 @@ impl<A: App> Rsm<A> {
         Ok(peer_client(channel))
     }
 
-    async fn forward(&self, addr: &str, command: Vec<u8>) -> Result<Vec<u8>, RsmError> {
+    async fn forward(&self, addr: &str, command: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, RsmError> {
         let mut client = self.peer(addr)?;
-        let call = client.forward(ForwardRequest { command });
-        match tokio::time::timeout(limits::PROPOSE_TIMEOUT, call).await {
+        let call = client.forward(ForwardRequest { command, timeout_ms: timeout.as_millis() as u64 });
+        match tokio::time::timeout(timeout, call).await {
             Err(_) => Err(RsmError::Timeout),
             Ok(Ok(resp)) => Ok(resp.into_inner().response),
             Ok(Err(status)) => Err(status_to_error(addr, &status)),

@@ -82,7 +82,12 @@ impl<A: App> RaftService for PeerService<A> {
             let leader = self.rsm.leader().map(|(id, _)| id);
             return Err(error_to_status(RsmError::NotLeader { leader }));
         }
-        let response = self.rsm.propose_local(request.into_inner().command).await.map_err(error_to_status)?;
+        let req = request.into_inner();
+        let timeout = match req.timeout_ms {
+            0 => limits::PROPOSE_TIMEOUT,
+            ms => std::time::Duration::from_millis(ms),
+        };
+        let response = self.rsm.propose_local_within(req.command, timeout).await.map_err(error_to_status)?;
         Ok(Response::new(ForwardResponse { response }))
     }
 
