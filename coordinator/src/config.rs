@@ -117,7 +117,8 @@ pub struct CoordinatorConfig {
     pub disk_free_min_bytes: u64,
 }
 
-fn parse_duration_ms(field: &'static str, text: &str) -> Result<u64, ConfigError> {
+/// Parses a humane duration ("100ms", "1s") into milliseconds.
+pub fn parse_duration_ms(field: &'static str, text: &str) -> Result<u64, ConfigError> {
     humantime::parse_duration(text)
         .map(|d: Duration| d.as_millis() as u64)
         .map_err(|e| ConfigError::Invalid { field, message: format!("{text:?}: {e}") })
@@ -145,17 +146,55 @@ pub fn parse_initial_cluster(text: &str) -> Result<BTreeMap<NodeId, String>, Con
     Ok(members)
 }
 
-impl Flags {
-    /// Merges flags over the config file and validates the result.
-    pub fn resolve(self) -> Result<CoordinatorConfig, ConfigError> {
-        let file = match &self.config {
-            None => FileConfig::default(),
-            Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-                toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.clone(), source })?
-            }
-        };
+/// Reads a TOML config file into `T`, or `T::default()` when there is none.
+pub fn read_toml<T: serde::de::DeserializeOwned + Default>(path: Option<&std::path::Path>) -> Result<T, ConfigError> {
+    let Some(path) = path else { return Ok(T::default()) };
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })
+}
+
+/// The settings every replica of a Raft group takes (coordinators, metaservers), as one source
+/// gives them: the flags or the config file. Each server declares its own flags (their help
+/// differs) and fills one of these per source; [`ReplicaSettings::resolve`] applies the
+/// defaults and the checks, the same for every server.
+#[derive(Debug, Default, Clone)]
+pub struct ReplicaSettings {
+    pub node_id: Option<u64>,
+    pub data_dir: Option<PathBuf>,
+    pub listen_client: Option<SocketAddr>,
+    pub listen_peer: Option<SocketAddr>,
+    pub listen_http: Option<SocketAddr>,
+    pub advertise_peer: Option<String>,
+    pub advertise_client: Option<String>,
+    pub name: Option<String>,
+    pub initial_cluster: Option<String>,
+    pub heartbeat_interval: Option<String>,
+    pub election_timeout: Option<String>,
+    pub snapshot_count: Option<u64>,
+}
+
+/// Validated replica settings.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    pub listen_client: SocketAddr,
+    pub listen_peer: SocketAddr,
+    pub listen_http: SocketAddr,
+    pub advertise_peer: String,
+    pub advertise_client: String,
+    pub name: String,
+    pub initial_cluster: BTreeMap<NodeId, String>,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+    pub snapshot_count: u64,
+}
+
+impl ReplicaSettings {
+    /// Takes each setting from `self` (the flags), else from `file`, else its default; the
+    /// default member name is `<name_prefix>-<node id>`.
+    pub fn resolve(self, file: ReplicaSettings, name_prefix: &str) -> Result<ReplicaConfig, ConfigError> {
         let node_id = self.node_id.or(file.node_id).ok_or(ConfigError::Missing("node_id"))?;
         if node_id == 0 {
             return Err(ConfigError::Invalid { field: "node_id", message: "must be positive".into() });
@@ -167,7 +206,7 @@ impl Flags {
         let advertise_peer = self.advertise_peer.or(file.advertise_peer).unwrap_or_else(|| listen_peer.to_string());
         let advertise_client =
             self.advertise_client.or(file.advertise_client).unwrap_or_else(|| listen_client.to_string());
-        let name = self.name.or(file.name).unwrap_or_else(|| format!("coordinator-{node_id}"));
+        let name = self.name.or(file.name).unwrap_or_else(|| format!("{name_prefix}-{node_id}"));
         let initial_cluster = match self.initial_cluster.or(file.initial_cluster) {
             Some(text) => parse_initial_cluster(&text)?,
             None => BTreeMap::from([(node_id, advertise_peer.clone())]),
@@ -195,14 +234,7 @@ impl Flags {
             });
         }
         let snapshot_count = self.snapshot_count.or(file.snapshot_count).unwrap_or(10_000).max(1);
-        let watch_progress_notify_interval_ms =
-            match self.watch_progress_notify_interval.or(file.watch_progress_notify_interval) {
-                Some(t) => parse_duration_ms("watch_progress_notify_interval", &t)?,
-                None => 10 * 60 * 1000,
-            };
-        let disk_free_min_bytes =
-            self.disk_free_min_bytes.or(file.disk_free_min_bytes).unwrap_or(crate::limits::DISK_FREE_BYTES_MIN_DEFAULT);
-        Ok(CoordinatorConfig {
+        Ok(ReplicaConfig {
             node_id,
             data_dir,
             listen_client,
@@ -215,6 +247,63 @@ impl Flags {
             heartbeat_interval_ms,
             election_timeout_ms,
             snapshot_count,
+        })
+    }
+}
+
+impl Flags {
+    /// Merges flags over the config file and validates the result.
+    pub fn resolve(self) -> Result<CoordinatorConfig, ConfigError> {
+        let file: FileConfig = read_toml(self.config.as_deref())?;
+        let flags = ReplicaSettings {
+            node_id: self.node_id,
+            data_dir: self.data_dir,
+            listen_client: self.listen_client,
+            listen_peer: self.listen_peer,
+            listen_http: self.listen_http,
+            advertise_peer: self.advertise_peer,
+            advertise_client: self.advertise_client,
+            name: self.name,
+            initial_cluster: self.initial_cluster,
+            heartbeat_interval: self.heartbeat_interval,
+            election_timeout: self.election_timeout,
+            snapshot_count: self.snapshot_count,
+        };
+        let from_file = ReplicaSettings {
+            node_id: file.node_id,
+            data_dir: file.data_dir,
+            listen_client: file.listen_client,
+            listen_peer: file.listen_peer,
+            listen_http: file.listen_http,
+            advertise_peer: file.advertise_peer,
+            advertise_client: file.advertise_client,
+            name: file.name,
+            initial_cluster: file.initial_cluster,
+            heartbeat_interval: file.heartbeat_interval,
+            election_timeout: file.election_timeout,
+            snapshot_count: file.snapshot_count,
+        };
+        let replica = flags.resolve(from_file, "coordinator")?;
+        let watch_progress_notify_interval_ms =
+            match self.watch_progress_notify_interval.or(file.watch_progress_notify_interval) {
+                Some(t) => parse_duration_ms("watch_progress_notify_interval", &t)?,
+                None => 10 * 60 * 1000,
+            };
+        let disk_free_min_bytes =
+            self.disk_free_min_bytes.or(file.disk_free_min_bytes).unwrap_or(crate::limits::DISK_FREE_BYTES_MIN_DEFAULT);
+        Ok(CoordinatorConfig {
+            node_id: replica.node_id,
+            data_dir: replica.data_dir,
+            listen_client: replica.listen_client,
+            listen_peer: replica.listen_peer,
+            listen_http: replica.listen_http,
+            advertise_peer: replica.advertise_peer,
+            advertise_client: replica.advertise_client,
+            name: replica.name,
+            initial_cluster: replica.initial_cluster,
+            heartbeat_interval_ms: replica.heartbeat_interval_ms,
+            election_timeout_ms: replica.election_timeout_ms,
+            snapshot_count: replica.snapshot_count,
             watch_progress_notify_interval_ms,
             disk_free_min_bytes,
         })

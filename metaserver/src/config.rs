@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use cairn_coordinator::config::parse_initial_cluster;
+use cairn_coordinator::config::{read_toml, ReplicaSettings};
 use cairn_coordinator::rsm::NodeId;
 use serde::Deserialize;
 
@@ -13,12 +13,9 @@ use crate::limits::{CHUNK_SIZES_BYTES, REPLICATION_FACTOR_MAX};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("parse config file {path}: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
-    #[error("{0} is required (flag or config file)")]
-    Missing(&'static str),
+    /// The config file, or a setting every replica shares (the coordinator's rules).
+    #[error(transparent)]
+    Replica(#[from] cairn_coordinator::config::ConfigError),
     #[error("invalid {field}: {message}")]
     Invalid { field: &'static str, message: String },
 }
@@ -120,12 +117,6 @@ pub struct MetaConfig {
     pub replication_factor: u32,
 }
 
-fn parse_duration_ms(field: &'static str, text: &str) -> Result<u64, ConfigError> {
-    humantime::parse_duration(text)
-        .map(|d| d.as_millis() as u64)
-        .map_err(|e| ConfigError::Invalid { field, message: format!("{text:?}: {e}") })
-}
-
 /// Parses a size such as "64MiB", "128 MiB", "1GiB" or a plain number of bytes.
 pub fn parse_size_bytes(field: &'static str, text: &str) -> Result<u64, ConfigError> {
     let t = text.trim();
@@ -146,59 +137,41 @@ pub fn parse_size_bytes(field: &'static str, text: &str) -> Result<u64, ConfigEr
 impl Flags {
     /// Merges flags over the config file and validates the result.
     pub fn resolve(self) -> Result<MetaConfig, ConfigError> {
-        let file = match &self.config {
-            None => FileConfig::default(),
-            Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-                toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.clone(), source })?
-            }
+        let file: FileConfig = read_toml(self.config.as_deref())?;
+        let flags = ReplicaSettings {
+            node_id: self.node_id,
+            data_dir: self.data_dir,
+            listen_client: self.listen_client,
+            listen_peer: self.listen_peer,
+            listen_http: self.listen_http,
+            advertise_peer: self.advertise_peer,
+            advertise_client: self.advertise_client,
+            name: self.name,
+            initial_cluster: self.initial_cluster,
+            heartbeat_interval: self.heartbeat_interval,
+            election_timeout: self.election_timeout,
+            snapshot_count: self.snapshot_count,
         };
-        let node_id = self.node_id.or(file.node_id).ok_or(ConfigError::Missing("node_id"))?;
-        if node_id == 0 {
-            return Err(ConfigError::Invalid { field: "node_id", message: "must be positive".into() });
-        }
-        let data_dir = self.data_dir.or(file.data_dir).ok_or(ConfigError::Missing("data_dir"))?;
-        let listen_client = self.listen_client.or(file.listen_client).ok_or(ConfigError::Missing("listen_client"))?;
-        let listen_peer = self.listen_peer.or(file.listen_peer).ok_or(ConfigError::Missing("listen_peer"))?;
-        let listen_http = self.listen_http.or(file.listen_http).ok_or(ConfigError::Missing("listen_http"))?;
-        let advertise_peer = self.advertise_peer.or(file.advertise_peer).unwrap_or_else(|| listen_peer.to_string());
-        let advertise_client =
-            self.advertise_client.or(file.advertise_client).unwrap_or_else(|| listen_client.to_string());
-        let name = self.name.or(file.name).unwrap_or_else(|| format!("metaserver-{node_id}"));
-        let initial_cluster = match self.initial_cluster.or(file.initial_cluster) {
-            Some(text) => parse_initial_cluster(&text)
-                .map_err(|e| ConfigError::Invalid { field: "initial_cluster", message: e.to_string() })?,
-            None => BTreeMap::from([(node_id, advertise_peer.clone())]),
+        let from_file = ReplicaSettings {
+            node_id: file.node_id,
+            data_dir: file.data_dir,
+            listen_client: file.listen_client,
+            listen_peer: file.listen_peer,
+            listen_http: file.listen_http,
+            advertise_peer: file.advertise_peer,
+            advertise_client: file.advertise_client,
+            name: file.name,
+            initial_cluster: file.initial_cluster,
+            heartbeat_interval: file.heartbeat_interval,
+            election_timeout: file.election_timeout,
+            snapshot_count: file.snapshot_count,
         };
-        if !initial_cluster.contains_key(&node_id) {
-            return Err(ConfigError::Invalid {
-                field: "initial_cluster",
-                message: format!("does not list this node ({node_id})"),
-            });
-        }
+        let replica = flags.resolve(from_file, "metaserver")?;
         let coordinator_endpoints = self
             .coordinator_endpoints
             .or(file.coordinator_endpoints)
             .map(|t| t.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
             .unwrap_or_default();
-        let heartbeat_interval_ms = match self.heartbeat_interval.or(file.heartbeat_interval) {
-            Some(t) => parse_duration_ms("heartbeat_interval", &t)?,
-            None => 100,
-        };
-        let election_timeout_ms = match self.election_timeout.or(file.election_timeout) {
-            Some(t) => parse_duration_ms("election_timeout", &t)?,
-            None => 1000,
-        };
-        if election_timeout_ms < 3 * heartbeat_interval_ms {
-            return Err(ConfigError::Invalid {
-                field: "election_timeout",
-                message: format!(
-                    "{election_timeout_ms}ms must be at least 3 heartbeat intervals ({heartbeat_interval_ms}ms)"
-                ),
-            });
-        }
-        let snapshot_count = self.snapshot_count.or(file.snapshot_count).unwrap_or(10_000).max(1);
         let chunk_size_bytes = match self.chunk_size.or(file.chunk_size) {
             Some(t) => parse_size_bytes("chunk_size", &t)?,
             None => CHUNK_SIZES_BYTES[0],
@@ -217,19 +190,19 @@ impl Flags {
             });
         }
         Ok(MetaConfig {
-            node_id,
-            data_dir,
-            listen_client,
-            listen_peer,
-            listen_http,
-            advertise_peer,
-            advertise_client,
-            name,
-            initial_cluster,
+            node_id: replica.node_id,
+            data_dir: replica.data_dir,
+            listen_client: replica.listen_client,
+            listen_peer: replica.listen_peer,
+            listen_http: replica.listen_http,
+            advertise_peer: replica.advertise_peer,
+            advertise_client: replica.advertise_client,
+            name: replica.name,
+            initial_cluster: replica.initial_cluster,
             coordinator_endpoints,
-            heartbeat_interval_ms,
-            election_timeout_ms,
-            snapshot_count,
+            heartbeat_interval_ms: replica.heartbeat_interval_ms,
+            election_timeout_ms: replica.election_timeout_ms,
+            snapshot_count: replica.snapshot_count,
             chunk_size_bytes,
             replication_factor,
         })
