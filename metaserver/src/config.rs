@@ -9,7 +9,7 @@ use cairn_coordinator::config::{read_toml, ReplicaSettings};
 use cairn_coordinator::rsm::NodeId;
 use serde::Deserialize;
 
-use crate::limits::{CHUNK_SIZES_BYTES, REPLICATION_FACTOR_MAX};
+use crate::limits::{CHUNK_SIZES_BYTES, ORPHAN_SCAN_INTERVAL_DEFAULT, REPLICATION_FACTOR_MAX};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -55,8 +55,7 @@ pub struct Flags {
     /// data dir is empty; the lowest id bootstraps the group.
     #[arg(long)]
     pub initial_cluster: Option<String>,
-    /// Coordinator client endpoints, `host:port,...`. Recorded; used from phase 2 (chunkserver
-    /// registry, placement).
+    /// Coordinator client endpoints, `host:port,...`: the chunkserver registry is watched there.
     #[arg(long)]
     pub coordinator_endpoints: Option<String>,
     /// Raft heartbeat interval, e.g. "100ms".
@@ -74,6 +73,10 @@ pub struct Flags {
     /// Replication factor recorded when the filesystem is formatted (default 3).
     #[arg(long)]
     pub replication_factor: Option<u32>,
+    /// Pause between two scans of every chunkserver's inventory for orphan and stale replicas
+    /// (leader only), e.g. "60s" (default).
+    #[arg(long)]
+    pub orphan_scan_interval: Option<String>,
 }
 
 /// The config file: same keys as the flags, in snake_case.
@@ -95,6 +98,7 @@ struct FileConfig {
     snapshot_count: Option<u64>,
     chunk_size: Option<String>,
     replication_factor: Option<u32>,
+    orphan_scan_interval: Option<String>,
 }
 
 /// Validated configuration of one metaserver node.
@@ -115,6 +119,7 @@ pub struct MetaConfig {
     pub snapshot_count: u64,
     pub chunk_size_bytes: u64,
     pub replication_factor: u32,
+    pub orphan_scan_interval_ms: u64,
 }
 
 /// Parses a size such as "64MiB", "128 MiB", "1GiB" or a plain number of bytes.
@@ -189,6 +194,13 @@ impl Flags {
                 message: format!("{replication_factor}; must be between 1 and {REPLICATION_FACTOR_MAX}"),
             });
         }
+        let orphan_scan_interval_ms = match self.orphan_scan_interval.or(file.orphan_scan_interval) {
+            Some(t) => cairn_coordinator::config::parse_duration_ms("orphan_scan_interval", &t)?,
+            None => ORPHAN_SCAN_INTERVAL_DEFAULT.as_millis() as u64,
+        };
+        if orphan_scan_interval_ms == 0 {
+            return Err(ConfigError::Invalid { field: "orphan_scan_interval", message: "must be positive".into() });
+        }
         Ok(MetaConfig {
             node_id: replica.node_id,
             data_dir: replica.data_dir,
@@ -205,6 +217,7 @@ impl Flags {
             snapshot_count: replica.snapshot_count,
             chunk_size_bytes,
             replication_factor,
+            orphan_scan_interval_ms,
         })
     }
 }

@@ -23,6 +23,8 @@ pub const CALLER_GROUPS_MAX: usize = 65_536;
 pub const READDIR_ENTRIES_MAX: u32 = 4096;
 /// Entries per readdir page when the request does not say.
 pub const READDIR_ENTRIES_DEFAULT: u32 = 512;
+/// Most chunk entries one GetChunks answers (256 GiB of a file with 64 MiB chunks).
+pub const CHUNKS_PER_READ_MAX: u32 = 4096;
 /// Largest gRPC message the metaserver accepts or sends.
 pub const GRPC_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Deadline of one client request inside the server (propose or read barrier plus the read).
@@ -59,3 +61,40 @@ const _: () = assert!(READDIR_ENTRIES_DEFAULT <= READDIR_ENTRIES_MAX);
 const _: () = assert!(XATTR_VALUE_BYTES_MAX + XATTR_NAME_BYTES_MAX <= XATTR_INODE_BYTES_MAX);
 const _: () = assert!(XATTR_INODE_BYTES_MAX < GRPC_MESSAGE_BYTES_MAX);
 const _: () = assert!(SYMLINK_TARGET_BYTES_MAX < GRPC_MESSAGE_BYTES_MAX);
+
+/// Pause before reading the chunkserver registry again after its watch ended.
+pub const REGISTRY_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// Most chunkservers the registry view holds (entries beyond are ignored).
+pub const REGISTRY_SERVERS_MAX: usize = 10_000;
+/// Deadline of one call to a chunkserver (stat, version update, truncate, delete, list page).
+pub const CHUNK_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline for connecting to a chunkserver.
+pub const CHUNK_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline of one copy of a whole chunk from a peer (healing).
+pub const CHUNK_COPY_TIMEOUT: Duration = Duration::from_secs(300);
+/// Chunkserver channels the leader keeps open at most.
+pub const CHUNK_CHANNELS_MAX: usize = 4096;
+/// How often the leader works through pending truncations, the deletion queue and healing.
+pub const CHUNK_WORK_INTERVAL: Duration = Duration::from_millis(500);
+/// Most pending truncations, queued deletions or reclaimed inodes handled per round.
+pub const CHUNK_WORK_BATCH_MAX: usize = 256;
+/// Chunk-map rows read per page by the leader's scans (healing, fsck, orphan scan).
+pub const CHUNK_MAP_PAGE_ROWS: usize = 4096;
+/// Chunks listed per ListChunks page in the orphan scan.
+pub const LIST_CHUNKS_PAGE: u32 = 10_000;
+/// Chunks the healer re-replicates per round (the rate limit: at most this many per
+/// `CHUNK_WORK_INTERVAL`), and how many copies run at once.
+pub const HEAL_CHUNKS_PER_ROUND: usize = 8;
+pub const HEAL_CONCURRENCY: usize = 4;
+/// Chunkserver calls in flight at once in deletion and truncation rounds.
+pub const CHUNK_CALLS_CONCURRENCY: usize = 16;
+/// Default pause between two orphan scans of every chunkserver's inventory.
+pub const ORPHAN_SCAN_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
+/// Chunks Fsck lists per category when the request does not say, and at most.
+pub const FSCK_LIST_DEFAULT: u32 = 100;
+pub const FSCK_LIST_MAX: u32 = 10_000;
+/// Orphans remembered from the last scan (for Fsck).
+pub const ORPHANS_REMEMBERED_MAX: usize = 10_000;
+
+const _: () = assert!(HEAL_CONCURRENCY <= HEAL_CHUNKS_PER_ROUND);
+const _: () = assert!(FSCK_LIST_DEFAULT <= FSCK_LIST_MAX);

@@ -29,6 +29,10 @@ pub struct Metrics {
     last_log_index: Gauge,
     applied_index: Gauge,
     snapshot_index: Gauge,
+    chunk_events: Family<Labels, Counter>,
+    chunks: Gauge,
+    chunks_under_replicated: Gauge,
+    chunks_unavailable: Gauge,
 }
 
 impl Default for Metrics {
@@ -65,13 +69,56 @@ impl Metrics {
             gauge(&mut registry, "cairn_metaserver_raft_applied_index", "Index of the last applied Raft log entry");
         let snapshot_index =
             gauge(&mut registry, "cairn_metaserver_raft_snapshot_index", "Index covered by the latest snapshot");
-        Metrics { registry, ops, latency, term, is_leader, last_log_index, applied_index, snapshot_index }
+        let chunk_events = Family::<Labels, Counter>::default();
+        registry.register(
+            "cairn_metaserver_chunk_events",
+            "Leader chunk work by kind: gc_deleted, orphan_deleted, healed, heal_failed, version_bump, truncate",
+            chunk_events.clone(),
+        );
+        let chunks = gauge(&mut registry, "cairn_metaserver_chunks", "Chunks in the map (leader's last healing round)");
+        let chunks_under_replicated = gauge(
+            &mut registry,
+            "cairn_metaserver_chunks_under_replicated",
+            "Chunks with fewer live replicas than the replication factor, but at least one (leader)",
+        );
+        let chunks_unavailable =
+            gauge(&mut registry, "cairn_metaserver_chunks_unavailable", "Chunks without a live replica (leader)");
+        Metrics {
+            registry,
+            ops,
+            latency,
+            term,
+            is_leader,
+            last_log_index,
+            applied_index,
+            snapshot_index,
+            chunk_events,
+            chunks,
+            chunks_under_replicated,
+            chunks_unavailable,
+        }
     }
 
     /// Records one operation: its name, outcome label and duration.
     pub fn observe(&self, op: &'static str, outcome: &'static str, elapsed: Duration) {
         self.ops.get_or_create(&vec![("op", op), ("outcome", outcome)]).inc();
         self.latency.get_or_create(&vec![("op", op)]).observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one piece of the leader's chunk work.
+    pub fn chunk_event(&self, kind: &'static str) {
+        self.chunk_events(kind, 1);
+    }
+
+    pub fn chunk_events(&self, kind: &'static str, n: u64) {
+        self.chunk_events.get_or_create(&vec![("kind", kind)]).inc_by(n);
+    }
+
+    /// The leader's latest count of chunks, under-replicated and unavailable ones.
+    pub fn set_chunk_counts(&self, chunks: u64, under_replicated: u64, unavailable: u64) {
+        self.chunks.set(chunks as i64);
+        self.chunks_under_replicated.set(under_replicated as i64);
+        self.chunks_unavailable.set(unavailable as i64);
     }
 
     /// Renders every metric in the Prometheus text format, with Raft state from `raft`.

@@ -88,16 +88,23 @@ pub fn renew_here(node: &NamespaceNode, id: SessionId) -> Result<Option<Duration
     }
 }
 
-/// Answers heartbeats forwarded to this node as leader.
+/// Answers leader calls forwarded to this node: heartbeats here, chunk work (`chunk.*`) by the
+/// chunk manager.
 pub struct LeaderCalls {
     pub node: Weak<NamespaceNode>,
+    pub chunks: Weak<crate::chunks::ChunkManager>,
 }
 
 impl AppRpcHandler for LeaderCalls {
     fn call(&self, method: String, body: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, RsmError>> {
         let node = self.node.upgrade();
+        let chunks = self.chunks.upgrade();
         Box::pin(async move {
             let node = node.ok_or(RsmError::ShuttingDown)?;
+            if method.starts_with("chunk.") {
+                let chunks = chunks.ok_or(RsmError::ShuttingDown)?;
+                return chunks.leader_call(&method, &body).await;
+            }
             if method != RPC_SESSION_HEARTBEAT {
                 return Err(RsmError::Internal(format!("unknown leader call {method}")));
             }

@@ -3,10 +3,12 @@
 use cairn_proto::meta as pb;
 use tonic::Status;
 
+use crate::chunks::{FsckChunk, FsckReport};
 use crate::limits::CALLER_GROUPS_MAX;
 use crate::namespace::locks::len_of;
 use crate::namespace::{
-    Caller, FileKind, Inode, LockKind, OpenFlags, PosixLock, RenameFlags, TimeSet, Timespec, XattrMode,
+    Caller, Chunk, ChunkserverId, FileKind, Inode, LockKind, OpenFlags, PosixLock, RenameFlags, Replica, TimeSet,
+    Timespec, XattrMode,
 };
 
 pub fn caller(cred: Option<pb::Credentials>) -> Result<Caller, Status> {
@@ -137,6 +139,45 @@ pub fn lock(l: &PosixLock) -> pb::Lock {
         session: l.owner.session.0,
         owner: l.owner.owner,
         fencing_token: l.token,
+    }
+}
+
+pub fn replica(r: &Replica) -> pb::ChunkReplica {
+    pb::ChunkReplica { chunkserver_id: r.server.0, address: r.addr.clone() }
+}
+
+/// A chunk as clients see it: replicas on servers that are not live are left out.
+pub fn chunk_entry(index: u64, c: &Chunk, live: impl Fn(ChunkserverId) -> bool) -> pb::ChunkEntry {
+    pb::ChunkEntry {
+        index,
+        chunk_id: c.id.0,
+        version: c.version,
+        replicas: c.replicas.iter().filter(|r| live(r.server)).map(replica).collect(),
+        fresh: c.fresh,
+    }
+}
+
+fn fsck_chunk(c: &FsckChunk) -> pb::FsckChunk {
+    pb::FsckChunk {
+        chunk_id: c.chunk.0,
+        ino: c.ino.0,
+        index: c.index,
+        version: c.version,
+        replicas: c.replicas.iter().map(replica).collect(),
+    }
+}
+
+pub fn fsck(r: &FsckReport) -> pb::FsckResponse {
+    pb::FsckResponse {
+        errno: 0,
+        chunks: r.chunks,
+        under_replicated_count: r.under_replicated_count,
+        unavailable_count: r.unavailable_count,
+        orphan_count: r.orphan_count,
+        under_replicated: r.under_replicated.iter().map(fsck_chunk).collect(),
+        unavailable: r.unavailable.iter().map(fsck_chunk).collect(),
+        orphans: r.orphans.iter().map(fsck_chunk).collect(),
+        chunkservers: r.chunkservers.iter().map(replica).collect(),
     }
 }
 

@@ -9,19 +9,29 @@ use cairn_proto::meta as pb;
 use cairn_proto::meta::meta_service_server::{MetaService, MetaServiceServer};
 use tonic::{Request, Response, Status};
 
-use crate::limits::GRPC_MESSAGE_BYTES_MAX;
-use crate::namespace::{locks, read, Errno, InodeId, LockKind, LockOwner, Op, Outcome, Reply, SessionId, SetAttr};
+use std::sync::Arc;
+
+use crate::chunks::leader::{FsckReport, RPC_FLUSH_TRUNCATES, RPC_FSCK, RPC_REPORT_FAILURE};
+use crate::chunks::placement::place;
+use crate::chunks::{ChunkManager, FailureReport};
+use crate::limits::{GRPC_MESSAGE_BYTES_MAX, REQUEST_TIMEOUT};
+use crate::namespace::command::decode_outcome;
+use crate::namespace::{
+    chunks as chunk_map, locks, read, ChunkId, Errno, InodeId, LockKind, LockOwner, Op, Outcome, Reply, SessionId,
+    SetAttr, Timespec,
+};
 use crate::node::namespace::NamespaceNode;
 use convert::{attr, caller, time};
 use error::status;
 
 pub struct MetaApi {
     node: NamespaceNode,
+    chunks: Arc<ChunkManager>,
 }
 
 impl MetaApi {
-    pub fn server(node: NamespaceNode) -> MetaServiceServer<MetaApi> {
-        MetaServiceServer::new(MetaApi { node })
+    pub fn server(node: NamespaceNode, chunks: Arc<ChunkManager>) -> MetaServiceServer<MetaApi> {
+        MetaServiceServer::new(MetaApi { node, chunks })
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
     }
@@ -49,6 +59,18 @@ fn lock_response(outcome: Outcome) -> Answer<pb::LockResponse> {
     }))
 }
 
+fn chunk_response(api: &MetaApi, outcome: Outcome, chunk_size_bytes: u64) -> Answer<pb::ChunkResponse> {
+    Ok(Response::new(match outcome {
+        Ok(Reply::Chunk { index, chunk }) => pb::ChunkResponse {
+            errno: 0,
+            chunk: Some(convert::chunk_entry(index, &chunk, |s| api.chunks.registry().is_live(s))),
+            chunk_size_bytes,
+        },
+        Ok(other) => return Err(Status::internal(format!("unexpected reply {other:?}"))),
+        Err(e) => pb::ChunkResponse { errno: e.code(), chunk: None, chunk_size_bytes },
+    }))
+}
+
 fn einval_lock() -> Answer<pb::LockResponse> {
     Ok(Response::new(pb::LockResponse { errno: Errno::Inval.code(), fencing_token: 0 }))
 }
@@ -62,6 +84,22 @@ fn session(id: u64) -> Option<SessionId> {
 }
 
 impl MetaApi {
+    /// The chunk size of the filesystem (0 before it is formatted); it never changes once set.
+    fn chunk_size_bytes(&self) -> u64 {
+        self.node.fs_params_local().map_or(0, |p| p.chunk_size_bytes)
+    }
+
+    /// After a change that may have cut a chunk (truncating setattr, O_TRUNC), has the leader
+    /// carry out the pending truncations now, so the chunk is usable again when the call
+    /// returns. Best effort: the leader's background work does it otherwise.
+    async fn flush_truncates(&self, ino: u64) {
+        let call =
+            self.node.leader_call("flush_truncates", RPC_FLUSH_TRUNCATES, ino.to_be_bytes().to_vec(), REQUEST_TIMEOUT);
+        if let Err(e) = call.await {
+            tracing::debug!(inode = ino, error = %e, "flushing truncations; left to the leader's background work");
+        }
+    }
+
     async fn change(&self, cred: Option<pb::Credentials>, t: Option<pb::Timespec>, op: Op) -> Result<Outcome, Status> {
         let caller = caller(cred)?;
         let time = time(t)?;
@@ -135,7 +173,12 @@ impl MetaService for MetaApi {
             session: session(r.session),
             flags: convert::open_flags(r.open),
         };
-        Ok(Response::new(match self.change(r.cred, r.time, op).await? {
+        let truncates = r.open.is_some_and(|m| m.truncate);
+        let outcome = self.change(r.cred, r.time, op).await?;
+        if let (true, Ok(Reply::Created { attr: a, .. })) = (truncates, &outcome) {
+            self.flush_truncates(a.ino.0).await;
+        }
+        Ok(Response::new(match outcome {
             Ok(Reply::Created { attr: a, created }) => pb::CreateResponse { errno: 0, attr: Some(attr(&a)), created },
             Ok(other) => return Err(Status::internal(format!("unexpected reply {other:?}"))),
             Err(e) => pb::CreateResponse { errno: e.code(), attr: None, created: false },
@@ -144,13 +187,19 @@ impl MetaService for MetaApi {
 
     async fn open(&self, request: Request<pb::OpenRequest>) -> Answer<pb::AttrResponse> {
         let r = request.into_inner();
-        let op = Op::Open { ino: InodeId(r.ino), session: SessionId(r.session), flags: convert::open_flags(r.open) };
-        attr_response(self.change(r.cred, r.time, op).await?)
+        let flags = convert::open_flags(r.open);
+        let op = Op::Open { ino: InodeId(r.ino), session: SessionId(r.session), flags };
+        let outcome = self.change(r.cred, r.time, op).await?;
+        if flags.truncate && outcome.is_ok() {
+            self.flush_truncates(r.ino).await;
+        }
+        attr_response(outcome)
     }
 
     async fn close(&self, request: Request<pb::CloseRequest>) -> Answer<pb::ErrnoResponse> {
         let r = request.into_inner();
-        let op = Op::Close { ino: InodeId(r.ino), session: SessionId(r.session) };
+        let write = r.open.map(|m| m.write || m.truncate);
+        let op = Op::Close { ino: InodeId(r.ino), session: SessionId(r.session), write };
         errno_response(self.change(r.cred, r.time, op).await?)
     }
 
@@ -211,7 +260,12 @@ impl MetaService for MetaApi {
             mtime: convert::time_set(r.mtime)?,
             through_write_handle: r.through_write_handle,
         };
-        attr_response(self.change(r.cred, r.time, Op::SetAttr { ino: InodeId(r.ino), attr }).await?)
+        let resizes = attr.size.is_some();
+        let outcome = self.change(r.cred, r.time, Op::SetAttr { ino: InodeId(r.ino), attr }).await?;
+        if resizes && outcome.is_ok() {
+            self.flush_truncates(r.ino).await;
+        }
+        attr_response(outcome)
     }
 
     async fn set_xattr(&self, request: Request<pb::SetXattrRequest>) -> Answer<pb::ErrnoResponse> {
@@ -369,6 +423,95 @@ impl MetaService for MetaApi {
         let op =
             Op::ReleaseOwner { ino: InodeId(r.ino), owner: owner(r.session, r.owner), posix: r.posix, flock: r.flock };
         errno_response(self.change(r.cred, r.time, op).await?)
+    }
+
+    async fn get_chunks(&self, request: Request<pb::GetChunksRequest>) -> Answer<pb::GetChunksResponse> {
+        let r = request.into_inner();
+        caller(r.cred)?;
+        let result = self
+            .node
+            .read("get_chunks", |s| chunk_map::chunk_map(s, InodeId(r.ino), r.first_index, r.count))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(match result {
+            Ok(m) => pb::GetChunksResponse {
+                errno: 0,
+                chunk_size_bytes: m.chunk_size_bytes,
+                size: m.size,
+                chunks: m
+                    .chunks
+                    .iter()
+                    .map(|(index, c)| convert::chunk_entry(*index, c, |s| self.chunks.registry().is_live(s)))
+                    .collect(),
+            },
+            Err(e) => pb::GetChunksResponse { errno: e.code(), ..Default::default() },
+        }))
+    }
+
+    async fn allocate_chunk(&self, request: Request<pb::AllocateChunkRequest>) -> Answer<pb::ChunkResponse> {
+        let r = request.into_inner();
+        let c = caller(r.cred)?;
+        let t = time(r.time)?;
+        // Placement is chosen here, before proposing, so `apply` stays deterministic.
+        let params = self.node.fs_params_local();
+        let placement = match &params {
+            Some(p) => {
+                let Some(servers) = self.chunks.registry().live() else {
+                    return Err(Status::unavailable("the chunkserver registry has not been read yet"));
+                };
+                place(&servers, &[], &[], p.replication_factor as usize, p.chunk_size_bytes)
+            }
+            None => Vec::new(),
+        };
+        let op = Op::AllocateChunk { ino: InodeId(r.ino), session: SessionId(r.session), index: r.index, placement };
+        let outcome = self.node.change(c, t, op).await.map_err(status)?;
+        chunk_response(self, outcome, params.map_or(0, |p| p.chunk_size_bytes))
+    }
+
+    async fn report_chunk_failure(&self, request: Request<pb::ReportChunkFailureRequest>) -> Answer<pb::ChunkResponse> {
+        let r = request.into_inner();
+        let report = FailureReport {
+            caller: caller(r.cred)?,
+            now: time(r.time)?.unwrap_or_else(Timespec::now),
+            ino: InodeId(r.ino),
+            session: SessionId(r.session),
+            index: r.index,
+            chunk: ChunkId(r.chunk_id),
+            version: r.version,
+            failed_addresses: r.failed_addresses,
+            corrupt: r.corrupt,
+        };
+        let body = bincode::serialize(&report).map_err(|e| Status::internal(e.to_string()))?;
+        let answer = self
+            .node
+            .leader_call("report_chunk_failure", RPC_REPORT_FAILURE, body, REQUEST_TIMEOUT)
+            .await
+            .map_err(status)?;
+        let outcome = decode_outcome(&answer).map_err(|e| Status::internal(format!("undecodable outcome: {e}")))?;
+        chunk_response(self, outcome, self.chunk_size_bytes())
+    }
+
+    async fn commit_write(&self, request: Request<pb::CommitWriteRequest>) -> Answer<pb::AttrResponse> {
+        let r = request.into_inner();
+        let op = Op::CommitWrite {
+            ino: InodeId(r.ino),
+            session: SessionId(r.session),
+            size: r.size,
+            chunk_indexes: r.chunk_indexes,
+        };
+        attr_response(self.change(r.cred, r.time, op).await?)
+    }
+
+    async fn fsck(&self, request: Request<pb::FsckRequest>) -> Answer<pb::FsckResponse> {
+        let r = request.into_inner();
+        let answer = self
+            .node
+            .leader_call("fsck", RPC_FSCK, r.limit.to_be_bytes().to_vec(), REQUEST_TIMEOUT)
+            .await
+            .map_err(status)?;
+        let report: FsckReport =
+            bincode::deserialize(&answer).map_err(|e| Status::internal(format!("undecodable fsck answer: {e}")))?;
+        Ok(Response::new(convert::fsck(&report)))
     }
 
     async fn digest(&self, _request: Request<pb::DigestRequest>) -> Answer<pb::DigestResponse> {

@@ -8,7 +8,7 @@ use cairn_coordinator::rsm::store::StateRead;
 
 use super::command::{Command, Op, OpenFlags, RenameFlags, Reply, SetAttr, TimeSet, XattrMode};
 use super::errno::Errno;
-use super::keys::{self, DENTRIES, INODES, META, OPEN, RECLAIM, SESSION_OPEN, XATTRS};
+use super::keys::{self, DENTRIES, INODES, META, OPEN, OPEN_WRITE, RECLAIM, SESSION_OPEN, XATTRS};
 use super::perm::{self, MAY_EXEC, MAY_READ, MAY_WRITE};
 use super::rows::{self, check_name, decode, encode, is_dot_or_dotdot, Fail, Res};
 use super::tx::Tx;
@@ -76,7 +76,7 @@ impl<'a> Apply<'a> {
                 let inode = rows::existing(&self.tx, *ino)?;
                 Reply::Attr(self.open(inode, *session, *flags)?)
             }
-            Op::Close { ino, session } => self.close(*ino, *session)?,
+            Op::Close { ino, session, write } => self.close(*ino, *session, *write)?,
             Op::Unlink { parent, name } => self.unlink(*parent, name)?,
             Op::Rmdir { parent, name } => self.rmdir(*parent, name)?,
             Op::Link { ino, new_parent, new_name } => self.link(*ino, *new_parent, new_name)?,
@@ -109,9 +109,33 @@ impl<'a> Apply<'a> {
                 self.release_owner(*ino, *owner, *posix, *flock)?;
                 Reply::Done
             }
+            Op::AllocateChunk { ino, session, index, placement } => {
+                self.allocate_chunk(*ino, *session, *index, placement)?
+            }
+            Op::CommitWrite { ino, session, size, chunk_indexes } => {
+                self.commit_write(*ino, *session, *size, chunk_indexes)?
+            }
+            Op::SetChunkReplicas { ino, index, chunk, expect_version, version, replicas } => {
+                self.set_chunk_replicas(*ino, *index, *chunk, *expect_version, *version, replicas)?
+            }
+            Op::ChunkTruncated { ino, index, chunk, to_version, lost } => {
+                self.chunk_truncated(*ino, *index, *chunk, *to_version, lost)?
+            }
+            Op::ReclaimInodes { inos } => self.reclaim_inodes(inos)?,
+            Op::ChunksDeleted { chunks } => self.chunks_deleted(chunks)?,
         };
         self.tx.put(META, keys::META_USAGE, encode(&self.usage));
         Ok(reply)
+    }
+
+    /// Who asks.
+    pub(super) fn caller(&self) -> &Caller {
+        self.caller
+    }
+
+    /// The log index of the command.
+    pub(super) fn log_index(&self) -> u64 {
+        self.log_index
     }
 
     /// The command's time (chosen by its proposer).
@@ -119,11 +143,11 @@ impl<'a> Apply<'a> {
         self.now
     }
 
-    fn put_inode(&mut self, inode: &Inode) {
+    pub(super) fn put_inode(&mut self, inode: &Inode) {
         self.tx.put(INODES, keys::inode_key(inode.ino), encode(inode));
     }
 
-    fn get(&self, ino: InodeId) -> Res<Inode> {
+    pub(super) fn get(&self, ino: InodeId) -> Res<Inode> {
         rows::existing(&self.tx, ino)
     }
 
@@ -289,7 +313,7 @@ impl<'a> Apply<'a> {
         let inode = self.make(dir, name, FileKind::Regular, mode, 0, Vec::new())?;
         // A new file's creator may open it whatever its mode (as open(O_CREAT) on Linux).
         let attr = match session {
-            Some(session) => self.add_handle(inode, session)?,
+            Some(session) => self.add_handle(inode, session, flags.write || flags.truncate)?,
             None => inode,
         };
         Ok(Reply::Created { attr, created: true })
@@ -308,15 +332,19 @@ impl<'a> Apply<'a> {
             mask |= MAY_WRITE;
         }
         perm::check(&inode, self.caller, mask)?;
+        // The session is checked before anything changes (O_TRUNC frees chunks).
+        self.live_session(session)?;
         if flags.truncate && inode.kind == FileKind::Regular {
+            let old_size = inode.size;
             self.set_size(&mut inode, 0);
+            self.truncate_chunks(inode.ino, old_size, 0)?;
             inode.mtime = self.now;
             inode.ctime = self.now;
         }
-        self.add_handle(inode, session)
+        self.add_handle(inode, session, write)
     }
 
-    fn add_handle(&mut self, mut inode: Inode, session: SessionId) -> Res<Inode> {
+    fn add_handle(&mut self, mut inode: Inode, session: SessionId, write: bool) -> Res<Inode> {
         self.live_session(session)?;
         self.tx.put(SESSION_OPEN, keys::session_inode_key(session, inode.ino), Vec::new());
         let key = keys::open_key(inode.ino, session);
@@ -324,13 +352,30 @@ impl<'a> Apply<'a> {
             Some(bytes) => decode("open count", &bytes)?,
             None => 0,
         };
-        self.tx.put(OPEN, key, encode(&(count + 1)));
+        self.tx.put(OPEN, key.clone(), encode(&(count + 1)));
+        if write {
+            let writers = self.write_handles(inode.ino, session)?;
+            self.tx.put(OPEN_WRITE, key, encode(&(writers + 1)));
+        }
         inode.open_handles += 1;
         self.put_inode(&inode);
         Ok(inode)
     }
 
-    fn close(&mut self, ino: InodeId, session: SessionId) -> Res<Reply> {
+    /// How many of the session's handles on `ino` were opened for writing (at least; see
+    /// `close`).
+    pub(super) fn write_handles(&self, ino: InodeId, session: SessionId) -> Res<u32> {
+        match self.tx.get(OPEN_WRITE, &keys::open_key(ino, session))? {
+            Some(bytes) => Ok(decode("write handle count", &bytes)?),
+            None => Ok(0),
+        }
+    }
+
+    /// Closes one handle of `session` on `ino`. `write` says whether it was opened for
+    /// writing; when the client does not say, the write count drops only when every remaining
+    /// handle is a write handle, so it may stay one too high until the session's last close of
+    /// the file — erring towards "a writer may be active" (healing waits, see docs).
+    fn close(&mut self, ino: InodeId, session: SessionId, write: Option<bool>) -> Res<Reply> {
         self.get(ino)?;
         let key = keys::open_key(ino, session);
         let count: u32 = match self.tx.get(OPEN, &key)? {
@@ -340,11 +385,24 @@ impl<'a> Apply<'a> {
         if count <= 1 {
             // The session's last handle on the file: a session without a handle holds no locks
             // there (as a process's locks go with its last descriptor of the file).
-            self.tx.delete(OPEN, key);
+            self.tx.delete(OPEN, key.clone());
+            self.tx.delete(OPEN_WRITE, key);
             self.tx.delete(SESSION_OPEN, keys::session_inode_key(session, ino));
             self.release_session_locks(ino, session)?;
         } else {
-            self.tx.put(OPEN, key, encode(&(count - 1)));
+            self.tx.put(OPEN, key.clone(), encode(&(count - 1)));
+            let writers = self.write_handles(ino, session)?;
+            let closes_writer = match write {
+                Some(w) => w,
+                None => writers >= count,
+            };
+            if closes_writer && writers > 0 {
+                if writers == 1 {
+                    self.tx.delete(OPEN_WRITE, key);
+                } else {
+                    self.tx.put(OPEN_WRITE, key, encode(&(writers - 1)));
+                }
+            }
         }
         self.drop_handles(ino, 1)?;
         Ok(Reply::Done)
@@ -366,7 +424,7 @@ impl<'a> Apply<'a> {
     }
 
     /// Truncates or extends a regular file's recorded size, keeping the usage counter.
-    fn set_size(&mut self, inode: &mut Inode, size: u64) {
+    pub(super) fn set_size(&mut self, inode: &mut Inode, size: u64) {
         self.usage.bytes = self.usage.bytes.saturating_sub(inode.size).saturating_add(size);
         inode.size = size;
     }
@@ -666,7 +724,9 @@ impl<'a> Apply<'a> {
 
         let mut changed = false;
         if let Some(size) = attr.size {
+            let old_size = inode.size;
             self.set_size(&mut inode, size);
+            self.truncate_chunks(ino, old_size, size)?;
             inode.mtime = self.now;
             if !caller.is_root() {
                 kill_suid(&mut inode);
@@ -750,7 +810,7 @@ impl<'a> Apply<'a> {
 
 /// Clears setuid, and setgid when the group may execute (a setgid bit without group execute
 /// means mandatory locking on Linux and stays).
-fn kill_suid(inode: &mut Inode) {
+pub(super) fn kill_suid(inode: &mut Inode) {
     inode.mode &= !S_ISUID;
     if inode.mode & S_IXGRP != 0 {
         inode.mode &= !S_ISGID;

@@ -8,7 +8,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::errno::Errno;
-use super::types::{Caller, FileKind, FsParams, Inode, InodeId, LockKind, LockOwner, SessionId, Timespec};
+use super::types::{
+    Caller, Chunk, ChunkId, ChunkserverId, FileKind, FsParams, Inode, InodeId, LockKind, LockOwner, Replica, SessionId,
+    Timespec,
+};
 
 /// What an open asks for; the permission check and `O_TRUNC` follow from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -99,9 +102,12 @@ pub enum Op {
         session: SessionId,
         flags: OpenFlags,
     },
+    /// Closes one handle. `write`: whether it was opened for writing, when the client says
+    /// (older clients do not; see `Apply::close`).
     Close {
         ino: InodeId,
         session: SessionId,
+        write: Option<bool>,
     },
     Unlink {
         parent: InodeId,
@@ -183,6 +189,51 @@ pub enum Op {
         posix: bool,
         flock: bool,
     },
+    /// The chunk at `index` of a regular file, allocated on `placement` (chosen by the proposing
+    /// node from its registry view, so `apply` stays deterministic) when the index is a hole.
+    /// Needs the session to have a handle open for writing (EBADF).
+    AllocateChunk {
+        ino: InodeId,
+        session: SessionId,
+        index: u64,
+        placement: Vec<Replica>,
+    },
+    /// Written data reached the replicas: size = max(size, `size`), mtime = ctime = now, the
+    /// listed chunks stop being fresh; setuid/setgid are cleared for non-root callers.
+    CommitWrite {
+        ino: InodeId,
+        session: SessionId,
+        size: u64,
+        chunk_indexes: Vec<u64>,
+    },
+    /// Leader only: the chunk's replicas and version after the leader raised the version on
+    /// the listed replicas (failure report, healing, stale replica). ESTALE unless the chunk is
+    /// still `chunk` at `expect_version`.
+    SetChunkReplicas {
+        ino: InodeId,
+        index: u64,
+        chunk: ChunkId,
+        expect_version: u64,
+        version: u64,
+        replicas: Vec<Replica>,
+    },
+    /// Leader only: a pending truncation was carried out; replicas on `lost` servers could not
+    /// be truncated and leave the chunk's replica set.
+    ChunkTruncated {
+        ino: InodeId,
+        index: u64,
+        chunk: ChunkId,
+        to_version: u64,
+        lost: Vec<ChunkserverId>,
+    },
+    /// Leader only: moves the chunks of removed inodes (`ns_reclaim`) to the deletion queue.
+    ReclaimInodes {
+        inos: Vec<InodeId>,
+    },
+    /// Leader only: these queued chunks were deleted on their chunkservers.
+    ChunksDeleted {
+        chunks: Vec<ChunkId>,
+    },
 }
 
 impl Op {
@@ -209,6 +260,12 @@ impl Op {
             Op::SetLock { .. } => "setlk",
             Op::Flock { .. } => "flock",
             Op::ReleaseOwner { .. } => "release_owner",
+            Op::AllocateChunk { .. } => "allocate_chunk",
+            Op::CommitWrite { .. } => "commit_write",
+            Op::SetChunkReplicas { .. } => "set_chunk_replicas",
+            Op::ChunkTruncated { .. } => "chunk_truncated",
+            Op::ReclaimInodes { .. } => "reclaim_inodes",
+            Op::ChunksDeleted { .. } => "chunks_deleted",
         }
     }
 }
@@ -244,6 +301,11 @@ pub enum Reply {
     /// unlock, which grants nothing).
     Locked {
         token: u64,
+    },
+    /// The chunk at `index` of a file.
+    Chunk {
+        index: u64,
+        chunk: Chunk,
     },
 }
 

@@ -51,6 +51,10 @@ pub enum Errno {
     OpNotSupp,
     #[error("ENOTCONN: filesystem not formatted")]
     NotConn,
+    #[error("EIO: input/output error (no replica of a chunk remains)")]
+    Io,
+    #[error("ESTALE: stale chunk version (fetch the chunk map again)")]
+    Stale,
 }
 
 impl Errno {
@@ -78,6 +82,8 @@ impl Errno {
         Errno::NoData,
         Errno::OpNotSupp,
         Errno::NotConn,
+        Errno::Io,
+        Errno::Stale,
     ];
 
     /// The Linux errno value.
@@ -105,6 +111,8 @@ impl Errno {
             Errno::NoData => 61,
             Errno::OpNotSupp => 95,
             Errno::NotConn => 107,
+            Errno::Io => 5,
+            Errno::Stale => 116,
         }
     }
 
@@ -133,6 +141,8 @@ impl Errno {
             Errno::NoData => "ENODATA",
             Errno::OpNotSupp => "EOPNOTSUPP",
             Errno::NotConn => "ENOTCONN",
+            Errno::Io => "EIO",
+            Errno::Stale => "ESTALE",
         }
     }
 

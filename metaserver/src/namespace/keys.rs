@@ -27,16 +27,38 @@ pub const SESSION_OPEN: &str = "ns_session_open";
 pub const SESSION_LOCKS: &str = "ns_session_locks";
 pub const LOCKS: &str = "ns_locks";
 pub const FLOCKS: &str = "ns_flocks";
+pub const OPEN_WRITE: &str = "ns_open_write";
+pub const CHUNKS: &str = "ns_chunks";
+pub const CHUNK_IDS: &str = "ns_chunk_ids";
+pub const GC: &str = "ns_gc";
+pub const TRUNCATES: &str = "ns_truncates";
 
 /// Every table of the namespace, in digest order.
-pub const TABLES: &[&str] =
-    &[INODES, DENTRIES, XATTRS, OPEN, RECLAIM, META, SESSIONS, SESSION_OPEN, SESSION_LOCKS, LOCKS, FLOCKS];
+pub const TABLES: &[&str] = &[
+    INODES,
+    DENTRIES,
+    XATTRS,
+    OPEN,
+    RECLAIM,
+    META,
+    SESSIONS,
+    SESSION_OPEN,
+    SESSION_LOCKS,
+    LOCKS,
+    FLOCKS,
+    OPEN_WRITE,
+    CHUNKS,
+    CHUNK_IDS,
+    GC,
+    TRUNCATES,
+];
 
 pub const META_FS: &[u8] = b"fs";
 pub const META_NEXT_INODE: &[u8] = b"next_inode";
 pub const META_USAGE: &[u8] = b"usage";
 pub const META_NEXT_SESSION: &[u8] = b"next_session";
 pub const META_NEXT_FENCE: &[u8] = b"next_fence";
+pub const META_NEXT_CHUNK: &[u8] = b"next_chunk";
 
 /// The smallest cookie of a stored entry.
 pub const COOKIE_FIRST: u64 = 3;
@@ -106,6 +128,19 @@ pub fn open_key(ino: InodeId, session: SessionId) -> Vec<u8> {
     key.extend_from_slice(&ino.0.to_be_bytes());
     key.extend_from_slice(&session.0.to_be_bytes());
     key
+}
+
+/// `ns_chunks` and `ns_truncates`: inode ‖ chunk index, so a file's chunks are one ordered scan.
+pub fn chunk_key(ino: InodeId, index: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16);
+    key.extend_from_slice(&ino.0.to_be_bytes());
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// Splits a `chunk_key` into (inode, index).
+pub fn split_chunk_key(key: &[u8]) -> Option<(InodeId, u64)> {
+    Some((InodeId(decode_u64(key)?), decode_u64(key.get(8..)?)?))
 }
 
 /// `ns_sessions`: the session id.

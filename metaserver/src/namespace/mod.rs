@@ -26,11 +26,17 @@
 //!   open or may hold locks, so its close or expiry finds them.
 //! - `ns_locks`: inode ‖ session ‖ owner ‖ start → [`PosixLock`]; `ns_flocks`: inode ‖ session ‖
 //!   owner → [`FlockLock`] (see [`locks`]).
+//! - `ns_open_write`: inode id ‖ session id → how many of the session's handles were opened for
+//!   writing (chunk allocation and commits need one; healing waits while any exists).
+//! - `ns_chunks`: inode ‖ chunk index → [`Chunk`]; `ns_chunk_ids`: chunk id → where it belongs;
+//!   `ns_gc`: chunk id → replicas to delete; `ns_truncates`: inode ‖ chunk index → a truncation
+//!   still to carry out on the replicas (see [`chunks`]).
 //!
 //! # What it never does
 //! It never reads the clock, never returns EXDEV, and never reuses an inode id.
 
 mod apply;
+pub mod chunks;
 pub mod command;
 pub mod errno;
 pub mod keys;
@@ -55,7 +61,8 @@ pub use command::{Command, Op, OpenFlags, Outcome, RenameFlags, Reply, SetAttr, 
 pub use errno::Errno;
 pub use rows::Fail;
 pub use types::{
-    Caller, FileKind, FlockLock, FsParams, Inode, InodeId, LockKind, LockOwner, PosixLock, Session, SessionId, Timespec,
+    Caller, Chunk, ChunkId, ChunkserverId, FileKind, FlockLock, FsParams, Inode, InodeId, LockKind, LockOwner,
+    PosixLock, Replica, Session, SessionId, Timespec,
 };
 
 use crate::limits::LOCK_NOTIFY_CHANNEL_MAX;

@@ -16,7 +16,7 @@
 use super::apply::Apply;
 use super::command::Reply;
 use super::errno::Errno;
-use super::keys::{self, META, OPEN, SESSIONS, SESSION_LOCKS, SESSION_OPEN};
+use super::keys::{self, META, OPEN, OPEN_WRITE, SESSIONS, SESSION_LOCKS, SESSION_OPEN};
 use super::rows::{decode, encode, Res};
 use super::types::{InodeId, Session, SessionId};
 use crate::limits::{SESSION_TTL_MAX, SESSION_TTL_MIN};
@@ -110,7 +110,8 @@ impl Apply<'_> {
                 Some(bytes) => decode("open count", &bytes)?,
                 None => 0,
             };
-            self.tx.delete(OPEN, key);
+            self.tx.delete(OPEN, key.clone());
+            self.tx.delete(OPEN_WRITE, key);
             self.tx.delete(SESSION_OPEN, keys::session_inode_key(id, ino));
             self.drop_handles(ino, count)?;
         }

@@ -247,3 +247,74 @@ pub struct Reclaim {
     /// Log index of the command that removed the inode.
     pub removed_at: u64,
 }
+
+/// A chunk's id, allocated from a counter in `ns_meta` (never 0, never reused), so a chunk id
+/// on a chunkserver names at most one chunk of the filesystem, forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(transparent)]
+pub struct ChunkId(pub u64);
+
+impl std::fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A chunkserver's id in the coordinator registry (`/cairn/chunkservers/<id>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(transparent)]
+pub struct ChunkserverId(pub u64);
+
+impl std::fmt::Display for ChunkserverId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One replica of a chunk: the chunkserver and the address of its chunk service, as the
+/// registry said when the replica was placed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Replica {
+    pub server: ChunkserverId,
+    pub addr: String,
+}
+
+/// A chunk of a regular file as stored in `ns_chunks` (key: inode ‖ chunk index).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    pub id: ChunkId,
+    /// Every replica in `replicas` holds this version (or, while a truncation of the chunk is
+    /// pending, gets it once truncated).
+    pub version: u64,
+    /// In chain order; the first is the primary for writes.
+    pub replicas: Vec<Replica>,
+    /// No write to the chunk has been committed yet, so replicas may not have it.
+    pub fresh: bool,
+    /// Log index of the command that allocated it.
+    pub allocated_at: u64,
+}
+
+/// Where a chunk id belongs (`ns_chunk_ids`: chunk id → this).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkPlace {
+    pub ino: InodeId,
+    pub index: u64,
+}
+
+/// A chunk gone from the map whose replicas the leader must delete (`ns_gc`: chunk id → this).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcChunk {
+    pub version: u64,
+    pub replicas: Vec<Replica>,
+}
+
+/// A truncation the leader still has to carry out on a chunk's replicas (`ns_truncates`:
+/// inode ‖ chunk index → this). The map already holds `to_version`; replicas still at a version
+/// in `[from_version, to_version)` are cut to `length_bytes`, then raised to `to_version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingTruncate {
+    pub chunk: ChunkId,
+    pub from_version: u64,
+    pub to_version: u64,
+    pub length_bytes: u64,
+}

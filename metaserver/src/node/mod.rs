@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::MetaApi;
+use crate::chunks::{ChunkManager, RegistryView};
 use crate::config::MetaConfig;
 use crate::limits::FORMAT_RETRY_INTERVAL;
 use crate::metrics::Metrics;
@@ -44,9 +45,18 @@ pub async fn run(config: MetaConfig, shutdown: CancellationToken) -> Result<(), 
     rsm_config.logs_to_keep_after_snapshot = (config.snapshot_count / 10).max(1);
     let rsm = Rsm::open(rsm_config, Arc::new(Namespace::new())).await?;
     let node = NamespaceNode::new(rsm.clone(), Arc::new(Metrics::new()));
-    // Held for the whole run: the leader-call handler only keeps a weak reference.
+    let registry = Arc::new(RegistryView::new());
+    let chunks = Arc::new(ChunkManager::new(
+        node.clone(),
+        registry.clone(),
+        std::time::Duration::from_millis(config.orphan_scan_interval_ms),
+    ));
+    // Held for the whole run: the leader-call handler only keeps weak references.
     let shared_node = Arc::new(node.clone());
-    rsm.set_app_rpc_handler(Arc::new(LeaderCalls { node: Arc::downgrade(&shared_node) }));
+    rsm.set_app_rpc_handler(Arc::new(LeaderCalls {
+        node: Arc::downgrade(&shared_node),
+        chunks: Arc::downgrade(&chunks),
+    }));
 
     let peer_listener = bind(config.listen_peer).await?;
     let client_listener = bind(config.listen_client).await?;
@@ -91,7 +101,21 @@ pub async fn run(config: MetaConfig, shutdown: CancellationToken) -> Result<(), 
         Ok(())
     });
 
-    let api = MetaApi::server(node.clone());
+    let stop = shutdown.clone();
+    let endpoints = config.coordinator_endpoints.clone();
+    tasks.spawn(async move {
+        crate::chunks::registry::follow(registry, endpoints, stop).await;
+        Ok(())
+    });
+
+    let stop = shutdown.clone();
+    let worker = chunks.clone();
+    tasks.spawn(async move {
+        worker.run(stop).await;
+        Ok(())
+    });
+
+    let api = MetaApi::server(node.clone(), chunks.clone());
     let stop = shutdown.clone();
     tasks.spawn(async move {
         tonic::transport::Server::builder()

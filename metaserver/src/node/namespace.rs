@@ -136,6 +136,47 @@ impl NamespaceNode {
         result
     }
 
+    /// Calls a leader-only method (locally when leading, else on the leader) with a deadline.
+    pub async fn leader_call(
+        &self,
+        name: &'static str,
+        method: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, RsmError> {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(timeout, self.rsm.call_leader(method, body)).await {
+            Err(_) => Err(RsmError::Timeout),
+            Ok(r) => r,
+        };
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(RsmError::Timeout) => "timeout",
+            Err(RsmError::NotLeader { .. } | RsmError::NoLeader) => "no_leader",
+            Err(_) => "error",
+        };
+        self.metrics.observe(name, label, started.elapsed());
+        result
+    }
+
+    /// Proposes a change on this node, which must lead (leader-only work: a deposed leader
+    /// cannot commit it).
+    pub async fn change_local(&self, caller: Caller, op: Op) -> Result<Outcome, RsmError> {
+        let name = op.name();
+        let started = Instant::now();
+        let command = Command { caller, now: Timespec::now(), op };
+        let result = match tokio::time::timeout(REQUEST_TIMEOUT, self.rsm.propose_local(encode_command(&command))).await
+        {
+            Err(_) => Err(RsmError::Timeout),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(bytes)) => {
+                decode_outcome(&bytes).map_err(|e| RsmError::Internal(format!("undecodable outcome: {e}")))
+            }
+        };
+        self.metrics.observe(name, outcome_label(&result), started.elapsed());
+        result
+    }
+
     /// Runs a read on the local replica after a read barrier.
     pub async fn read<T>(
         &self,
@@ -157,6 +198,13 @@ impl NamespaceNode {
         };
         self.metrics.observe(name, outcome_label(&result), started.elapsed());
         result
+    }
+
+    /// The filesystem parameters as this replica knows them (no barrier: once formatted they
+    /// never change).
+    pub fn fs_params_local(&self) -> Option<crate::namespace::FsParams> {
+        let view = self.rsm.store().read_view();
+        read::fs_params(&*view).ok().flatten()
     }
 
     /// Whether this replica has applied a format (no barrier).

@@ -1,0 +1,751 @@
+//! What only the leader does with chunks, because it talks to chunkservers and then proposes
+//! what it did: failure reports (version bumps), pending truncations, the deletion queue, the
+//! orphan scan, healing, and fsck.
+//!
+//! # Contract
+//! - Every change of a chunk's version or replicas is done under that chunk's lock on the
+//!   leader: call the chunkservers first (UpdateVersion, TruncateChunk, CopyChunkFromPeer), then
+//!   propose the outcome with `propose_local`, which a deposed leader cannot commit. The command
+//!   carries the version it expects, so `apply` refuses (ESTALE) an outcome overtaken by
+//!   another change.
+//! - A replica left out of the map (failed, lost with its server, stale) is never trusted
+//!   again: the map's version moves past it, and the orphan scan deletes it when its server
+//!   shows up.
+//! - Healing copies only chunks of files that nobody has open for writing (a copy racing a
+//!   client's chain write could install a mix of old and new bytes).
+//! - A crash anywhere leaves either the old map (chunkservers maybe already at a newer version,
+//!   which the next bump treats as done — UpdateVersion is idempotent) or the new one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use cairn_coordinator::rsm::store::{StateRead, StateStore};
+use cairn_coordinator::rsm::RsmError;
+use futures::stream::{self, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::OwnedMutexGuard;
+use tokio_util::sync::CancellationToken;
+
+use super::calls::{not_found, ChunkCalls};
+use super::placement::place;
+use super::registry::RegistryView;
+use crate::limits::{
+    CHUNK_CALLS_CONCURRENCY, CHUNK_MAP_PAGE_ROWS, CHUNK_WORK_BATCH_MAX, CHUNK_WORK_INTERVAL, FSCK_LIST_DEFAULT,
+    FSCK_LIST_MAX, HEAL_CHUNKS_PER_ROUND, HEAL_CONCURRENCY, LIST_CHUNKS_PAGE, ORPHANS_REMEMBERED_MAX,
+};
+use crate::namespace::chunks::{self as map, MapEntry};
+use crate::namespace::{
+    read, Caller, Chunk, ChunkId, ChunkserverId, Errno, Fail, InodeId, Op, Outcome, Replica, Reply, SessionId, Timespec,
+};
+use crate::node::namespace::NamespaceNode;
+
+/// Leader call: a chunk failure report (body and answer: bincode of [`FailureReport`] and
+/// [`Outcome`]).
+pub const RPC_REPORT_FAILURE: &str = "chunk.report_failure";
+/// Leader call: carry out the pending truncations of an inode now (body: inode id, u64 BE).
+pub const RPC_FLUSH_TRUNCATES: &str = "chunk.flush_truncates";
+/// Leader call: fsck (body: the list limit, u32 BE; answer: bincode of [`FsckReport`]).
+pub const RPC_FSCK: &str = "chunk.fsck";
+
+/// A ReportChunkFailure request as the leader gets it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureReport {
+    pub caller: Caller,
+    pub now: Timespec,
+    pub ino: InodeId,
+    pub session: SessionId,
+    pub index: u64,
+    pub chunk: ChunkId,
+    pub version: u64,
+    pub failed_addresses: Vec<String>,
+    pub corrupt: bool,
+}
+
+/// One chunk in an fsck answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsckChunk {
+    pub chunk: ChunkId,
+    pub ino: InodeId,
+    pub index: u64,
+    pub version: u64,
+    /// Recorded replicas that are live (for orphans: the server holding it).
+    pub replicas: Vec<Replica>,
+}
+
+/// What Fsck answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsckReport {
+    pub chunks: u64,
+    pub under_replicated_count: u64,
+    pub unavailable_count: u64,
+    pub orphan_count: u64,
+    pub under_replicated: Vec<FsckChunk>,
+    pub unavailable: Vec<FsckChunk>,
+    pub orphans: Vec<FsckChunk>,
+    pub chunkservers: Vec<Replica>,
+}
+
+/// Per-chunk locks of the leader's work.
+#[derive(Default)]
+struct ChunkLocks {
+    held: Mutex<HashMap<ChunkId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl ChunkLocks {
+    fn entry(&self, id: ChunkId) -> Arc<tokio::sync::Mutex<()>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).entry(id).or_default().clone()
+    }
+
+    async fn lock(&self, id: ChunkId) -> OwnedMutexGuard<()> {
+        self.entry(id).lock_owned().await
+    }
+
+    fn try_lock(&self, id: ChunkId) -> Option<OwnedMutexGuard<()>> {
+        self.entry(id).try_lock_owned().ok()
+    }
+
+    /// Forgets locks nobody holds or waits for.
+    fn prune(&self) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, m| Arc::strong_count(m) > 1);
+    }
+}
+
+/// What the leader remembers between rounds (reset when leadership changes).
+#[derive(Default)]
+struct Memory {
+    /// The chunk-id counter as of the previous orphan scan: only chunks below it may be
+    /// deleted as unknown (newer ones may be being allocated right now).
+    scan_grace_below: Option<ChunkId>,
+    last_scan: Option<Instant>,
+    orphans: Vec<FsckChunk>,
+}
+
+/// The leader's chunk work. One per node; it works only while the node leads.
+pub struct ChunkManager {
+    node: NamespaceNode,
+    registry: Arc<RegistryView>,
+    calls: ChunkCalls,
+    locks: ChunkLocks,
+    memory: Mutex<Memory>,
+    orphan_scan_interval: std::time::Duration,
+}
+
+fn internal(e: impl std::fmt::Display) -> RsmError {
+    RsmError::Internal(e.to_string())
+}
+
+impl ChunkManager {
+    pub fn new(node: NamespaceNode, registry: Arc<RegistryView>, orphan_scan_interval: std::time::Duration) -> Self {
+        ChunkManager {
+            node,
+            registry,
+            calls: ChunkCalls::new(),
+            locks: ChunkLocks::default(),
+            memory: Mutex::new(Memory::default()),
+            orphan_scan_interval,
+        }
+    }
+
+    pub fn registry(&self) -> &Arc<RegistryView> {
+        &self.registry
+    }
+
+    fn memory<T>(&self, f: impl FnOnce(&mut Memory) -> T) -> T {
+        f(&mut self.memory.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// A read of this replica's state as applied so far (no barrier).
+    fn local<T>(&self, f: impl FnOnce(&dyn StateRead) -> Result<T, Fail>) -> Result<T, RsmError> {
+        let view = self.node.rsm().store().read_view();
+        f(&*view).map_err(internal)
+    }
+
+    fn replication_factor(&self) -> Result<usize, RsmError> {
+        let params = self.local(read::fs_params)?.ok_or_else(|| internal("not formatted"))?;
+        Ok(params.replication_factor as usize)
+    }
+
+    fn chunk_size_bytes(&self) -> Result<u64, RsmError> {
+        let params = self.local(read::fs_params)?.ok_or_else(|| internal("not formatted"))?;
+        Ok(params.chunk_size_bytes)
+    }
+
+    async fn propose(&self, op: Op) -> Result<Outcome, RsmError> {
+        self.node.change_local(Caller::root(), op).await
+    }
+
+    // ---- failure reports ----
+
+    /// Handles a failure report on the leader (see `ReportChunkFailureRequest` in meta.proto).
+    pub async fn report_failure(&self, r: FailureReport) -> Result<Outcome, RsmError> {
+        let _guard = self.locks.lock(r.chunk).await;
+        self.node.rsm().read_barrier().await?;
+        if let Some(p) = self.local(|s| map::pending_truncate(s, r.ino, r.index))? {
+            if !self.truncate_locked(r.ino, r.index, p).await? {
+                return Ok(Err(Errno::Io));
+            }
+        }
+        let Some(c) = self.local(|s| map::chunk(s, r.ino, r.index))? else { return Ok(Err(Errno::NoEnt)) };
+        if c.id != r.chunk || c.version != r.version {
+            return Ok(Err(Errno::Stale));
+        }
+        tracing::info!(
+            inode = %r.ino, index = r.index, chunk = %c.id, version = c.version, failed = ?r.failed_addresses,
+            corrupt = r.corrupt, "chunk failure reported"
+        );
+        let (mut survivors, _failed): (Vec<Replica>, Vec<Replica>) = c
+            .replicas
+            .iter()
+            .cloned()
+            .partition(|rep| !r.failed_addresses.contains(&rep.addr) && self.registry.is_live(rep.server));
+        let new_version = c.version + 1;
+        survivors = self.bump(&c, &survivors, new_version).await;
+        if c.fresh {
+            // Nothing committed yet: replacements need no copy, the writer creates the chunk.
+            let want = self.replication_factor()?.saturating_sub(survivors.len());
+            if want > 0 {
+                let servers = self.registry.live().unwrap_or_default();
+                let holding: Vec<ChunkserverId> = survivors.iter().map(|s| s.server).collect();
+                let exclude: Vec<ChunkserverId> = c.replicas.iter().map(|s| s.server).collect();
+                survivors.extend(place(&servers, &holding, &exclude, want, self.chunk_size_bytes()?));
+            }
+        }
+        if survivors.is_empty() {
+            tracing::warn!(chunk = %c.id, "no replica of the chunk remains");
+            return Ok(Err(Errno::Io));
+        }
+        self.node.metrics().chunk_event("version_bump");
+        self.propose(Op::SetChunkReplicas {
+            ino: r.ino,
+            index: r.index,
+            chunk: c.id,
+            expect_version: c.version,
+            version: new_version,
+            replicas: survivors,
+        })
+        .await
+    }
+
+    /// Raises `c`'s version to `new_version` on `replicas`; answers those that now hold it (a
+    /// fresh chunk's replica without the chunk counts: the writer will create it).
+    async fn bump(&self, c: &Chunk, replicas: &[Replica], new_version: u64) -> Vec<Replica> {
+        let results = stream::iter(replicas.iter().cloned())
+            .map(|rep| async move {
+                let r = self.calls.update_version(&rep.addr, c.id, c.version, new_version).await;
+                (rep, r)
+            })
+            .buffered(CHUNK_CALLS_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        let mut kept = Vec::new();
+        for (rep, result) in results {
+            match result {
+                Ok(()) => kept.push(rep),
+                Err(status) if c.fresh && not_found(&status) => kept.push(rep),
+                Err(status) => {
+                    tracing::warn!(chunk = %c.id, replica = %rep.addr, error = %status.message(), "version update failed; replica dropped")
+                }
+            }
+        }
+        kept
+    }
+
+    // ---- truncations ----
+
+    /// Carries out pending truncations (of `only`, or all, up to a batch). Answers how many
+    /// remain undone.
+    pub async fn flush_truncates(&self, only: Option<InodeId>) -> Result<usize, RsmError> {
+        let pending = self.local(|s| map::pending_truncates(s, only, CHUNK_WORK_BATCH_MAX))?;
+        let mut undone = 0;
+        for (ino, index, p) in pending {
+            let _guard = self.locks.lock(p.chunk).await;
+            // Re-read under the lock: another task may have done it, or a later truncate changed it.
+            let Some(p) = self.local(|s| map::pending_truncate(s, ino, index))? else { continue };
+            if !self.truncate_locked(ino, index, p).await? {
+                undone += 1;
+            }
+        }
+        Ok(undone)
+    }
+
+    /// Cuts the replicas of a chunk with a pending truncation and proposes that it is done.
+    /// Answers false when no replica could be cut (tried again later).
+    async fn truncate_locked(
+        &self,
+        ino: InodeId,
+        index: u64,
+        p: crate::namespace::types::PendingTruncate,
+    ) -> Result<bool, RsmError> {
+        let Some(c) = self.local(|s| map::chunk(s, ino, index))? else { return Ok(true) };
+        let (chunk, pending) = (&c, &p);
+        let results = stream::iter(c.replicas.iter().cloned())
+            .map(|rep| async move {
+                let ok = self.registry.is_live(rep.server) && self.truncate_replica(&rep, chunk, pending).await;
+                (rep, ok)
+            })
+            .buffered(CHUNK_CALLS_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        let lost: Vec<ChunkserverId> = results.iter().filter(|(_, ok)| !ok).map(|(rep, _)| rep.server).collect();
+        if !c.replicas.is_empty() && lost.len() == c.replicas.len() {
+            tracing::warn!(chunk = %c.id, "no replica could be truncated; will retry");
+            return Ok(false);
+        }
+        let op = Op::ChunkTruncated { ino, index, chunk: p.chunk, to_version: p.to_version, lost };
+        match self.propose(op).await? {
+            Ok(_) => {
+                self.node.metrics().chunk_event("truncate");
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::debug!(chunk = %c.id, errno = %e, "truncation overtaken");
+                Ok(true)
+            }
+        }
+    }
+
+    /// Cuts one replica: at a version in `[from, to)` truncate then raise to `to`; already at
+    /// `to`: done; without the chunk: fine only if nothing was ever committed to it.
+    async fn truncate_replica(&self, rep: &Replica, c: &Chunk, p: &crate::namespace::types::PendingTruncate) -> bool {
+        let stat = match self.calls.stat(&rep.addr, p.chunk).await {
+            Ok(s) => s,
+            Err(status) if not_found(&status) => return c.fresh,
+            Err(status) => {
+                tracing::warn!(chunk = %p.chunk, replica = %rep.addr, error = %status.message(), "stat for truncation failed");
+                return false;
+            }
+        };
+        if stat.version == p.to_version {
+            return true;
+        }
+        if stat.version < p.from_version || stat.version > p.to_version {
+            tracing::warn!(chunk = %p.chunk, replica = %rep.addr, version = stat.version, "replica at an unexpected version");
+            return false;
+        }
+        if stat.length_bytes > p.length_bytes {
+            if let Err(status) = self.calls.truncate(&rep.addr, p.chunk, stat.version, p.length_bytes).await {
+                tracing::warn!(chunk = %p.chunk, replica = %rep.addr, error = %status.message(), "truncate failed");
+                return false;
+            }
+        }
+        match self.calls.update_version(&rep.addr, p.chunk, stat.version, p.to_version).await {
+            Ok(()) => true,
+            Err(status) => {
+                tracing::warn!(chunk = %p.chunk, replica = %rep.addr, error = %status.message(), "version update after truncate failed");
+                false
+            }
+        }
+    }
+
+    // ---- deletion queue ----
+
+    /// Moves reclaimed inodes' chunks to the queue and deletes queued chunks on their servers.
+    /// Answers how many chunks were deleted.
+    pub async fn collect_garbage(&self) -> Result<usize, RsmError> {
+        let reclaim = self.local(|s| read::reclaim_queue(s, CHUNK_WORK_BATCH_MAX))?;
+        if !reclaim.is_empty() {
+            if let Err(e) = self.propose(Op::ReclaimInodes { inos: reclaim }).await? {
+                tracing::warn!(errno = %e, "reclaim refused");
+            }
+        }
+        let queue = self.local(|s| map::gc_queue(s, CHUNK_WORK_BATCH_MAX))?;
+        if queue.is_empty() {
+            return Ok(0);
+        }
+        let done: Vec<ChunkId> = stream::iter(queue)
+            .map(|(id, g)| async move {
+                let mut all = true;
+                for rep in &g.replicas {
+                    // A server that is gone is left to the orphan scan when it comes back.
+                    if !self.registry.is_live(rep.server) {
+                        continue;
+                    }
+                    if let Err(status) = self.calls.delete(&rep.addr, id, 0).await {
+                        if !not_found(&status) {
+                            tracing::debug!(chunk = %id, replica = %rep.addr, error = %status.message(), "delete failed; will retry");
+                            all = false;
+                        }
+                    }
+                }
+                all.then_some(id)
+            })
+            .buffered(CHUNK_CALLS_CONCURRENCY)
+            .filter_map(|x| async move { x })
+            .collect()
+            .await;
+        let n = done.len();
+        if n > 0 {
+            if let Err(e) = self.propose(Op::ChunksDeleted { chunks: done }).await? {
+                tracing::warn!(errno = %e, "chunks-deleted refused");
+            }
+            self.node.metrics().chunk_events("gc_deleted", n as u64);
+        }
+        Ok(n)
+    }
+
+    // ---- orphan scan ----
+
+    /// Lists every live chunkserver's chunks and deletes those the map does not know (below
+    /// the previous scan's id counter), replicas outside their chunk's set, and stale replicas
+    /// (older version) inside it when other replicas remain.
+    pub async fn scan_orphans(&self) -> Result<usize, RsmError> {
+        self.node.rsm().read_barrier().await?;
+        let counter = self.local(map::next_chunk_id)?;
+        let grace_below = self.memory(|m| m.scan_grace_below.replace(counter));
+        let Some(servers) = self.registry.live() else { return Ok(0) };
+        let mut orphans = Vec::new();
+        for server in servers {
+            let mut after = ChunkId(0);
+            loop {
+                let page = match self.calls.list(&server.addr, after, LIST_CHUNKS_PAGE).await {
+                    Ok(p) => p,
+                    Err(status) => {
+                        tracing::warn!(chunkserver = server.id, error = %status.message(), "list chunks failed");
+                        break;
+                    }
+                };
+                for info in &page.chunks {
+                    let id = ChunkId(info.chunk_id);
+                    let rep = Replica { server: server.server(), addr: server.addr.clone() };
+                    if let Some(orphan) = self.check_replica(&rep, id, info.version, grace_below).await? {
+                        orphans.push(orphan);
+                    }
+                }
+                match page.chunks.last() {
+                    Some(last) if page.more => after = ChunkId(last.chunk_id),
+                    _ => break,
+                }
+            }
+        }
+        let n = orphans.len();
+        orphans.truncate(ORPHANS_REMEMBERED_MAX);
+        self.memory(|m| {
+            m.orphans = orphans;
+            m.last_scan = Some(Instant::now());
+        });
+        Ok(n)
+    }
+
+    /// Checks one replica a chunkserver listed; deletes it if it is garbage, answering it.
+    async fn check_replica(
+        &self,
+        rep: &Replica,
+        id: ChunkId,
+        version: u64,
+        grace_below: Option<ChunkId>,
+    ) -> Result<Option<FsckChunk>, RsmError> {
+        let Some(_guard) = self.locks.try_lock(id) else { return Ok(None) };
+        let place = self.local(|s| map::place(s, id))?;
+        let orphan = |ino, index| FsckChunk { chunk: id, ino, index, version, replicas: vec![rep.clone()] };
+        let Some(place) = place else {
+            if self.local(|s| map::in_gc_queue(s, id))? || grace_below.is_none_or(|g| id >= g) {
+                return Ok(None);
+            }
+            self.delete_orphan(rep, id, version, "unknown chunk").await;
+            return Ok(Some(orphan(InodeId(0), 0)));
+        };
+        let Some(c) = self.local(|s| map::chunk(s, place.ino, place.index))? else { return Ok(None) };
+        if c.id != id {
+            return Ok(None);
+        }
+        let in_set = c.replicas.iter().any(|r| r.server == rep.server);
+        if !in_set {
+            self.delete_orphan(rep, id, version, "replica outside the chunk's set").await;
+            return Ok(Some(orphan(place.ino, place.index)));
+        }
+        let pending = self.local(|s| map::pending_truncate(s, place.ino, place.index))?;
+        if version >= c.version || pending.is_some() || c.replicas.len() < 2 {
+            return Ok(None);
+        }
+        // A stale replica in the set (it missed a version bump): drop it from the set, then
+        // delete it; healing restores the count.
+        let replicas: Vec<Replica> = c.replicas.iter().filter(|r| r.server != rep.server).cloned().collect();
+        let op = Op::SetChunkReplicas {
+            ino: place.ino,
+            index: place.index,
+            chunk: id,
+            expect_version: c.version,
+            version: c.version,
+            replicas,
+        };
+        if self.propose(op).await?.is_ok() {
+            self.delete_orphan(rep, id, version, "stale replica").await;
+            return Ok(Some(orphan(place.ino, place.index)));
+        }
+        Ok(None)
+    }
+
+    async fn delete_orphan(&self, rep: &Replica, id: ChunkId, version: u64, why: &str) {
+        tracing::info!(chunk = %id, version, replica = %rep.addr, why, "deleting orphan replica");
+        match self.calls.delete(&rep.addr, id, version).await {
+            Ok(_) => self.node.metrics().chunk_event("orphan_deleted"),
+            Err(status) => {
+                tracing::warn!(chunk = %id, replica = %rep.addr, error = %status.message(), "orphan delete failed")
+            }
+        }
+    }
+
+    // ---- healing ----
+
+    /// Re-replicates under-replicated chunks, most endangered first, at most a batch per round.
+    /// Answers how many were healed. Also refreshes the chunk gauges.
+    pub async fn heal(&self) -> Result<usize, RsmError> {
+        if !self.registry.synced() {
+            return Ok(0);
+        }
+        let rf = self.replication_factor()?;
+        let mut candidates: Vec<(usize, MapEntry)> = Vec::new();
+        let (mut chunks, mut under, mut unavailable) = (0u64, 0u64, 0u64);
+        let mut after = None;
+        loop {
+            let page = self.local(|s| map::map_page(s, after, CHUNK_MAP_PAGE_ROWS))?;
+            let Some(last) = page.last() else { break };
+            after = Some((last.ino, last.index));
+            for entry in page {
+                chunks += 1;
+                let live = entry.chunk.replicas.iter().filter(|r| self.registry.is_live(r.server)).count();
+                if live == 0 {
+                    unavailable += 1;
+                } else if live < rf {
+                    under += 1;
+                }
+                if live < rf && (live > 0 || entry.chunk.fresh) {
+                    candidates.push((live, entry));
+                }
+            }
+        }
+        self.node.metrics().set_chunk_counts(chunks, under, unavailable);
+        candidates.sort_by_key(|(live, e)| (*live, e.chunk.id));
+        let mut chosen = Vec::new();
+        for (_, entry) in candidates {
+            if chosen.len() >= HEAL_CHUNKS_PER_ROUND {
+                break;
+            }
+            let busy = self.local(|s| {
+                Ok(map::has_writers(s, entry.ino)? || map::pending_truncate(s, entry.ino, entry.index)?.is_some())
+            })?;
+            if !busy {
+                chosen.push(entry);
+            }
+        }
+        let healed = stream::iter(chosen)
+            .map(|entry| async move { self.heal_chunk(entry, rf).await })
+            .buffer_unordered(HEAL_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        let mut n = 0;
+        for result in healed {
+            match result {
+                Ok(true) => n += 1,
+                Ok(false) => self.node.metrics().chunk_event("heal_failed"),
+                Err(e) => return Err(e),
+            }
+        }
+        if n > 0 {
+            self.node.metrics().chunk_events("healed", n as u64);
+        }
+        Ok(n)
+    }
+
+    /// Brings one chunk back to `rf` live replicas: new servers by placement, version bump on
+    /// the good replicas, copies at the new version, then the new set.
+    async fn heal_chunk(&self, entry: MapEntry, rf: usize) -> Result<bool, RsmError> {
+        let Some(_guard) = self.locks.try_lock(entry.chunk.id) else { return Ok(false) };
+        let c = match self.local(|s| map::chunk(s, entry.ino, entry.index))? {
+            Some(c) if c == entry.chunk => c,
+            _ => return Ok(false),
+        };
+        if self.local(|s| map::has_writers(s, entry.ino))? {
+            return Ok(false);
+        }
+        let live: Vec<Replica> = c.replicas.iter().filter(|r| self.registry.is_live(r.server)).cloned().collect();
+        let servers = self.registry.live().unwrap_or_default();
+        let holding: Vec<ChunkserverId> = live.iter().map(|r| r.server).collect();
+        let exclude: Vec<ChunkserverId> = c.replicas.iter().map(|r| r.server).collect();
+        let targets = place(&servers, &holding, &exclude, rf.saturating_sub(live.len()), self.chunk_size_bytes()?);
+        if targets.is_empty() {
+            return Ok(false);
+        }
+        tracing::info!(
+            chunk = %c.id, inode = %entry.ino, index = entry.index, live = live.len(),
+            targets = ?targets.iter().map(|t| &t.addr).collect::<Vec<_>>(), "healing under-replicated chunk"
+        );
+        if c.fresh {
+            // Nothing committed: new replicas need no data.
+            let mut replicas = live;
+            replicas.extend(targets);
+            let op = Op::SetChunkReplicas {
+                ino: entry.ino,
+                index: entry.index,
+                chunk: c.id,
+                expect_version: c.version,
+                version: c.version,
+                replicas,
+            };
+            return Ok(self.propose(op).await?.is_ok());
+        }
+        let new_version = c.version + 1;
+        let good = self.bump(&c, &live, new_version).await;
+        if good.is_empty() {
+            return Ok(false);
+        }
+        let mut replicas = good.clone();
+        for target in targets {
+            let mut copied = false;
+            for source in &good {
+                match self.calls.copy(&target.addr, c.id, new_version, &source.addr).await {
+                    Ok(()) => {
+                        copied = true;
+                        break;
+                    }
+                    Err(status) => tracing::warn!(
+                        chunk = %c.id, target = %target.addr, source = %source.addr, error = %status.message(),
+                        "copy from peer failed"
+                    ),
+                }
+            }
+            if copied {
+                replicas.push(target);
+            }
+        }
+        let complete = replicas.len() >= rf;
+        let op = Op::SetChunkReplicas {
+            ino: entry.ino,
+            index: entry.index,
+            chunk: c.id,
+            expect_version: c.version,
+            version: new_version,
+            replicas,
+        };
+        Ok(self.propose(op).await?.is_ok() && complete)
+    }
+
+    // ---- fsck ----
+
+    /// Under-replicated, unavailable and orphan chunks, and the live chunkservers.
+    pub async fn fsck(&self, limit: u32) -> Result<FsckReport, RsmError> {
+        self.node.rsm().read_barrier().await?;
+        let limit = match limit {
+            0 => FSCK_LIST_DEFAULT,
+            n => n.min(FSCK_LIST_MAX),
+        } as usize;
+        let rf = self.replication_factor()?;
+        let mut report = FsckReport::default();
+        let mut after = None;
+        loop {
+            let page = self.local(|s| map::map_page(s, after, CHUNK_MAP_PAGE_ROWS))?;
+            let Some(last) = page.last() else { break };
+            after = Some((last.ino, last.index));
+            for e in page {
+                report.chunks += 1;
+                let live: Vec<Replica> =
+                    e.chunk.replicas.iter().filter(|r| self.registry.is_live(r.server)).cloned().collect();
+                let item = |replicas| FsckChunk {
+                    chunk: e.chunk.id,
+                    ino: e.ino,
+                    index: e.index,
+                    version: e.chunk.version,
+                    replicas,
+                };
+                if live.is_empty() {
+                    report.unavailable_count += 1;
+                    if report.unavailable.len() < limit {
+                        report.unavailable.push(item(live));
+                    }
+                } else if live.len() < rf {
+                    report.under_replicated_count += 1;
+                    if report.under_replicated.len() < limit {
+                        report.under_replicated.push(item(live));
+                    }
+                }
+            }
+        }
+        let orphans = self.memory(|m| m.orphans.clone());
+        report.orphan_count = orphans.len() as u64;
+        report.orphans = orphans.into_iter().take(limit).collect();
+        report.chunkservers = self
+            .registry
+            .live()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| Replica { server: s.server(), addr: s.addr })
+            .collect();
+        Ok(report)
+    }
+
+    // ---- the leader's loop ----
+
+    /// Works while this node leads: pending truncations, the deletion queue and healing every
+    /// round, the orphan scan every `orphan_scan_interval`.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut interval = tokio::time::interval(CHUNK_WORK_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut leading_term: Option<u64> = None;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            let term = self.node.rsm().metrics().borrow().current_term;
+            if !self.node.rsm().is_leader() || !self.node.formatted_locally() {
+                if leading_term.take().is_some() {
+                    self.memory(|m| *m = Memory::default());
+                }
+                continue;
+            }
+            if leading_term != Some(term) {
+                self.memory(|m| *m = Memory::default());
+                leading_term = Some(term);
+            }
+            self.locks.prune();
+            if let Err(e) = self.flush_truncates(None).await {
+                tracing::warn!(error = %e, "pending truncations");
+            }
+            if let Err(e) = self.collect_garbage().await {
+                tracing::warn!(error = %e, "chunk deletion round");
+            }
+            if let Err(e) = self.heal().await {
+                tracing::warn!(error = %e, "healing round");
+            }
+            let due = self.memory(|m| m.last_scan.is_none_or(|t| t.elapsed() >= self.orphan_scan_interval));
+            if due {
+                match self.scan_orphans().await {
+                    Ok(n) if n > 0 => tracing::info!(orphans = n, "orphan scan deleted replicas"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "orphan scan"),
+                }
+            }
+        }
+    }
+
+    /// Answers a leader call forwarded by a follower (or made locally).
+    pub async fn leader_call(&self, method: &str, body: &[u8]) -> Result<Vec<u8>, RsmError> {
+        match method {
+            RPC_REPORT_FAILURE => {
+                let report: FailureReport = bincode::deserialize(body).map_err(internal)?;
+                let outcome = self.report_failure(report).await?;
+                Ok(crate::namespace::command::encode_outcome(&outcome))
+            }
+            RPC_FLUSH_TRUNCATES => {
+                let bytes: [u8; 8] = body.try_into().map_err(|_| internal("malformed flush request"))?;
+                let undone = self.flush_truncates(Some(InodeId(u64::from_be_bytes(bytes)))).await?;
+                Ok((undone as u64).to_be_bytes().to_vec())
+            }
+            RPC_FSCK => {
+                let bytes: [u8; 4] = body.try_into().map_err(|_| internal("malformed fsck request"))?;
+                let report = self.fsck(u32::from_be_bytes(bytes)).await?;
+                bincode::serialize(&report).map_err(internal)
+            }
+            other => Err(internal(format!("unknown leader call {other}"))),
+        }
+    }
+}
+
+/// Whether a reply carries a chunk (for callers matching outcomes).
+pub fn chunk_of(outcome: &Outcome) -> Option<(u64, &Chunk)> {
+    match outcome {
+        Ok(Reply::Chunk { index, chunk }) => Some((*index, chunk)),
+        _ => None,
+    }
+}

@@ -1,0 +1,276 @@
+//! Unit tests of the chunk map in the state machine: allocation, commits, write handles,
+//! truncation (deletion queue and pending truncations), reclaim of removed files, replica
+//! changes proposed by the leader, and their errors.
+
+use super::*;
+use crate::namespace::chunks as map;
+use crate::namespace::types::{ChunkId, ChunkserverId, PendingTruncate, Replica};
+
+const MIB64: u64 = 64 << 20;
+
+fn replicas(ids: &[u64]) -> Vec<Replica> {
+    ids.iter().map(|&id| Replica { server: ChunkserverId(id), addr: format!("127.0.0.1:{}", 7000 + id) }).collect()
+}
+
+fn rw() -> OpenFlags {
+    OpenFlags { read: true, write: true, truncate: false }
+}
+
+fn ro() -> OpenFlags {
+    OpenFlags { read: true, write: false, truncate: false }
+}
+
+impl Fs {
+    /// A regular file `name` in the root, open for writing in session 1.
+    fn writable(&mut self, name: &str) -> InodeId {
+        let op = Op::Create {
+            parent: ROOT,
+            name: name.into(),
+            mode: 0o666,
+            umask: 0,
+            exclusive: true,
+            session: Some(S1),
+            flags: rw(),
+        };
+        self.attr(&root(), op).expect("create").ino
+    }
+
+    fn allocate(&mut self, ino: InodeId, session: SessionId, index: u64, on: &[u64]) -> Result<(u64, Chunk), Errno> {
+        match self.exec(&root(), Op::AllocateChunk { ino, session, index, placement: replicas(on) })? {
+            Reply::Chunk { index, chunk } => Ok((index, chunk)),
+            other => panic!("expected a chunk, got {other:?}"),
+        }
+    }
+
+    fn commit(&mut self, c: &Caller, ino: InodeId, size: u64, indexes: &[u64]) -> Result<Inode, Errno> {
+        self.attr(c, Op::CommitWrite { ino, session: S1, size, chunk_indexes: indexes.to_vec() })
+    }
+
+    fn chunk_at(&self, ino: InodeId, index: u64) -> Option<Chunk> {
+        map::chunk(&self.store, ino, index).expect("chunk")
+    }
+
+    fn gc_ids(&self) -> Vec<u64> {
+        map::gc_queue(&self.store, 1000).expect("gc").into_iter().map(|(id, _)| id.0).collect()
+    }
+}
+
+use crate::namespace::Chunk;
+
+#[test]
+fn allocate_places_once_per_index() {
+    let mut fs = Fs::new();
+    let f = fs.writable("f");
+    let (index, c) = fs.allocate(f, S1, 0, &[1, 2, 3]).expect("allocate");
+    assert_eq!((index, c.id, c.version, c.fresh), (0, ChunkId(1), 1, true));
+    assert_eq!(c.replicas, replicas(&[1, 2, 3]));
+    // The index is allocated: the same chunk comes back whatever placement the proposer chose.
+    let (_, again) = fs.allocate(f, S1, 0, &[4]).expect("again");
+    assert_eq!(again, c);
+    let (_, next) = fs.allocate(f, S1, 5, &[2]).expect("hole before");
+    assert_eq!(next.id, ChunkId(2));
+    assert_eq!(map::place(&fs.store, ChunkId(2)).expect("place").map(|p| (p.ino, p.index)), Some((f, 5)));
+    assert_eq!(map::next_chunk_id(&fs.store).expect("next"), ChunkId(3));
+    let m = map::chunk_map(&fs.store, f, 0, 0).expect("map");
+    assert_eq!((m.chunk_size_bytes, m.size, m.chunks.len()), (MIB64, 0, 2));
+    let m = map::chunk_map(&fs.store, f, 1, 4).expect("map");
+    assert!(m.chunks.is_empty(), "indexes 1..5 are holes");
+    let m = map::chunk_map(&fs.store, f, 5, 1).expect("map");
+    assert_eq!(m.chunks[0].0, 5);
+}
+
+#[test]
+fn allocate_errors() {
+    let mut fs = Fs::new();
+    let f = fs.writable("f");
+    assert_eq!(fs.allocate(f, S1, 0, &[]), Err(Errno::NoSpc));
+    assert_eq!(fs.allocate(f, S1, 0, &[1, 1]), Err(Errno::Inval));
+    assert_eq!(fs.allocate(f, SessionId(2), 0, &[1]), Err(Errno::BadF), "no handle in session 2");
+    assert_eq!(fs.allocate(f, SessionId(9), 0, &[1]), Err(Errno::BadF), "no such session");
+    assert_eq!(fs.allocate(InodeId(999), S1, 0, &[1]), Err(Errno::NoEnt));
+    assert_eq!(fs.allocate(ROOT, S1, 0, &[1]), Err(Errno::IsDir));
+    assert_eq!(fs.allocate(f, S1, u64::MAX / 2, &[1]), Err(Errno::FBig));
+    // A read-only handle is not enough.
+    fs.attr(&root(), Op::Open { ino: f, session: SessionId(2), flags: ro() }).expect("open ro");
+    assert_eq!(fs.allocate(f, SessionId(2), 0, &[1]), Err(Errno::BadF));
+    assert_eq!(errno(map::chunk_map(&fs.store, ROOT, 0, 0)), Errno::IsDir);
+    assert_eq!(errno(map::chunk_map(&fs.store, InodeId(999), 0, 0)), Errno::NoEnt);
+    assert!(map::chunk_map(&fs.store, f, 0, 0).expect("map").chunks.is_empty(), "failed commands left nothing");
+}
+
+#[test]
+fn write_handles_follow_open_and_close() {
+    let mut fs = Fs::new();
+    let f = fs.writable("f");
+    fs.attr(&root(), Op::Open { ino: f, session: S1, flags: ro() }).expect("open ro");
+    // Closing the write handle, said explicitly: no writer left.
+    fs.exec(&root(), Op::Close { ino: f, session: S1, write: Some(true) }).expect("close");
+    assert_eq!(fs.allocate(f, S1, 0, &[1]), Err(Errno::BadF));
+    assert!(!map::has_writers(&fs.store, f).expect("writers"));
+    // Without the flag, a close counts as a writer's only when every handle is a writer's.
+    fs.attr(&root(), Op::Open { ino: f, session: S1, flags: rw() }).expect("open rw");
+    fs.exec(&root(), Op::Close { ino: f, session: S1, write: None }).expect("close ?");
+    assert!(map::has_writers(&fs.store, f).expect("writers"), "might have been the read handle");
+    fs.exec(&root(), Op::Close { ino: f, session: S1, write: None }).expect("last close");
+    assert!(!map::has_writers(&fs.store, f).expect("writers"), "the last close forgets everything");
+    // O_TRUNC counts as writing; session expiry forgets the writers.
+    let trunc = OpenFlags { read: false, write: false, truncate: true };
+    fs.attr(&root(), Op::Open { ino: f, session: SessionId(2), flags: trunc }).expect("open trunc");
+    assert!(fs.allocate(f, SessionId(2), 0, &[1]).is_ok());
+    fs.exec(&root(), Op::ExpireSessions { ids: vec![SessionId(2)] }).expect("expire");
+    assert!(!map::has_writers(&fs.store, f).expect("writers"));
+}
+
+#[test]
+fn commit_write_grows_the_file_and_clears_fresh() {
+    let mut fs = Fs::new();
+    let f = fs.writable("f");
+    fs.allocate(f, S1, 0, &[1, 2]).expect("allocate");
+    fs.allocate(f, S1, 1, &[1, 2]).expect("allocate");
+    let a = fs.commit(&root(), f, MIB64 + 10, &[0]).expect("commit");
+    assert_eq!((a.size, a.mtime, a.ctime), (MIB64 + 10, Timespec::new(fs.clock, 0), Timespec::new(fs.clock, 0)));
+    assert!(!fs.chunk_at(f, 0).expect("chunk 0").fresh);
+    assert!(fs.chunk_at(f, 1).expect("chunk 1").fresh, "not listed");
+    // Size is a maximum: a commit of an earlier range does not shrink the file.
+    assert_eq!(fs.commit(&root(), f, 5, &[1, 7]).expect("commit").size, MIB64 + 10);
+    assert!(!fs.chunk_at(f, 1).expect("chunk 1").fresh);
+    assert_eq!(read::statfs(&fs.store).expect("statfs").usage.bytes, MIB64 + 10);
+    assert_eq!(fs.commit(&root(), f, u64::MAX, &[]), Err(Errno::FBig));
+    assert_eq!(
+        fs.attr(&root(), Op::CommitWrite { ino: f, session: SessionId(2), size: 1, chunk_indexes: vec![] }),
+        Err(Errno::BadF)
+    );
+}
+
+#[test]
+fn commit_write_clears_setuid_for_non_root() {
+    let mut fs = Fs::new();
+    let f = fs.writable("f");
+    let sgid_x = S_ISUID | S_ISGID | 0o777;
+    fs.setattr(&root(), f, SetAttr { mode: Some(sgid_x), ..Default::default() }).expect("chmod");
+    assert_eq!(fs.commit(&root(), f, 1, &[]).expect("root").mode, sgid_x, "root keeps them (CAP_FSETID)");
+    assert_eq!(fs.commit(&alice(), f, 2, &[]).expect("alice").mode, 0o777);
+    // setgid without group execute (mandatory locking) stays.
+    fs.setattr(&root(), f, SetAttr { mode: Some(S_ISGID | 0o666), ..Default::default() }).expect("chmod");
+    assert_eq!(fs.commit(&alice(), f, 3, &[]).expect("alice").mode, S_ISGID | 0o666);
+}
+
+#[test]
+fn truncation_queues_whole_chunks_and_cuts_the_last() {
+    let mut fs = Fs::new();
+    let f = fs.writable("f");
+    for index in 0..3 {
+        fs.allocate(f, S1, index, &[1, 2, 3]).expect("allocate");
+    }
+    fs.commit(&root(), f, 3 * MIB64, &[0, 1, 2]).expect("commit");
+    // Cut inside chunk 1: chunk 2 is queued, chunk 1 gets version 2 and a pending truncation.
+    let a = fs.setattr(&root(), f, SetAttr { size: Some(MIB64 + 100), ..Default::default() }).expect("truncate");
+    assert_eq!(a.size, MIB64 + 100);
+    assert_eq!(fs.gc_ids(), vec![3]);
+    let gc = map::gc_queue(&fs.store, 10).expect("gc");
+    assert_eq!((gc[0].1.version, gc[0].1.replicas.clone()), (1, replicas(&[1, 2, 3])));
+    assert!(fs.chunk_at(f, 2).is_none() && map::place(&fs.store, ChunkId(3)).expect("place").is_none());
+    assert_eq!(fs.chunk_at(f, 1).expect("chunk 1").version, 2);
+    let p = map::pending_truncate(&fs.store, f, 1).expect("pending").expect("a pending truncation");
+    assert_eq!(p, PendingTruncate { chunk: ChunkId(2), from_version: 1, to_version: 2, length_bytes: 100 });
+    // A second cut before the first was carried out: from the first's version, shorter.
+    fs.setattr(&root(), f, SetAttr { size: Some(MIB64 + 40), ..Default::default() }).expect("truncate");
+    let p = map::pending_truncate(&fs.store, f, 1).expect("pending").expect("a pending truncation");
+    assert_eq!(p, PendingTruncate { chunk: ChunkId(2), from_version: 1, to_version: 3, length_bytes: 40 });
+    // Growing changes no chunk.
+    fs.setattr(&root(), f, SetAttr { size: Some(5 * MIB64), ..Default::default() }).expect("grow");
+    assert_eq!(fs.chunk_at(f, 1).expect("chunk 1").version, 3);
+    // The leader reports it done: stale reports are refused; lost replicas leave the set.
+    let done = |to_version, lost: Vec<u64>| Op::ChunkTruncated {
+        ino: f,
+        index: 1,
+        chunk: ChunkId(2),
+        to_version,
+        lost: lost.into_iter().map(ChunkserverId).collect(),
+    };
+    assert_eq!(fs.exec(&root(), done(2, vec![])), Err(Errno::Stale));
+    fs.exec(&root(), done(3, vec![2])).expect("done");
+    assert!(map::pending_truncate(&fs.store, f, 1).expect("pending").is_none());
+    assert_eq!(fs.chunk_at(f, 1).expect("chunk 1").replicas, replicas(&[1, 3]));
+    assert_eq!(fs.exec(&root(), done(3, vec![])), Err(Errno::Stale), "nothing pending any more");
+    // A cut on a chunk boundary queues the chunk that starts there; nothing pending.
+    fs.setattr(&root(), f, SetAttr { size: Some(MIB64), ..Default::default() }).expect("truncate");
+    assert_eq!(fs.gc_ids(), vec![2, 3]);
+    assert!(map::pending_truncates(&fs.store, None, 10).expect("pending").is_empty());
+    assert!(fs.chunk_at(f, 0).is_some());
+}
+
+#[test]
+fn open_truncate_queues_every_chunk() {
+    let mut fs = Fs::new();
+    let f = fs.writable("f");
+    fs.allocate(f, S1, 0, &[1]).expect("allocate");
+    fs.allocate(f, S1, 1, &[1]).expect("allocate");
+    fs.commit(&root(), f, MIB64 + 1, &[0, 1]).expect("commit");
+    let trunc = OpenFlags { read: false, write: true, truncate: true };
+    assert_eq!(fs.attr(&root(), Op::Open { ino: f, session: S1, flags: trunc }).expect("open").size, 0);
+    assert_eq!(fs.gc_ids(), vec![1, 2]);
+    assert!(map::chunk_map(&fs.store, f, 0, 0).expect("map").chunks.is_empty());
+    // O_TRUNC in a session that is not open changes nothing.
+    fs.allocate(f, S1, 0, &[1]).expect("allocate");
+    fs.commit(&root(), f, 10, &[0]).expect("commit");
+    assert_eq!(fs.attr(&root(), Op::Open { ino: f, session: SessionId(9), flags: trunc }), Err(Errno::BadF));
+    assert!(fs.chunk_at(f, 0).is_some());
+}
+
+#[test]
+fn removed_files_are_reclaimed_into_the_queue() {
+    let mut fs = Fs::new();
+    let f = fs.writable("f");
+    fs.allocate(f, S1, 0, &[1, 2]).expect("allocate");
+    fs.allocate(f, S1, 3, &[2, 3]).expect("allocate");
+    fs.unlink(&root(), ROOT, "f").expect("unlink");
+    assert!(fs.chunk_at(f, 0).is_some(), "still open: the chunks stay");
+    fs.exec(&root(), Op::Close { ino: f, session: S1, write: Some(true) }).expect("close");
+    assert_eq!(read::reclaim_queue(&fs.store, 10).expect("reclaim"), vec![f]);
+    fs.exec(&root(), Op::ReclaimInodes { inos: vec![f, InodeId(777)] }).expect("reclaim");
+    assert!(read::reclaim_queue(&fs.store, 10).expect("reclaim").is_empty());
+    assert_eq!(fs.gc_ids(), vec![1, 2]);
+    assert!(map::map_page(&fs.store, None, 10).expect("map").is_empty());
+    fs.exec(&root(), Op::ChunksDeleted { chunks: vec![ChunkId(1)] }).expect("deleted");
+    assert_eq!(fs.gc_ids(), vec![2]);
+}
+
+#[test]
+fn leader_replica_changes_check_the_version() {
+    let mut fs = Fs::new();
+    let f = fs.writable("f");
+    fs.allocate(f, S1, 0, &[1, 2, 3]).expect("allocate");
+    let set = |chunk, expect_version, version, on: &[u64]| Op::SetChunkReplicas {
+        ino: f,
+        index: 0,
+        chunk: ChunkId(chunk),
+        expect_version,
+        version,
+        replicas: replicas(on),
+    };
+    assert_eq!(fs.exec(&root(), set(1, 2, 3, &[1])), Err(Errno::Stale));
+    assert_eq!(fs.exec(&root(), set(9, 1, 2, &[1])), Err(Errno::NoEnt));
+    assert_eq!(fs.exec(&root(), set(1, 1, 2, &[])), Err(Errno::Inval));
+    assert_eq!(fs.exec(&root(), set(1, 1, 2, &[1, 1])), Err(Errno::Inval));
+    assert_eq!(fs.exec(&root(), set(1, 1, 0, &[1])), Err(Errno::Inval));
+    match fs.exec(&root(), set(1, 1, 2, &[1, 4])).expect("set") {
+        Reply::Chunk { chunk, .. } => assert_eq!((chunk.version, chunk.replicas), (2, replicas(&[1, 4]))),
+        other => panic!("{other:?}"),
+    }
+    // While a truncation is pending, the leader must carry it out first.
+    fs.commit(&root(), f, 1000, &[0]).expect("commit");
+    fs.setattr(&root(), f, SetAttr { size: Some(10), ..Default::default() }).expect("truncate");
+    assert_eq!(fs.exec(&root(), set(1, 3, 4, &[1])), Err(Errno::Again));
+}
+
+#[test]
+fn digest_covers_the_chunk_map() {
+    let mut fs = Fs::new();
+    let f = fs.writable("f");
+    let before = read::digest(&fs.store).expect("digest");
+    fs.allocate(f, S1, 0, &[1]).expect("allocate");
+    let after = read::digest(&fs.store).expect("digest");
+    assert_ne!(before.0, after.0);
+    assert!(after.1 > before.1);
+}
