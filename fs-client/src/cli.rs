@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::bench::kv::{KvBenchConfig, KvOp};
 use crate::bench::lock::{LockBenchConfig, LockOp};
+use crate::fuse::MountOptions;
 use crate::limits::BENCH_CLIENTS_MAX;
 
 /// Cairn: a distributed filesystem and an etcd-v3-compatible coordinator.
@@ -25,12 +26,73 @@ pub enum Command {
     /// Benchmark servers.
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// Mount a Cairn filesystem (not built yet).
-    Mount {
-        /// Arguments for the future FUSE client; ignored for now.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
+    /// Mount a Cairn filesystem with FUSE.
+    Mount(MountArgs),
+    /// Unmount a Cairn filesystem.
+    Umount(UmountArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// Where to mount.
+    pub mountpoint: PathBuf,
+    /// Comma-separated metaserver gRPC endpoints (host:port).
+    #[arg(long, env = "CAIRN_METASERVER_ENDPOINTS", value_delimiter = ',', required = true)]
+    pub metaserver: Vec<String>,
+    /// Stay in the foreground until unmounted (SIGTERM/SIGINT unmount cleanly).
+    #[arg(long)]
+    pub foreground: bool,
+    /// Log file (daemon mode: the daemon's output; foreground: instead of stderr).
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
+    /// Log filter when RUST_LOG is not set (error, warn, info, debug, trace).
+    #[arg(long, default_value = "warn")]
+    pub log_level: String,
+    /// Mount options: ro, rw, allow_other, default_permissions (default),
+    /// no_default_permissions, nosuid, nodev, noexec, noatime, attr_ttl_ms=N, entry_ttl_ms=N,
+    /// timeout_ms=N.
+    #[arg(short = 'o')]
+    pub options: Vec<String>,
+    /// Kernel attribute cache lifetime.
+    #[arg(long)]
+    pub attr_ttl_ms: Option<u64>,
+    /// Kernel directory-entry cache lifetime.
+    #[arg(long)]
+    pub entry_ttl_ms: Option<u64>,
+    /// How long an operation retries an unreachable cluster before failing with EIO.
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+}
+
+impl MountArgs {
+    pub fn options(&self) -> Result<MountOptions, String> {
+        let mut o = MountOptions::new(self.mountpoint.clone(), self.metaserver.clone());
+        for list in &self.options {
+            o.apply_o(list)?;
+        }
+        o.foreground = self.foreground;
+        o.log_file = self.log_file.clone();
+        o.log_level = self.log_level.clone();
+        if let Some(ms) = self.attr_ttl_ms {
+            o.attr_ttl = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.entry_ttl_ms {
+            o.entry_ttl = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.timeout_ms {
+            o.timeout = Duration::from_millis(ms);
+        }
+        Ok(o)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct UmountArgs {
+    /// The mount point.
+    pub mountpoint: PathBuf,
+    /// Detach now even if busy; the kernel finishes when the last user lets go.
+    #[arg(long, short = 'l')]
+    pub lazy: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -271,6 +333,32 @@ mod tests {
             Command::Dev(DevCommand::Down(args)) => assert!(args.purge),
             other => panic!("unexpected {other:?}"),
         }
-        assert!(matches!(parse(&["mount", "/mnt/cairn", "-o", "ro"]).expect("parse").command, Command::Mount { .. }));
+    }
+
+    #[test]
+    fn mount_commands() {
+        let parsed = parse(&[
+            "mount",
+            "/mnt/cairn",
+            "--metaserver",
+            "a:1,b:2",
+            "-o",
+            "ro,allow_other",
+            "--attr-ttl-ms",
+            "200",
+            "--timeout-ms",
+            "3000",
+            "--foreground",
+        ])
+        .expect("parse")
+        .command;
+        let Command::Mount(args) = parsed else { panic!("unexpected {parsed:?}") };
+        let o = args.options().expect("options");
+        assert_eq!(o.metaservers, ["a:1", "b:2"]);
+        assert!(o.read_only && o.allow_other && o.foreground && o.default_permissions);
+        assert_eq!(o.attr_ttl, Duration::from_millis(200));
+        assert_eq!(o.timeout, Duration::from_secs(3));
+        let parsed = parse(&["umount", "/mnt/cairn", "-l"]).expect("parse").command;
+        assert!(matches!(parsed, Command::Umount(UmountArgs { lazy: true, .. })));
     }
 }

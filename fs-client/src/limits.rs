@@ -92,3 +92,54 @@ pub const BENCH_LOCK_LEASE_TTL_MARGIN: Duration = Duration::from_secs(60);
 /// Keep-alive requests queued per benchmark stream (one is in flight at a time).
 pub const BENCH_KEEPALIVE_STREAM_BUFFER: usize = 4;
 const _: () = assert!(BENCH_LOCK_RPC_TIMEOUT.as_micros() as u64 <= BENCH_LATENCY_MAX_US);
+
+// ---- cairn mount (the FUSE client) ---------------------------------------------------------
+
+pub const MIB: u64 = 1024 * 1024;
+
+/// Largest FUSE write request (the kernel caps it at its max_pages; 1 MiB is the usual cap).
+pub const FUSE_MAX_WRITE_BYTES: u32 = 1024 * 1024;
+/// Kernel readahead per file.
+pub const FUSE_MAX_READAHEAD_BYTES: u32 = 1024 * 1024;
+/// FUSE requests the kernel keeps in flight in the background (readahead, async writes).
+pub const FUSE_MAX_BACKGROUND: u16 = 64;
+/// Threads reading /dev/fuse; each request is then handed to a Tokio task.
+pub const FUSE_READER_THREADS: usize = 2;
+/// st_blksize reported for every file: `cp` and friends size their buffers by it.
+pub const FUSE_BLKSIZE_BYTES: u32 = 1024 * 1024;
+
+/// Default kernel attribute and entry cache lifetimes (short: other clients change things).
+pub const MOUNT_ATTR_TTL_DEFAULT_MS: u64 = 1000;
+pub const MOUNT_ENTRY_TTL_DEFAULT_MS: u64 = 1000;
+/// Default time an operation keeps retrying an unreachable cluster before failing with EIO.
+pub const MOUNT_TIMEOUT_DEFAULT_MS: u64 = 30_000;
+/// Deadline of one metaserver RPC attempt (blocking lock waits have none).
+pub const META_RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Retries of a metaserver call answered INTERNAL (transient quorum loss looks like that).
+pub const META_INTERNAL_RETRIES: usize = 3;
+/// Pause between retries of a metaserver call when every endpoint failed once.
+pub const META_RETRY_BACKOFF: Duration = Duration::from_millis(100);
+/// Connection timeout for metaserver and chunkserver channels.
+pub const MOUNT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Session lease requested from the metaserver; heartbeats go every third of the granted TTL.
+pub const SESSION_TTL_MS: u64 = 30_000;
+
+/// Buffered (unflushed) write bytes per file before a flush is started.
+pub const WRITE_BUFFER_BYTES_MAX: u64 = 16 * MIB;
+/// Bytes in one WriteChunk message (the chunkserver recommends 1 MiB, accepts up to 4 MiB).
+pub const WRITE_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Sequential reads fetch this much at once and serve the following reads from it.
+pub const READAHEAD_BYTES: u64 = 8 * MIB;
+/// Chunk map entries asked for per GetChunks.
+pub const CHUNK_MAP_BATCH: u32 = 64;
+/// Attempts of a chunk write with a repaired chain before the write fails with EIO.
+pub const CHUNK_WRITE_ATTEMPTS: usize = 5;
+/// Largest gRPC message to or from a chunkserver (4 MiB payload plus framing).
+pub const CHUNK_GRPC_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024 + 64 * 1024;
+/// Readdir entries asked for per ReadDir.
+pub const READDIR_BATCH: u32 = 512;
+/// How long `cairn mount` (daemon mode) waits for the mount to appear.
+pub const MOUNT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+const _: () = assert!(WRITE_BUFFER_BYTES_MAX >= FUSE_MAX_WRITE_BYTES as u64);
+const _: () = assert!(WRITE_MESSAGE_BYTES <= 4 * 1024 * 1024);

@@ -1,0 +1,166 @@
+//! Talking to chunkservers for the data path, straight over the generated `cairn.chunk.v1`
+//! client: chain writes to the primary (replicas[0]) with the rest as its chain, and reads from
+//! one replica at a time with every message's CRC verified, failing over to the next replica.
+//!
+//! Channels are cached per address and reconnect by themselves.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use cairn_proto::chunk::chunk_service_client::ChunkServiceClient;
+use cairn_proto::chunk::{ReadChunkRequest, WriteChunkRequest, WriteHeader};
+use cairn_proto::meta::ChunkEntry;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::limits::{CHUNK_GRPC_MESSAGE_BYTES_MAX, MOUNT_CONNECT_TIMEOUT, WRITE_MESSAGE_BYTES};
+
+/// Status metadata naming the replica that failed in a chain write.
+pub const FAILED_REPLICA_KEY: &str = "cairn-failed-replica";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkIoError {
+    /// A chain write failed; `failed` names the replica to report (the chunkserver's
+    /// metadata, or the primary itself when it could not be reached).
+    #[error("chain write through {primary} failed at {failed}: {message}")]
+    Chain { primary: String, failed: String, message: String },
+    #[error("chunk {chunk_id} has no replica")]
+    NoReplica { chunk_id: u64 },
+    /// Every replica failed a read; `corrupt` lists those that sent bad data.
+    #[error("every replica of chunk {chunk_id} failed: {message}")]
+    Read { chunk_id: u64, message: String, corrupt: Vec<String> },
+    #[error("invalid chunkserver address {0:?}")]
+    Address(String),
+}
+
+#[derive(Debug, Default)]
+pub struct ChunkIo {
+    clients: Mutex<HashMap<String, ChunkServiceClient<Channel>>>,
+}
+
+impl ChunkIo {
+    fn client(&self, addr: &str) -> Result<ChunkServiceClient<Channel>, ChunkIoError> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|_| ChunkIoError::Address(addr.to_owned()))?
+            .connect_timeout(MOUNT_CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .initial_stream_window_size(8 * 1024 * 1024)
+            .initial_connection_window_size(32 * 1024 * 1024)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        let client = ChunkServiceClient::new(channel)
+            .max_decoding_message_size(CHUNK_GRPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(CHUNK_GRPC_MESSAGE_BYTES_MAX);
+        clients.insert(addr.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// Writes `pieces` (offset in chunk, bytes) into the chunk through its chain and waits
+    /// until every replica has applied them (durably with `sync`).
+    pub async fn write(
+        &self,
+        entry: &ChunkEntry,
+        chunk_size_bytes: u64,
+        pieces: &[(u64, Vec<u8>)],
+        sync: bool,
+    ) -> Result<(), ChunkIoError> {
+        let Some(primary) = entry.replicas.first() else {
+            return Err(ChunkIoError::NoReplica { chunk_id: entry.chunk_id });
+        };
+        let header = WriteHeader {
+            chunk_id: entry.chunk_id,
+            version: entry.version,
+            create: entry.fresh,
+            chunk_size_bytes,
+            chain: entry.replicas[1..].iter().map(|r| r.address.clone()).collect(),
+            sync,
+        };
+        let mut messages = Vec::new();
+        for (offset, data) in pieces {
+            for (i, part) in data.chunks(WRITE_MESSAGE_BYTES).enumerate() {
+                messages.push(WriteChunkRequest {
+                    header: None,
+                    offset: offset + (i * WRITE_MESSAGE_BYTES) as u64,
+                    data: part.to_vec(),
+                    crc32: crc32fast::hash(part),
+                });
+            }
+        }
+        if messages.is_empty() {
+            messages.push(WriteChunkRequest { header: None, offset: 0, data: Vec::new(), crc32: crc32fast::hash(&[]) });
+        }
+        messages[0].header = Some(header);
+        let client = self.client(&primary.address)?;
+        match client.clone().write_chunk(futures::stream::iter(messages)).await {
+            Ok(_) => Ok(()),
+            Err(status) => {
+                let failed = status
+                    .metadata()
+                    .get(FAILED_REPLICA_KEY)
+                    .and_then(|v| v.to_str().ok())
+                    .map_or_else(|| primary.address.clone(), str::to_owned);
+                Err(ChunkIoError::Chain {
+                    primary: primary.address.clone(),
+                    failed,
+                    message: format!("{:?}: {}", status.code(), status.message()),
+                })
+            }
+        }
+    }
+
+    /// Reads `[offset, offset + len)` of the chunk from the first replica that answers with
+    /// correct data. The result may be shorter than `len` (the chunk's length cuts it).
+    pub async fn read(&self, entry: &ChunkEntry, offset: u64, len: u64) -> Result<Vec<u8>, ChunkIoError> {
+        let mut errors = Vec::new();
+        let mut corrupt = Vec::new();
+        for replica in &entry.replicas {
+            match self.read_one(&replica.address, entry, offset, len).await {
+                Ok(data) => return Ok(data),
+                Err((message, bad_data)) => {
+                    tracing::warn!(replica = %replica.address, chunk_id = entry.chunk_id, %message,
+                        "chunk read failed; trying the next replica");
+                    if bad_data {
+                        corrupt.push(replica.address.clone());
+                    }
+                    errors.push(format!("{}: {message}", replica.address));
+                }
+            }
+        }
+        if entry.replicas.is_empty() {
+            return Err(ChunkIoError::NoReplica { chunk_id: entry.chunk_id });
+        }
+        Err(ChunkIoError::Read { chunk_id: entry.chunk_id, message: errors.join("; "), corrupt })
+    }
+
+    /// One replica's read; the error says whether the replica sent bad data.
+    async fn read_one(&self, addr: &str, entry: &ChunkEntry, offset: u64, len: u64) -> Result<Vec<u8>, (String, bool)> {
+        let client = self.client(addr).map_err(|e| (e.to_string(), false))?;
+        let request = ReadChunkRequest { chunk_id: entry.chunk_id, version: entry.version, offset, length: len };
+        let mut stream =
+            client.clone().read_chunk(request).await.map_err(|s| (s.to_string(), is_corrupt(&s)))?.into_inner();
+        let mut out = Vec::with_capacity(len as usize);
+        while let Some(message) = stream.message().await.map_err(|s| (s.to_string(), is_corrupt(&s)))? {
+            if message.offset != offset + out.len() as u64 {
+                return Err((format!("message at offset {} out of order", message.offset), true));
+            }
+            if crc32fast::hash(&message.data) != message.crc32 {
+                return Err((format!("CRC mismatch at offset {}", message.offset), true));
+            }
+            out.extend_from_slice(&message.data);
+            if out.len() as u64 > len {
+                return Err(("more data than asked for".to_owned(), true));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A stored block failed its checksum on the replica.
+fn is_corrupt(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::DataLoss
+}

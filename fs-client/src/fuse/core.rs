@@ -1,0 +1,1238 @@
+//! The filesystem's logic: every FUSE operation as an async function over the metaserver and
+//! the chunkservers, returning the errno the kernel gets. `fs.rs` adapts these to fuser's
+//! callbacks; nothing here knows about FUSE replies.
+//!
+//! State kept by the client (everything else lives on the metaserver):
+//! * the session id (renewed by heartbeat, re-opened with its handles when it expired);
+//! * open handles (fh → inode, access mode), so a re-opened session re-opens them;
+//! * per inode with open handles: the write buffer, the write being flushed in the background,
+//!   a chunk map cache, a readahead window, and the (mtime, size) last seen at open/close for
+//!   close-to-open page-cache reuse.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_proto::meta::*;
+use fuser::Errno;
+use tokio::task::JoinHandle;
+
+use super::attr::now;
+use super::chunkio::{ChunkIo, ChunkIoError};
+use super::layout::{split_range, WriteBuffer};
+use super::meta::MetaClient;
+use crate::limits::{
+    CHUNK_MAP_BATCH, CHUNK_WRITE_ATTEMPTS, READAHEAD_BYTES, READDIR_BATCH, SESSION_TTL_MS, WRITE_BUFFER_BYTES_MAX,
+};
+
+pub type OpResult<T> = Result<T, Errno>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The kernel's OFFSET_MAX: a lock range that ends there runs to the end of the file.
+pub const OFFSET_MAX: u64 = i64::MAX as u64;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Handle {
+    pub ino: u64,
+    pub read: bool,
+    pub write: bool,
+    pub dir: bool,
+}
+
+/// Outcome of a flush, applied to the inode's state by whoever awaits it.
+#[derive(Debug, Default)]
+struct Flushed {
+    size: u64,
+    entries: Vec<ChunkEntry>,
+}
+
+#[derive(Default)]
+struct FileIo {
+    buf: WriteBuffer,
+    inflight: Option<JoinHandle<OpResult<Flushed>>>,
+    /// Chunk map cache: index → entry, or None for a known hole.
+    chunks: HashMap<u64, Option<ChunkEntry>>,
+    /// The file size as committed on the metaserver, as far as this client knows.
+    size: u64,
+    readahead: Option<(u64, Arc<Vec<u8>>)>,
+    last_read_end: u64,
+    /// Bumped by every change, so a read that dropped the lock knows its data may be stale.
+    generation: u64,
+    cred: Credentials,
+}
+
+pub struct Inode {
+    ino: u64,
+    /// End of the data written through this client and not yet known to be on the server:
+    /// reported sizes are at least this.
+    pending_end: AtomicU64,
+    io: tokio::sync::Mutex<FileIo>,
+    /// (mtime sec, mtime nsec, size) when this client last opened or wrote the file.
+    seen: Mutex<Option<(i64, u32, u64)>>,
+}
+
+pub struct Core {
+    pub meta: MetaClient,
+    chunks: ChunkIo,
+    session: AtomicU64,
+    session_ttl_ms: AtomicU64,
+    chunk_size: AtomicU64,
+    inodes: Mutex<HashMap<u64, Arc<Inode>>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    /// (inode, lock owner) pairs that took a POSIX lock here: only they need a ReleaseOwner.
+    lock_owners: Mutex<HashSet<(u64, u64)>>,
+    /// Directory inode → parent, learnt from lookups, for readdir's "..".
+    parents: Mutex<HashMap<u64, u64>>,
+}
+
+fn root_cred() -> Credentials {
+    Credentials { uid: 0, gid: 0, groups: Vec::new() }
+}
+
+impl Core {
+    pub fn new(meta: MetaClient) -> Arc<Core> {
+        Arc::new(Core {
+            meta,
+            chunks: ChunkIo::default(),
+            session: AtomicU64::new(0),
+            session_ttl_ms: AtomicU64::new(SESSION_TTL_MS),
+            chunk_size: AtomicU64::new(64 * 1024 * 1024),
+            inodes: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            lock_owners: Mutex::new(HashSet::new()),
+            parents: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn session(&self) -> u64 {
+        self.session.load(Ordering::Relaxed)
+    }
+
+    pub fn chunk_size(&self) -> u64 {
+        self.chunk_size.load(Ordering::Relaxed)
+    }
+
+    // ---- session ---------------------------------------------------------------------------
+
+    /// Opens the mount's session and learns the filesystem's chunk size.
+    pub async fn start(&self) -> OpResult<()> {
+        let fs = self
+            .meta
+            .call("statfs", |mut c| async move { c.stat_fs(StatFsRequest { cred: Some(root_cred()) }).await })
+            .await?;
+        if fs.chunk_size_bytes > 0 {
+            self.chunk_size.store(fs.chunk_size_bytes, Ordering::Relaxed);
+        }
+        self.open_session().await
+    }
+
+    async fn open_session(&self) -> OpResult<()> {
+        let host =
+            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+        let request = OpenSessionRequest {
+            cred: Some(root_cred()),
+            time: Some(now()),
+            client_name: "cairn mount".to_owned(),
+            host,
+            pid: std::process::id(),
+            ttl_ms: SESSION_TTL_MS,
+        };
+        let r = self
+            .meta
+            .call("open_session", |mut c| {
+                let request = request.clone();
+                async move { c.open_session(request).await }
+            })
+            .await?;
+        self.session.store(r.session, Ordering::Relaxed);
+        self.session_ttl_ms.store(r.ttl_ms.max(1000), Ordering::Relaxed);
+        tracing::info!(session = r.session, ttl_ms = r.ttl_ms, "session open");
+        Ok(())
+    }
+
+    /// Renews the session every third of its TTL; re-opens it (and every open handle) when
+    /// the metaserver says it expired. Runs until the task is dropped.
+    pub async fn heartbeat_loop(self: Arc<Self>) {
+        loop {
+            let period = Duration::from_millis(self.session_ttl_ms.load(Ordering::Relaxed) / 3);
+            tokio::time::sleep(period).await;
+            let session = self.session();
+            let r = self
+                .meta
+                .call("heartbeat", |mut c| async move { c.heartbeat(HeartbeatRequest { session }).await })
+                .await;
+            match r {
+                Ok(_) => {}
+                Err(e) if e == Errno::EBADF => {
+                    tracing::warn!(session, "session expired; opening a new one and re-opening handles");
+                    if self.open_session().await.is_ok() {
+                        self.reopen_handles().await;
+                    }
+                }
+                Err(e) => tracing::warn!(session, error = ?e, "heartbeat failed"),
+            }
+        }
+    }
+
+    async fn reopen_handles(&self) {
+        let handles: Vec<Handle> = lock(&self.handles).values().copied().filter(|h| !h.dir).collect();
+        let session = self.session();
+        for h in handles {
+            let request = OpenRequest {
+                cred: Some(root_cred()),
+                time: Some(now()),
+                ino: h.ino,
+                session,
+                open: Some(OpenMode { read: h.read, write: h.write, truncate: false }),
+            };
+            let r = self.meta.call("open", |mut c| {
+                let request = request.clone();
+                async move { c.open(request).await }
+            });
+            if let Err(e) = r.await {
+                tracing::warn!(ino = h.ino, error = ?e, "could not re-open a handle in the new session");
+            }
+        }
+    }
+
+    pub async fn close_session(&self) {
+        let request = CloseSessionRequest { cred: Some(root_cred()), time: Some(now()), session: self.session() };
+        let r = self.meta.call("close_session", |mut c| {
+            let request = request.clone();
+            async move { c.close_session(request).await }
+        });
+        if let Err(e) = r.await {
+            tracing::warn!(error = ?e, "could not close the session (it will expire)");
+        }
+    }
+
+    // ---- inode state -----------------------------------------------------------------------
+
+    fn inode(&self, ino: u64) -> Arc<Inode> {
+        lock(&self.inodes)
+            .entry(ino)
+            .or_insert_with(|| {
+                Arc::new(Inode {
+                    ino,
+                    pending_end: AtomicU64::new(0),
+                    io: tokio::sync::Mutex::new(FileIo::default()),
+                    seen: Mutex::new(None),
+                })
+            })
+            .clone()
+    }
+
+    /// The size to report for a file: the server's, or more when local writes extend it.
+    pub fn local_size(&self, attr: &Attr) -> u64 {
+        if attr.r#type != FileType::Regular as i32 {
+            return attr.size;
+        }
+        let pending = lock(&self.inodes).get(&attr.ino).map_or(0, |i| i.pending_end.load(Ordering::Relaxed));
+        attr.size.max(pending)
+    }
+
+    fn remember_parent(&self, attr: &Attr, parent: u64) {
+        if attr.r#type == FileType::Directory as i32 {
+            lock(&self.parents).insert(attr.ino, parent);
+        }
+    }
+
+    pub fn parent_of(&self, ino: u64) -> u64 {
+        lock(&self.parents).get(&ino).copied().unwrap_or(ino)
+    }
+
+    pub fn forget(&self, ino: u64) {
+        lock(&self.parents).remove(&ino);
+    }
+
+    // ---- namespace -------------------------------------------------------------------------
+
+    pub async fn lookup(&self, cred: Credentials, parent: u64, name: Vec<u8>) -> OpResult<Attr> {
+        let r = self
+            .meta
+            .call("lookup", |mut c| {
+                let request = LookupRequest { cred: Some(cred.clone()), parent, name: name.clone() };
+                async move { c.lookup(request).await }
+            })
+            .await?;
+        let attr = r.attr.ok_or(Errno::EIO)?;
+        self.remember_parent(&attr, parent);
+        Ok(attr)
+    }
+
+    pub async fn getattr(&self, cred: Credentials, ino: u64) -> OpResult<Attr> {
+        let r = self
+            .meta
+            .call("getattr", |mut c| {
+                let request = GetAttrRequest { cred: Some(cred.clone()), ino };
+                async move { c.get_attr(request).await }
+            })
+            .await?;
+        r.attr.ok_or(Errno::EIO)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn setattr(
+        &self,
+        cred: Credentials,
+        ino: u64,
+        fh: Option<u64>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeSet>,
+        mtime: Option<TimeSet>,
+    ) -> OpResult<Attr> {
+        let through_write_handle = fh.and_then(|fh| lock(&self.handles).get(&fh).copied()).is_some_and(|h| h.write);
+        let inode = if size.is_some() { Some(self.inode(ino)) } else { None };
+        // A truncate first writes out what is buffered, so the buffer cannot resurrect bytes
+        // beyond the new size; the inode stays locked until the new size is in place.
+        let mut io = match &inode {
+            Some(inode) => {
+                let mut io = inode.io.lock().await;
+                self.settle(inode, &mut io).await?;
+                Some(io)
+            }
+            None => None,
+        };
+        let request = SetAttrRequest {
+            cred: Some(cred),
+            time: Some(now()),
+            ino,
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+            through_write_handle,
+        };
+        let r = self
+            .meta
+            .call("setattr", |mut c| {
+                let request = request.clone();
+                async move { c.set_attr(request).await }
+            })
+            .await?;
+        let attr = r.attr.ok_or(Errno::EIO)?;
+        if let (Some(inode), Some(io)) = (&inode, io.as_mut()) {
+            io.size = attr.size;
+            io.chunks.clear();
+            io.readahead = None;
+            io.generation += 1;
+            inode.pending_end.store(0, Ordering::Relaxed);
+            *lock(&inode.seen) = Some(seen_of(&attr));
+        }
+        Ok(attr)
+    }
+
+    pub async fn readlink(&self, cred: Credentials, ino: u64) -> OpResult<Vec<u8>> {
+        let r = self
+            .meta
+            .call("readlink", |mut c| {
+                let request = ReadlinkRequest { cred: Some(cred.clone()), ino };
+                async move { c.readlink(request).await }
+            })
+            .await?;
+        Ok(r.target)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn mknod(
+        &self,
+        cred: Credentials,
+        parent: u64,
+        name: Vec<u8>,
+        kind: FileType,
+        mode: u32,
+        umask: u32,
+        rdev: u64,
+    ) -> OpResult<Attr> {
+        let request =
+            MknodRequest { cred: Some(cred), time: Some(now()), parent, name, r#type: kind as i32, mode, umask, rdev };
+        let r = self
+            .meta
+            .call("mknod", |mut c| {
+                let request = request.clone();
+                async move { c.mknod(request).await }
+            })
+            .await?;
+        r.attr.ok_or(Errno::EIO)
+    }
+
+    pub async fn mkdir(&self, cred: Credentials, parent: u64, name: Vec<u8>, mode: u32, umask: u32) -> OpResult<Attr> {
+        let request = MkdirRequest { cred: Some(cred), time: Some(now()), parent, name, mode, umask };
+        let r = self
+            .meta
+            .call("mkdir", |mut c| {
+                let request = request.clone();
+                async move { c.mkdir(request).await }
+            })
+            .await?;
+        let attr = r.attr.ok_or(Errno::EIO)?;
+        self.remember_parent(&attr, parent);
+        Ok(attr)
+    }
+
+    pub async fn unlink(&self, cred: Credentials, parent: u64, name: Vec<u8>, dir: bool) -> OpResult<()> {
+        let request = RemoveRequest { cred: Some(cred), time: Some(now()), parent, name };
+        self.meta
+            .call(if dir { "rmdir" } else { "unlink" }, |mut c| {
+                let request = request.clone();
+                async move {
+                    if dir {
+                        c.rmdir(request).await
+                    } else {
+                        c.unlink(request).await
+                    }
+                }
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn symlink(&self, cred: Credentials, parent: u64, name: Vec<u8>, target: Vec<u8>) -> OpResult<Attr> {
+        let request = SymlinkRequest { cred: Some(cred), time: Some(now()), parent, name, target };
+        let r = self
+            .meta
+            .call("symlink", |mut c| {
+                let request = request.clone();
+                async move { c.symlink(request).await }
+            })
+            .await?;
+        r.attr.ok_or(Errno::EIO)
+    }
+
+    pub async fn rename(
+        &self,
+        cred: Credentials,
+        parent: u64,
+        name: Vec<u8>,
+        new_parent: u64,
+        new_name: Vec<u8>,
+        flags: u32,
+    ) -> OpResult<()> {
+        let request = RenameRequest { cred: Some(cred), time: Some(now()), parent, name, new_parent, new_name, flags };
+        self.meta
+            .call("rename", |mut c| {
+                let request = request.clone();
+                async move { c.rename(request).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn link(&self, cred: Credentials, ino: u64, new_parent: u64, new_name: Vec<u8>) -> OpResult<Attr> {
+        let request = LinkRequest { cred: Some(cred), time: Some(now()), ino, new_parent, new_name };
+        let r = self
+            .meta
+            .call("link", |mut c| {
+                let request = request.clone();
+                async move { c.link(request).await }
+            })
+            .await?;
+        r.attr.ok_or(Errno::EIO)
+    }
+
+    // ---- xattrs, access, statfs ------------------------------------------------------------
+
+    pub async fn setxattr(
+        &self,
+        cred: Credentials,
+        ino: u64,
+        name: Vec<u8>,
+        value: Vec<u8>,
+        flags: u32,
+    ) -> OpResult<()> {
+        let request = SetXattrRequest { cred: Some(cred), time: Some(now()), ino, name, value, flags };
+        self.meta
+            .call("setxattr", |mut c| {
+                let request = request.clone();
+                async move { c.set_xattr(request).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn getxattr(&self, cred: Credentials, ino: u64, name: Vec<u8>) -> OpResult<Vec<u8>> {
+        let request = GetXattrRequest { cred: Some(cred), ino, name };
+        let r = self
+            .meta
+            .call("getxattr", |mut c| {
+                let request = request.clone();
+                async move { c.get_xattr(request).await }
+            })
+            .await?;
+        Ok(r.value)
+    }
+
+    pub async fn listxattr(&self, cred: Credentials, ino: u64) -> OpResult<Vec<u8>> {
+        let request = ListXattrRequest { cred: Some(cred), ino };
+        let r = self
+            .meta
+            .call("listxattr", |mut c| {
+                let request = request.clone();
+                async move { c.list_xattr(request).await }
+            })
+            .await?;
+        let mut out = Vec::new();
+        for name in r.names {
+            out.extend_from_slice(&name);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    pub async fn removexattr(&self, cred: Credentials, ino: u64, name: Vec<u8>) -> OpResult<()> {
+        let request = RemoveXattrRequest { cred: Some(cred), time: Some(now()), ino, name };
+        self.meta
+            .call("removexattr", |mut c| {
+                let request = request.clone();
+                async move { c.remove_xattr(request).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn access(&self, cred: Credentials, ino: u64, mask: u32) -> OpResult<()> {
+        let request = AccessRequest { cred: Some(cred), ino, mask };
+        self.meta
+            .call("access", |mut c| {
+                let request = request.clone();
+                async move { c.access(request).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn statfs(&self, cred: Credentials) -> OpResult<StatFsResponse> {
+        self.meta
+            .call("statfs", |mut c| {
+                let request = StatFsRequest { cred: Some(cred.clone()) };
+                async move { c.stat_fs(request).await }
+            })
+            .await
+    }
+
+    // ---- directories -----------------------------------------------------------------------
+
+    pub fn opendir(&self, ino: u64) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(fh, Handle { ino, read: true, write: false, dir: true });
+        fh
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        lock(&self.handles).remove(&fh);
+    }
+
+    /// Entries after `cookie` (0: from the start; the server's cookies are above 2).
+    pub async fn readdir(&self, cred: Credentials, ino: u64, cookie: u64, plus: bool) -> OpResult<ReadDirResponse> {
+        let r = self
+            .meta
+            .call("readdir", |mut c| {
+                let request = ReadDirRequest { cred: Some(cred.clone()), ino, cookie, limit: READDIR_BATCH, plus };
+                async move { c.read_dir(request).await }
+            })
+            .await?;
+        for e in &r.entries {
+            if let Some(a) = &e.attr {
+                self.remember_parent(a, ino);
+            }
+        }
+        Ok(r)
+    }
+
+    // ---- open, create, close ---------------------------------------------------------------
+
+    fn add_handle(&self, ino: u64, flags: i32) -> u64 {
+        let (read, write) = access_mode(flags);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(fh, Handle { ino, read, write, dir: false });
+        fh
+    }
+
+    /// Opens a file; the answer says whether the kernel may keep its cached pages (the file is
+    /// unchanged since this client last saw it).
+    pub async fn open(&self, cred: Credentials, ino: u64, flags: i32) -> OpResult<(u64, Attr, bool)> {
+        let (read, write) = access_mode(flags);
+        let truncate = flags & libc::O_TRUNC != 0 && write;
+        let inode = self.inode(ino);
+        let mut io = inode.io.lock().await;
+        if truncate {
+            self.settle(&inode, &mut io).await?;
+        }
+        let request = OpenRequest {
+            cred: Some(cred.clone()),
+            time: Some(now()),
+            ino,
+            session: self.session(),
+            open: Some(OpenMode { read, write, truncate }),
+        };
+        let r = self
+            .meta
+            .call("open", |mut c| {
+                let request = request.clone();
+                async move { c.open(request).await }
+            })
+            .await?;
+        let attr = r.attr.ok_or(Errno::EIO)?;
+        let keep_cache = self.note_open(&inode, &mut io, &attr, truncate);
+        io.cred = cred;
+        Ok((self.add_handle(ino, flags), attr, keep_cache))
+    }
+
+    /// Close-to-open: a fresh chunk map and size at each open; cached pages stay only if the
+    /// file's (mtime, size) is what this client last saw.
+    fn note_open(&self, inode: &Inode, io: &mut FileIo, attr: &Attr, truncated: bool) -> bool {
+        let pending = inode.pending_end.load(Ordering::Relaxed) > 0 || !io.buf.is_empty() || io.inflight.is_some();
+        let seen = seen_of(attr);
+        let mut last = lock(&inode.seen);
+        let keep = !truncated && (pending || *last == Some(seen));
+        *last = Some(seen);
+        if !pending {
+            io.size = attr.size;
+            io.chunks.clear();
+            io.readahead = None;
+            io.generation += 1;
+        } else {
+            io.size = io.size.max(attr.size);
+        }
+        if truncated {
+            io.size = attr.size;
+            io.chunks.clear();
+            io.readahead = None;
+            inode.pending_end.store(0, Ordering::Relaxed);
+        }
+        keep
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create(
+        &self,
+        cred: Credentials,
+        parent: u64,
+        name: Vec<u8>,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+    ) -> OpResult<(u64, Attr)> {
+        let (read, write) = access_mode(flags);
+        let request = CreateRequest {
+            cred: Some(cred.clone()),
+            time: Some(now()),
+            parent,
+            name,
+            mode,
+            umask,
+            exclusive: flags & libc::O_EXCL != 0,
+            session: self.session(),
+            open: Some(OpenMode { read, write, truncate: flags & libc::O_TRUNC != 0 }),
+        };
+        let r = self
+            .meta
+            .call("create", |mut c| {
+                let request = request.clone();
+                async move { c.create(request).await }
+            })
+            .await?;
+        let attr = r.attr.ok_or(Errno::EIO)?;
+        let inode = self.inode(attr.ino);
+        let mut io = inode.io.lock().await;
+        self.note_open(&inode, &mut io, &attr, flags & libc::O_TRUNC != 0 || r.created);
+        io.cred = cred;
+        Ok((self.add_handle(attr.ino, flags), attr))
+    }
+
+    /// flush(2) of a handle (each close): writes out buffered data and drops the POSIX locks
+    /// of the closing owner.
+    pub async fn flush(&self, ino: u64, owner: u64) -> OpResult<()> {
+        let result = self.fsync(ino).await;
+        if lock(&self.lock_owners).remove(&(ino, owner)) {
+            self.release_owner(ino, owner, true, false).await;
+        }
+        result
+    }
+
+    pub async fn release(&self, fh: u64, flock_owner: Option<u64>) -> OpResult<()> {
+        let Some(handle) = lock(&self.handles).remove(&fh) else { return Err(Errno::EBADF) };
+        let ino = handle.ino;
+        let result = self.fsync(ino).await;
+        if let Some(owner) = flock_owner {
+            if lock(&self.lock_owners).remove(&(ino, owner)) {
+                self.release_owner(ino, owner, true, true).await;
+            }
+        }
+        let request = CloseRequest {
+            cred: Some(root_cred()),
+            time: Some(now()),
+            ino,
+            session: self.session(),
+            open: Some(OpenMode { read: handle.read, write: handle.write, truncate: false }),
+        };
+        let closed = self
+            .meta
+            .call("close", |mut c| {
+                let request = request.clone();
+                async move { c.close(request).await }
+            })
+            .await;
+        if let Err(e) = closed {
+            tracing::warn!(ino, error = ?e, "close failed");
+        }
+        // The last handle of the inode: drop its state (what it saw stays for keep_cache).
+        let still_open = lock(&self.handles).values().any(|h| h.ino == ino);
+        if !still_open {
+            let inode = self.inode(ino);
+            let io = inode.io.lock().await;
+            if io.buf.is_empty() && io.inflight.is_none() {
+                inode.pending_end.store(0, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    async fn release_owner(&self, ino: u64, owner: u64, posix: bool, flock: bool) {
+        let request = ReleaseOwnerRequest {
+            cred: Some(root_cred()),
+            time: Some(now()),
+            ino,
+            session: self.session(),
+            owner,
+            posix,
+            flock,
+        };
+        let r = self
+            .meta
+            .call("release_owner", |mut c| {
+                let request = request.clone();
+                async move { c.release_owner(request).await }
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(ino, owner, error = ?e, "releasing locks failed");
+        }
+    }
+
+    // ---- data path -------------------------------------------------------------------------
+
+    pub async fn write(self: &Arc<Self>, cred: Credentials, ino: u64, offset: u64, data: &[u8]) -> OpResult<u32> {
+        let inode = self.inode(ino);
+        let mut io = inode.io.lock().await;
+        io.buf.write(offset, data);
+        io.generation += 1;
+        io.readahead = None;
+        io.cred = cred;
+        inode.pending_end.fetch_max(offset + data.len() as u64, Ordering::Relaxed);
+        if io.buf.bytes() >= WRITE_BUFFER_BYTES_MAX {
+            self.start_flush(&inode, &mut io).await?;
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// Waits for the write in flight (if any) and sends the buffer in the background.
+    async fn start_flush(self: &Arc<Self>, inode: &Inode, io: &mut FileIo) -> OpResult<()> {
+        self.await_inflight(io).await?;
+        if io.buf.is_empty() {
+            return Ok(());
+        }
+        let end = io.buf.end();
+        let pieces = io.buf.take_by_chunk(self.chunk_size());
+        let core = self.clone();
+        let cred = io.cred.clone();
+        let ino = inode.ino;
+        io.inflight = Some(tokio::spawn(async move { core.write_out(cred, ino, pieces, end).await }));
+        Ok(())
+    }
+
+    async fn await_inflight(&self, io: &mut FileIo) -> OpResult<()> {
+        if let Some(task) = io.inflight.take() {
+            let flushed = task.await.unwrap_or(Err(Errno::EIO))?;
+            apply_flushed(io, flushed);
+        }
+        Ok(())
+    }
+
+    /// Everything written through this client is on every replica and committed.
+    async fn settle(&self, inode: &Inode, io: &mut FileIo) -> OpResult<()> {
+        self.await_inflight(io).await?;
+        if io.buf.is_empty() {
+            return Ok(());
+        }
+        let end = io.buf.end();
+        let pieces = io.buf.take_by_chunk(self.chunk_size());
+        let flushed = self.write_out(io.cred.clone(), inode.ino, pieces, end).await?;
+        apply_flushed(io, flushed);
+        if let Some(seen) = lock(&inode.seen).as_mut() {
+            // Our own writes do not invalidate our own page cache.
+            seen.2 = io.size;
+        }
+        Ok(())
+    }
+
+    pub async fn fsync(&self, ino: u64) -> OpResult<()> {
+        let Some(inode) = lock(&self.inodes).get(&ino).cloned() else { return Ok(()) };
+        let mut io = inode.io.lock().await;
+        self.settle(&inode, &mut io).await
+    }
+
+    /// Writes buffered pieces to their chunks (in parallel) and commits the new size.
+    async fn write_out(
+        &self,
+        cred: Credentials,
+        ino: u64,
+        pieces: BTreeMap<u64, Vec<(u64, Vec<u8>)>>,
+        end: u64,
+    ) -> OpResult<Flushed> {
+        let writes = pieces.iter().map(|(index, pieces)| self.write_chunk(cred.clone(), ino, *index, pieces));
+        let entries = futures::future::try_join_all(writes).await?;
+        let request = CommitWriteRequest {
+            cred: Some(cred),
+            time: Some(now()),
+            ino,
+            session: self.session(),
+            size: end,
+            chunk_indexes: pieces.keys().copied().collect(),
+        };
+        let r = self
+            .meta
+            .call("commit_write", |mut c| {
+                let request = request.clone();
+                async move { c.commit_write(request).await }
+            })
+            .await?;
+        let attr = r.attr.ok_or(Errno::EIO)?;
+        Ok(Flushed { size: attr.size, entries })
+    }
+
+    async fn allocate(&self, cred: &Credentials, ino: u64, index: u64) -> OpResult<ChunkEntry> {
+        let request =
+            AllocateChunkRequest { cred: Some(cred.clone()), time: Some(now()), ino, session: self.session(), index };
+        let r = self
+            .meta
+            .call("allocate_chunk", |mut c| {
+                let request = request.clone();
+                async move { c.allocate_chunk(request).await }
+            })
+            .await?;
+        r.chunk.ok_or(Errno::EIO)
+    }
+
+    /// One chunk's pieces through its chain; a failed replica is reported and the write is
+    /// retried with the chain the metaserver answers.
+    async fn write_chunk(
+        &self,
+        cred: Credentials,
+        ino: u64,
+        index: u64,
+        pieces: &[(u64, Vec<u8>)],
+    ) -> OpResult<ChunkEntry> {
+        let mut entry = self.allocate(&cred, ino, index).await?;
+        let deadline = tokio::time::Instant::now() + self.meta.timeout();
+        let mut attempts = 0;
+        loop {
+            match self.chunks.write(&entry, self.chunk_size(), pieces, true).await {
+                Ok(()) => return Ok(entry),
+                Err(ChunkIoError::Chain { primary, failed, message }) => {
+                    attempts += 1;
+                    tracing::warn!(ino, index, chunk_id = entry.chunk_id, %primary, %failed, %message, "chain write failed");
+                    if attempts >= CHUNK_WRITE_ATTEMPTS || tokio::time::Instant::now() >= deadline {
+                        return Err(Errno::EIO);
+                    }
+                    entry = self.report_failure(&cred, ino, &entry, vec![failed], false).await?;
+                }
+                Err(e) => {
+                    tracing::warn!(ino, index, error = %e, "chunk write failed");
+                    return Err(Errno::EIO);
+                }
+            }
+        }
+    }
+
+    async fn report_failure(
+        &self,
+        cred: &Credentials,
+        ino: u64,
+        entry: &ChunkEntry,
+        failed: Vec<String>,
+        corrupt: bool,
+    ) -> OpResult<ChunkEntry> {
+        let request = ReportChunkFailureRequest {
+            cred: Some(cred.clone()),
+            time: Some(now()),
+            ino,
+            session: self.session(),
+            index: entry.index,
+            chunk_id: entry.chunk_id,
+            version: entry.version,
+            failed_addresses: failed,
+            corrupt,
+        };
+        let r = self
+            .meta
+            .call("report_chunk_failure", |mut c| {
+                let request = request.clone();
+                async move { c.report_chunk_failure(request).await }
+            })
+            .await;
+        match r {
+            Ok(r) => r.chunk.ok_or(Errno::EIO),
+            // The version moved on (someone else reported first): fetch the entry again.
+            Err(e) if e == Errno::ESTALE => self.allocate(cred, ino, entry.index).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The chunk entry at `index` (None: a hole), from the cache or the metaserver.
+    async fn chunk_entry(&self, io: &mut FileIo, ino: u64, index: u64) -> OpResult<Option<ChunkEntry>> {
+        if let Some(e) = io.chunks.get(&index) {
+            return Ok(e.clone());
+        }
+        let cred = io.cred.clone();
+        let r = self
+            .meta
+            .call("get_chunks", |mut c| {
+                let request =
+                    GetChunksRequest { cred: Some(cred.clone()), ino, first_index: index, count: CHUNK_MAP_BATCH };
+                async move { c.get_chunks(request).await }
+            })
+            .await?;
+        let chunk_size = if r.chunk_size_bytes > 0 { r.chunk_size_bytes } else { self.chunk_size() };
+        // Indexes up to the last one answered are known; so are those past the end of file.
+        let last = r.chunks.iter().map(|c| c.index).max().unwrap_or(index).max(index);
+        for i in index..index.saturating_add(u64::from(CHUNK_MAP_BATCH)) {
+            if i <= last || i.saturating_mul(chunk_size) >= r.size {
+                io.chunks.insert(i, None);
+            }
+        }
+        for c in r.chunks {
+            io.chunks.insert(c.index, Some(c));
+        }
+        Ok(io.chunks.get(&index).cloned().flatten())
+    }
+
+    pub async fn read(&self, ino: u64, offset: u64, size: u32) -> OpResult<Vec<u8>> {
+        let inode = self.inode(ino);
+        let mut io = inode.io.lock().await;
+        self.settle(&inode, &mut io).await?;
+        let end_of_file = io.size;
+        if offset >= end_of_file || size == 0 {
+            return Ok(Vec::new());
+        }
+        let want = u64::from(size).min(end_of_file - offset);
+        if let Some((ra_offset, data)) = &io.readahead {
+            if offset >= *ra_offset && offset + want <= ra_offset + data.len() as u64 {
+                let from = (offset - ra_offset) as usize;
+                let out = data[from..from + want as usize].to_vec();
+                io.last_read_end = offset + want;
+                return Ok(out);
+            }
+        }
+        let sequential = offset == io.last_read_end;
+        let fetch = if sequential { want.max(READAHEAD_BYTES).min(end_of_file - offset) } else { want };
+        let chunk_size = self.chunk_size();
+        let spans = split_range(offset, fetch, chunk_size);
+        let mut entries = Vec::with_capacity(spans.len());
+        for span in &spans {
+            entries.push(self.chunk_entry(&mut io, ino, span.index).await?);
+        }
+        let generation = io.generation;
+        // Random reads run in parallel; a sequential stream keeps the inode locked so the
+        // reads queued behind it find the readahead window instead of fetching it again.
+        let guard = if sequential { Some(io) } else { None };
+        let mut data = vec![0u8; fetch as usize];
+        let reads = spans.iter().zip(&entries).map(|(span, entry)| async move {
+            match entry {
+                None => Ok((span, Vec::new())),
+                Some(entry) => self.read_span(ino, entry, span.offset_in_chunk, span.len).await.map(|d| (span, d)),
+            }
+        });
+        for (span, piece) in futures::future::try_join_all(reads).await? {
+            let at = span.offset_in_range as usize;
+            let n = piece.len().min(span.len as usize);
+            data[at..at + n].copy_from_slice(&piece[..n]);
+        }
+        let mut io = match guard {
+            Some(io) => io,
+            None => inode.io.lock().await,
+        };
+        if io.generation == generation {
+            io.last_read_end = offset + want;
+            if fetch > want {
+                let out = data[..want as usize].to_vec();
+                io.readahead = Some((offset, Arc::new(data)));
+                return Ok(out);
+            }
+        }
+        data.truncate(want as usize);
+        Ok(data)
+    }
+
+    async fn read_span(&self, ino: u64, entry: &ChunkEntry, offset: u64, len: u64) -> OpResult<Vec<u8>> {
+        match self.chunks.read(entry, offset, len).await {
+            Ok(d) => Ok(d),
+            Err(e) => {
+                // The map may be stale (a failed write bumped the version): ask again once.
+                tracing::warn!(ino, chunk_id = entry.chunk_id, error = %e, "chunk read failed; refreshing the chunk map");
+                let request = GetChunksRequest { cred: Some(root_cred()), ino, first_index: entry.index, count: 1 };
+                let r = self
+                    .meta
+                    .call("get_chunks", |mut c| {
+                        let request = request.clone();
+                        async move { c.get_chunks(request).await }
+                    })
+                    .await?;
+                let Some(fresh) = r.chunks.into_iter().find(|c| c.index == entry.index) else {
+                    return Ok(Vec::new());
+                };
+                self.chunks.read(&fresh, offset, len).await.map_err(|e| {
+                    tracing::warn!(ino, chunk_id = fresh.chunk_id, error = %e, "chunk read failed on every replica");
+                    Errno::EIO
+                })
+            }
+        }
+    }
+
+    /// fallocate: mode 0 extends the file; PUNCH_HOLE|KEEP_SIZE writes zeros over the range.
+    pub async fn fallocate(
+        self: &Arc<Self>,
+        cred: Credentials,
+        ino: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> OpResult<()> {
+        const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
+        if mode == 0 {
+            // Like ext4, the file grows to cover the range and its mtime and ctime change even
+            // when it does not grow: a size change to max(size, end) does both.
+            self.fsync(ino).await?;
+            let attr = self.getattr(cred.clone(), ino).await?;
+            let size = self.local_size(&attr).max(end);
+            self.setattr(cred, ino, None, None, None, None, Some(size), None, None).await?;
+            return Ok(());
+        }
+        if mode != PUNCH {
+            return Err(Errno::from_i32(libc::EOPNOTSUPP));
+        }
+        let attr = self.getattr(cred.clone(), ino).await?;
+        let end = end.min(self.local_size(&attr));
+        let zeros = vec![0u8; 1024 * 1024];
+        let mut at = offset;
+        while at < end {
+            let n = (end - at).min(zeros.len() as u64);
+            self.write(cred.clone(), ino, at, &zeros[..n as usize]).await?;
+            at += n;
+        }
+        self.fsync(ino).await
+    }
+
+    /// SEEK_DATA / SEEK_HOLE over the chunk map (a chunk never written is a hole).
+    pub async fn lseek(&self, ino: u64, offset: u64, whence: i32) -> OpResult<u64> {
+        let inode = self.inode(ino);
+        let mut io = inode.io.lock().await;
+        self.settle(&inode, &mut io).await?;
+        let size = io.size;
+        if offset >= size {
+            return Err(Errno::from_i32(libc::ENXIO));
+        }
+        let chunk_size = self.chunk_size();
+        let last_index = (size - 1) / chunk_size;
+        let mut index = offset / chunk_size;
+        while index <= last_index {
+            let data = self.chunk_entry(&mut io, ino, index).await?.is_some();
+            match (whence, data) {
+                (libc::SEEK_DATA, true) | (libc::SEEK_HOLE, false) => {
+                    return Ok(offset.max(index * chunk_size).min(size))
+                }
+                _ => index += 1,
+            }
+        }
+        if whence == libc::SEEK_DATA {
+            Err(Errno::from_i32(libc::ENXIO))
+        } else {
+            Ok(size)
+        }
+    }
+
+    pub async fn copy_file_range(
+        self: &Arc<Self>,
+        cred: Credentials,
+        ino_in: u64,
+        offset_in: u64,
+        ino_out: u64,
+        offset_out: u64,
+        len: u64,
+    ) -> OpResult<u32> {
+        let len = len.min(WRITE_BUFFER_BYTES_MAX).min(u64::from(u32::MAX));
+        let data = self.read(ino_in, offset_in, len as u32).await?;
+        if data.is_empty() {
+            return Ok(0);
+        }
+        self.write(cred, ino_out, offset_out, &data).await
+    }
+
+    // ---- locks -----------------------------------------------------------------------------
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn getlk(
+        &self,
+        cred: Credentials,
+        ino: u64,
+        owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+    ) -> OpResult<Option<Lock>> {
+        let request = GetLockRequest {
+            cred: Some(cred),
+            ino,
+            session: self.session(),
+            owner,
+            r#type: lock_type(typ)? as i32,
+            start,
+            len: lock_len(start, end),
+        };
+        let r = self
+            .meta
+            .call("getlk", |mut c| {
+                let request = request.clone();
+                async move { c.get_lock(request).await }
+            })
+            .await?;
+        Ok(r.conflict)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn setlk(
+        &self,
+        cred: Credentials,
+        ino: u64,
+        owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        wait: bool,
+    ) -> OpResult<()> {
+        let kind = lock_type(typ)?;
+        if kind != LockType::Unlock {
+            lock(&self.lock_owners).insert((ino, owner));
+        }
+        loop {
+            let request = SetLockRequest {
+                cred: Some(cred.clone()),
+                time: Some(now()),
+                ino,
+                session: self.session(),
+                owner,
+                pid,
+                r#type: kind as i32,
+                start,
+                len: lock_len(start, end),
+                wait,
+            };
+            let call = |mut c: super::meta::Client| {
+                let request = request.clone();
+                async move { c.set_lock(request).await }
+            };
+            let r =
+                if wait { self.meta.call_unbounded("setlkw", call).await } else { self.meta.call("setlk", call).await };
+            match r {
+                Ok(_) => return Ok(()),
+                // The server ended a blocking wait (leader change, shutdown): ask again.
+                Err(e) if e == Errno::EINTR && wait => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn apply_flushed(io: &mut FileIo, flushed: Flushed) {
+    io.size = io.size.max(flushed.size);
+    for e in flushed.entries {
+        io.chunks.insert(e.index, Some(e));
+    }
+}
+
+fn seen_of(attr: &Attr) -> (i64, u32, u64) {
+    let m = attr.mtime.unwrap_or_default();
+    (m.sec, m.nsec, attr.size)
+}
+
+/// (read, write) of open(2) flags.
+pub fn access_mode(flags: i32) -> (bool, bool) {
+    match flags & libc::O_ACCMODE {
+        libc::O_WRONLY => (false, true),
+        libc::O_RDWR => (true, true),
+        _ => (true, false),
+    }
+}
+
+fn lock_type(typ: i32) -> OpResult<LockType> {
+    match typ {
+        libc::F_RDLCK => Ok(LockType::Shared),
+        libc::F_WRLCK => Ok(LockType::Exclusive),
+        libc::F_UNLCK => Ok(LockType::Unlock),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+/// FUSE lock ranges are inclusive with OFFSET_MAX for "to the end"; the metaserver's use a
+/// length with 0 for "to the end".
+pub fn lock_len(start: u64, end: u64) -> u64 {
+    if end >= OFFSET_MAX || end < start {
+        0
+    } else {
+        end - start + 1
+    }
+}
+
+/// The inclusive end of a metaserver lock range, for F_GETLK answers.
+pub fn lock_end(start: u64, len: u64) -> u64 {
+    if len == 0 {
+        OFFSET_MAX
+    } else {
+        start.saturating_add(len - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_ranges_convert_both_ways() {
+        assert_eq!(lock_len(0, OFFSET_MAX), 0);
+        assert_eq!(lock_len(10, 19), 10);
+        assert_eq!(lock_len(5, 5), 1);
+        assert_eq!(lock_end(10, 10), 19);
+        assert_eq!(lock_end(7, 0), OFFSET_MAX);
+        for (s, e) in [(0, 0), (3, 100), (100, OFFSET_MAX)] {
+            assert_eq!(lock_end(s, lock_len(s, e)), e);
+        }
+    }
+
+    #[test]
+    fn open_access_modes() {
+        assert_eq!(access_mode(libc::O_RDONLY), (true, false));
+        assert_eq!(access_mode(libc::O_WRONLY | libc::O_APPEND), (false, true));
+        assert_eq!(access_mode(libc::O_RDWR | libc::O_TRUNC), (true, true));
+    }
+
+    #[test]
+    fn lock_types() {
+        assert_eq!(lock_type(libc::F_RDLCK), Ok(LockType::Shared));
+        assert_eq!(lock_type(libc::F_WRLCK), Ok(LockType::Exclusive));
+        assert_eq!(lock_type(libc::F_UNLCK), Ok(LockType::Unlock));
+        assert_eq!(lock_type(99), Err(Errno::EINVAL));
+    }
+}

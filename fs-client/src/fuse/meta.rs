@@ -1,0 +1,169 @@
+//! Calling the metaserver group: one channel per endpoint, failover to the next endpoint on
+//! transport and cluster errors (a leader change answers UNAVAILABLE), and a bound on how long
+//! one operation keeps trying before it fails with EIO instead of hanging the application.
+//!
+//! POSIX failures come back in each response's `errno` (Linux numbering) and are returned to
+//! the kernel unchanged.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use cairn_proto::meta::meta_service_client::MetaServiceClient;
+use cairn_proto::meta::*;
+use fuser::Errno;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+use crate::limits::{META_INTERNAL_RETRIES, META_RETRY_BACKOFF, META_RPC_TIMEOUT, MOUNT_CONNECT_TIMEOUT};
+
+/// A response that carries a POSIX outcome.
+pub trait HasErrno {
+    fn errno(&self) -> u32;
+}
+
+macro_rules! has_errno {
+    ($($t:ty),* $(,)?) => { $(impl HasErrno for $t { fn errno(&self) -> u32 { self.errno } })* };
+}
+
+has_errno!(
+    AttrResponse,
+    ErrnoResponse,
+    CreateResponse,
+    ReadlinkResponse,
+    GetXattrResponse,
+    ListXattrResponse,
+    ReadDirResponse,
+    StatFsResponse,
+    OpenSessionResponse,
+    HeartbeatResponse,
+    GetLockResponse,
+    LockResponse,
+    GetChunksResponse,
+    ChunkResponse,
+    FormatResponse,
+);
+
+pub type Client = MetaServiceClient<Channel>;
+
+#[derive(Debug)]
+pub struct MetaClient {
+    endpoints: Vec<String>,
+    clients: Vec<Client>,
+    current: AtomicUsize,
+    /// How long one operation retries an unreachable cluster.
+    timeout: Duration,
+}
+
+impl MetaClient {
+    pub fn new(endpoints: &[String], timeout: Duration) -> anyhow::Result<MetaClient> {
+        anyhow::ensure!(!endpoints.is_empty(), "no metaserver endpoint given");
+        let mut clients = Vec::with_capacity(endpoints.len());
+        for e in endpoints {
+            let uri = if e.contains("://") { e.clone() } else { format!("http://{e}") };
+            let channel = Endpoint::from_shared(uri)
+                .map_err(|err| anyhow::anyhow!("invalid metaserver endpoint {e:?}: {err}"))?
+                .connect_timeout(MOUNT_CONNECT_TIMEOUT)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .connect_lazy();
+            clients.push(MetaServiceClient::new(channel));
+        }
+        Ok(MetaClient { endpoints: endpoints.to_vec(), clients, current: AtomicUsize::new(0), timeout })
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Calls `f` on the current endpoint, moving to the next one on transport or cluster
+    /// errors until the operation timeout; answers the response's errno as an error.
+    pub async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, Errno>
+    where
+        T: HasErrno,
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_inner(op, f, Some(META_RPC_TIMEOUT)).await
+    }
+
+    /// Like [`MetaClient::call`], but a single attempt may last forever (a blocking lock wait);
+    /// only failing to reach the cluster is bounded by the timeout.
+    pub async fn call_unbounded<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, Errno>
+    where
+        T: HasErrno,
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_inner(op, f, None).await
+    }
+
+    async fn call_inner<T, F, Fut>(&self, op: &'static str, mut f: F, attempt: Option<Duration>) -> Result<T, Errno>
+    where
+        T: HasErrno,
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        let n = self.clients.len();
+        let mut failures = 0usize;
+        let mut internal_failures = 0usize;
+        loop {
+            let i = self.current.load(Ordering::Relaxed) % n;
+            let client = self.clients[i].clone();
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let outcome = match attempt {
+                Some(t) => tokio::time::timeout(t.min(remaining.max(Duration::from_millis(1))), f(client)).await,
+                None => Ok(f(client).await),
+            };
+            let error = match outcome {
+                Ok(Ok(response)) => {
+                    let response = response.into_inner();
+                    return match response.errno() {
+                        0 => Ok(response),
+                        e => Err(Errno::from_i32(e as i32)),
+                    };
+                }
+                Ok(Err(status)) => match status.code() {
+                    Code::Unavailable
+                    | Code::Unknown
+                    | Code::Cancelled
+                    | Code::DeadlineExceeded
+                    | Code::Aborted
+                    | Code::ResourceExhausted => status.to_string(),
+                    // A transient cluster condition (a read barrier without a quorum) surfaces
+                    // as INTERNAL too: retry a few times, but a persistent one is a real error.
+                    Code::Internal if internal_failures < META_INTERNAL_RETRIES => {
+                        internal_failures += 1;
+                        status.to_string()
+                    }
+                    Code::InvalidArgument => {
+                        tracing::warn!(op, endpoint = %self.endpoints[i], %status, "metaserver rejected a request");
+                        return Err(Errno::EINVAL);
+                    }
+                    Code::Unimplemented => {
+                        tracing::warn!(op, endpoint = %self.endpoints[i], %status, "metaserver lacks an RPC");
+                        return Err(Errno::ENOSYS);
+                    }
+                    _ => {
+                        tracing::warn!(op, endpoint = %self.endpoints[i], %status, "metaserver call failed");
+                        return Err(Errno::EIO);
+                    }
+                },
+                Err(_) => "attempt timed out".to_owned(),
+            };
+            failures += 1;
+            tracing::debug!(op, endpoint = %self.endpoints[i], error, "metaserver call failed; trying the next endpoint");
+            let _ = self.current.compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
+            if Instant::now() >= deadline {
+                tracing::warn!(op, error, "metaserver unreachable; failing with EIO");
+                return Err(Errno::EIO);
+            }
+            if failures.is_multiple_of(n) {
+                tokio::time::sleep(META_RETRY_BACKOFF.min(deadline.saturating_duration_since(Instant::now()))).await;
+            }
+        }
+    }
+}
