@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Quick start, step 1: install what is missing, build, and bring up a local cluster.
-#   scripts/dev-up.sh [--dir DIR]       (default DIR: ./.cairn-dev)
-# Writes DIR/cluster.env with every endpoint. Stop it with: cairn dev down --dir DIR
+# Quick start, step 1: install what is missing, build, bring up a local cluster (3 coordinators,
+# 3 chunkservers, 3 metaservers) and mount it at DIR/mnt.
+#   scripts/dev-up.sh [--dir DIR] [--no-mount]      (default DIR: ./.cairn-dev)
+# Prints the mount path and writes DIR/cluster.env with every endpoint and CAIRN_MOUNT.
+# Stop it (unmount, stop the servers) with: cairn dev down --dir DIR
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh

@@ -128,6 +128,9 @@ pub struct DevUpArgs {
     /// Number of metaserver replicas (0 for none).
     #[arg(long, default_value_t = 3)]
     pub metaservers: usize,
+    /// Start the servers only; do not mount the cluster at DIR/mnt.
+    #[arg(long)]
+    pub no_mount: bool,
 }
 
 #[derive(Debug, Args)]
@@ -326,6 +329,7 @@ mod tests {
                 assert_eq!(args.coordinators, 3);
                 assert_eq!(args.chunkservers, 3);
                 assert_eq!(args.metaservers, 3);
+                assert!(!args.no_mount);
             }
             other => panic!("unexpected {other:?}"),
         }

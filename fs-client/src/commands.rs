@@ -29,6 +29,7 @@ async fn dev_up(args: DevUpArgs) -> anyhow::Result<ExitCode> {
         chunkservers: args.chunkservers,
         metaservers: args.metaservers,
         ready_timeout: args.timeout,
+        mount: !args.no_mount && args.metaservers > 0 && args.chunkservers > 0,
         ..ClusterSpec::new(args.dir.dir)
     };
     let outcome = dev::up(&spec).await.context("start the dev cluster")?;
@@ -50,7 +51,14 @@ async fn dev_up(args: DevUpArgs) -> anyhow::Result<ExitCode> {
             node.log_path.display()
         );
     }
+    for mount in state.mounts.iter().filter(|m| m.pid.is_some()) {
+        let pid = mount.pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
+        let _ = writeln!(out, "  mount {} pid={pid} log={}", mount.name, mount.log_path.display());
+    }
     out.push_str(&dev::render_env(state));
+    if let Some(mountpoint) = state.active_mountpoint() {
+        let _ = writeln!(out, "mounted at {}", mountpoint.display());
+    }
     let env = state.env_path();
     let _ = writeln!(out, "env file: {} (load it with: set -a; . {}; set +a)", env.display(), env.display());
     emit(&out)?;
@@ -66,6 +74,13 @@ async fn dev_down(args: DevDownArgs) -> anyhow::Result<ExitCode> {
     }
     let mut out = String::new();
     let names = |nodes: &[dev::NodeRef]| nodes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    for (mountpoint, how) in &report.unmounted {
+        let how = match how {
+            dev::Unmounted::Forced => " (forced)",
+            _ => "",
+        };
+        let _ = writeln!(out, "unmounted {}{how}", mountpoint.display());
+    }
     if report.stopped.is_empty() && report.killed.is_empty() {
         out.push_str("no node was running\n");
     }

@@ -25,6 +25,16 @@ pub const DEV_READY_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a graceful stop (SIGTERM) may take before the process is SIGKILLed.
 pub const DEV_STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// How long a dev mount may take to become live (in /proc/self/mountinfo and answering stat).
+pub const DEV_MOUNT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Deadline for the `stat` that proves a dev mount answers.
+pub const DEV_MOUNT_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a mount process may take to flush, unmount and exit after SIGTERM before it is
+/// unmounted by force and SIGKILLed.
+pub const DEV_MOUNT_STOP_GRACE: Duration = Duration::from_secs(15);
+
 /// How long to wait for a SIGKILLed process to disappear.
 pub const DEV_KILL_WAIT: Duration = Duration::from_secs(5);
 

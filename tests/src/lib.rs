@@ -21,6 +21,11 @@
 //! * `tests/fault.rs`: SIGKILL a leader or a follower under load; no acknowledged write is lost
 //!   and the killed node catches up (by snapshot, or from the log).
 //!
+//! # The FUSE tests (`tests/tests/fuse_*.rs`)
+//! * [`FuseCluster`] starts a whole cluster with the launcher and mounts it (`DIR/mnt`, more
+//!   mounts with `add_mount`); [`sh`] runs real tools (cp, tar, git, sqlite3, flock, python3)
+//!   against it with a deadline. [`posix`] runs pjdfstest and fsx (pinned crates.io versions).
+//!
 //! # What they assume
 //! The server binaries are built (`cargo build --workspace --bins`) and found by the launcher
 //! (`CAIRN_BIN_DIR`, or next to the test executable), and `etcdctl` is on `PATH`.
@@ -28,12 +33,15 @@
 mod client;
 mod cluster;
 mod etcdctl;
+mod fuse;
 pub mod limits;
 mod poll;
+pub mod posix;
 
 pub use client::{connect, expect_grpc_error, kvs, next_watch_response};
 pub use cluster::{AllowedError, ClusterOptions, RaftStatus, TestCluster, PEER_RPC_TIMEOUT, PEER_UNREACHABLE};
 pub use etcdctl::{etcdctl, Etcdctl, EtcdctlChild, EtcdctlOutput};
+pub use fuse::{run_checks, sh, sh_with_timeout, Check, FuseCluster, FuseOptions, ShellOutput, OPENRAFT_ERRORS};
 pub use poll::poll_until;
 
 pub use cairn_fs_client::dev::{NodeId, Signal};

@@ -45,5 +45,9 @@ pub const ETCDCTL_CHILD_LINES_MAX: usize = 4096;
 /// Stderr bytes of an etcdctl child kept for failure messages; the rest is dropped.
 pub const ETCDCTL_STDERR_BYTES_MAX: usize = 64 * 1024;
 
+/// Deadline of one shell script run by [`crate::sh`] against a mount (cp -r of a source tree,
+/// a git commit, ...).
+pub const SHELL_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Unexpected server log lines quoted in a [`crate::TestCluster::finish`] failure.
 pub const LOG_LINES_QUOTED_MAX: usize = 40;

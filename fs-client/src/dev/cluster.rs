@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use super::health::{self, wait_ready};
 use super::layout::plan_nodes;
-use super::logs::scan_log_errors;
-use super::process::{is_alive, is_node_process, signal, spawn_node, wait_until, Ownership};
+use super::logs::{scan_errors_in, scan_log_errors};
+use super::mount::{spawn_mount, unmount_blocking, wait_mounted, MountRecord, Unmounted, PRIMARY_MOUNT};
+use super::process::{is_alive, is_node_process, pid_of, signal, spawn_node, wait_until, Ownership};
 use super::state::{ClusterState, NodeInfo};
 use super::{bin_dir, ClusterSpec, DevError, LogLine, NodeId, NodeRef, NodeStatus, ServiceKind, Signal};
-use crate::limits::{DEV_KILL_WAIT, DEV_READY_POLL_INTERVAL, DEV_STOP_GRACE};
+use crate::limits::{DEV_KILL_WAIT, DEV_MOUNT_READY_TIMEOUT, DEV_READY_POLL_INTERVAL, DEV_STOP_GRACE};
 
 /// A running local cluster whose processes belong to this value.
 ///
@@ -32,6 +33,8 @@ pub struct Cluster {
     state: ClusterState,
     children: HashMap<NodeRef, Child>,
     expected: HashSet<NodeRef>,
+    /// Running mount processes by mount name (records are in `state.mounts`).
+    mount_children: HashMap<String, Child>,
 }
 
 impl Cluster {
@@ -55,6 +58,10 @@ impl Cluster {
             cluster.state.write_env()?;
             let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
             cluster.wait_ready(remaining).await?;
+        }
+        if cluster.spec.mount {
+            let options = cluster.spec.mount_options.clone();
+            cluster.add_mount(PRIMARY_MOUNT, &options).await?;
         }
         Ok(cluster)
     }
@@ -108,6 +115,7 @@ impl Cluster {
             state: ClusterState::new(dir, nodes),
             children: HashMap::new(),
             expected: HashSet::new(),
+            mount_children: HashMap::new(),
         })
     }
 
@@ -283,6 +291,13 @@ impl Cluster {
         }
     }
 
+    /// The leader of the Raft group of `kind` (coordinators or metaservers) as its members
+    /// report it now (see [`super::leader`]).
+    pub async fn leader_of(&self, kind: ServiceKind) -> Option<NodeId> {
+        let addrs: Vec<SocketAddr> = self.state.nodes.iter().filter(|n| n.kind == kind).map(|n| n.addrs.http).collect();
+        health::leader(&addrs).await
+    }
+
     /// Error lines (` ERROR ` or `panicked at`) in every node's log that contain none of the
     /// `allowed` substrings. Tests call this at the end and fail if it is not empty.
     pub fn unexpected_errors(&self, allowed: &[&str]) -> Result<Vec<LogLine>, DevError> {
@@ -291,6 +306,133 @@ impl Cluster {
             found.extend(scan_log_errors(node.node_ref(), &node.log_path, allowed)?);
         }
         Ok(found)
+    }
+
+    /// Like [`Cluster::unexpected_errors`] for the mounts' logs, as `mount-<name>:<line>: text`.
+    pub fn unexpected_mount_errors(&self, allowed: &[&str]) -> Result<Vec<String>, DevError> {
+        let mut found = Vec::new();
+        for mount in &self.state.mounts {
+            for (line_no, text) in scan_errors_in(&mount.log_path, allowed)? {
+                found.push(format!("mount-{}:{line_no}: {text}", mount.name));
+            }
+        }
+        Ok(found)
+    }
+
+    // ---- mounts ------------------------------------------------------------------------------
+
+    /// Mounts the cluster at `DIR/<name>` with `-o options` (plus the spec's `mount_args`) and
+    /// waits until the mount is live. Returns the mountpoint. A mount of that name that is not
+    /// running (unmounted, killed) is started again at the same place.
+    pub async fn add_mount(&mut self, name: &str, options: &[String]) -> Result<PathBuf, DevError> {
+        if self.mount_children.contains_key(name) {
+            return Err(DevError::MountExists(name.to_owned()));
+        }
+        let mut record = MountRecord::new(&self.state.dir, name, None, options.to_vec());
+        if let Some(old) = self.state.mount(name) {
+            record.mountpoint = old.mountpoint.clone();
+            record.log_path = old.log_path.clone();
+        }
+        let child = spawn_mount(
+            &self.bin_dir,
+            &record,
+            &self.metaserver_endpoints(),
+            &self.spec.mount_args,
+            &self.spec.env,
+            Ownership::Attached,
+        )?;
+        let pid = child.id();
+        record.pid = Some(pid);
+        self.mount_children.insert(name.to_owned(), child);
+        match self.state.mount_mut(name) {
+            Some(slot) => *slot = record.clone(),
+            None => self.state.mounts.push(record.clone()),
+        }
+        self.state.write()?;
+        if let Err(e) = wait_mounted(&record, pid, DEV_MOUNT_READY_TIMEOUT).await {
+            let _ = self.unmount(name).await;
+            return Err(e);
+        }
+        self.state.write_env()?;
+        Ok(record.mountpoint)
+    }
+
+    /// The mountpoint of mount `name` (whether or not it is running).
+    pub fn mountpoint(&self, name: &str) -> Option<PathBuf> {
+        self.state.mount(name).map(|m| m.mountpoint.clone())
+    }
+
+    /// The pid of mount `name`'s `cairn mount` process, if it runs.
+    pub fn mount_pid(&self, name: &str) -> Option<u32> {
+        self.state.mount(name).and_then(|m| m.pid).filter(|&pid| is_alive(pid))
+    }
+
+    /// Sends `sig` to mount `name`'s process. SIGKILL also reaps it; the kernel mount then stays
+    /// behind, dead ("Transport endpoint is not connected"), until [`Cluster::unmount`].
+    pub fn kill_mount(&mut self, name: &str, sig: Signal) -> Result<(), DevError> {
+        let record = self.state.mount(name).ok_or_else(|| DevError::UnknownMount(name.to_owned()))?.clone();
+        let pid = record.pid.filter(|&pid| is_alive(pid)).ok_or_else(|| DevError::UnknownMount(name.to_owned()))?;
+        nix::sys::signal::kill(pid_of(pid), sig).map_err(|source| DevError::MountSignal {
+            name: name.to_owned(),
+            pid,
+            signal: sig,
+            source,
+        })?;
+        if sig == Signal::SIGKILL {
+            if let Some(mut child) = self.mount_children.remove(name) {
+                child.wait().map_err(|e| DevError::io(format!("wait for mount {name}"), e))?;
+            }
+            if let Some(m) = self.state.mount_mut(name) {
+                m.pid = None;
+            }
+            let _ = self.state.write();
+        }
+        Ok(())
+    }
+
+    /// Unmounts `name` (see [`mount::unmount_blocking`]: SIGTERM, then force) and reaps its
+    /// process. A mount that is not running, or a dead mount left by a kill, is cleaned up too.
+    pub async fn unmount(&mut self, name: &str) -> Result<Unmounted, DevError> {
+        let record = self.state.mount(name).ok_or_else(|| DevError::UnknownMount(name.to_owned()))?.clone();
+        let pid = record.pid;
+        let outcome = tokio::task::spawn_blocking(move || unmount_blocking(&record, pid))
+            .await
+            .map_err(|e| DevError::io("unmount", std::io::Error::other(e.to_string())))?;
+        if let Some(mut child) = self.mount_children.remove(name) {
+            if child.try_wait().ok().flatten().is_none() {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+        if let Some(m) = self.state.mount_mut(name) {
+            m.pid = None;
+        }
+        let _ = self.state.write();
+        let _ = self.state.write_env();
+        outcome
+    }
+
+    /// Names of the mounts this cluster has made, primary first.
+    pub fn mount_names(&self) -> Vec<String> {
+        self.state.mounts.iter().map(|m| m.name.clone()).collect()
+    }
+
+    fn unmount_all_blocking(&mut self) {
+        for record in self.state.mounts.clone() {
+            if let Err(e) = unmount_blocking(&record, record.pid) {
+                tracing::warn!(mount = %record.name, error = %e, "unmount dev-cluster mount");
+                eprintln!("cairn dev: could not unmount {}: {e}", record.mountpoint.display());
+            }
+            if let Some(mut child) = self.mount_children.remove(&record.name) {
+                if child.try_wait().ok().flatten().is_none() {
+                    let _ = child.kill();
+                }
+                let _ = child.wait();
+            }
+        }
+        for m in &mut self.state.mounts {
+            m.pid = None;
+        }
     }
 
     /// Stops every running node gracefully (see [`Cluster::stop`]); the first error wins, but
@@ -355,6 +497,8 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // Mounts first: a client whose servers are gone would only wait for them.
+        self.unmount_all_blocking();
         for (node, child) in &mut self.children {
             if child.try_wait().ok().flatten().is_none() {
                 if let Err(e) = child.kill() {

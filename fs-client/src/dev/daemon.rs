@@ -6,10 +6,13 @@ use std::process::Child;
 
 use super::health::{fetch_status_json, wait_ready};
 use super::layout::plan_nodes;
+use super::mount::{
+    is_mount_process, spawn_mount, unmount_blocking, wait_mounted, MountRecord, Unmounted, PRIMARY_MOUNT,
+};
 use super::process::{is_node_process, signal, spawn_node, wait_until, Ownership};
 use super::state::{remove_if_exists, ClusterState, NodeInfo, CLUSTER_STATE_FILE};
 use super::{bin_dir, binary_path, ClusterSpec, DevError, NodeRef, ServiceKind, Signal};
-use crate::limits::{DEV_KILL_WAIT, DEV_STOP_GRACE};
+use crate::limits::{DEV_KILL_WAIT, DEV_MOUNT_READY_TIMEOUT, DEV_STOP_GRACE};
 
 /// What [`up`] did.
 #[derive(Debug, Clone)]
@@ -39,6 +42,10 @@ impl UpOutcome {
 ///   can clean up an interrupted `up`), waits for health and writes `cluster.env`.
 /// * If a node fails to start or the cluster is not healthy in time, every started node is
 ///   killed and the error (with log tails) is returned.
+/// * With `spec.mount`, then mounts the cluster at `DIR/mnt` (a detached `cairn mount
+///   --foreground`, recorded in `cluster.json` before waiting) and waits until the mount is
+///   live; a failed mount stops everything like a failed node. A running cluster whose mount
+///   is not running gets mounted again.
 pub async fn up(spec: &ClusterSpec) -> Result<UpOutcome, DevError> {
     spec.validate()?;
     let dir = absolute(&spec.dir)?;
@@ -50,7 +57,15 @@ pub async fn up(spec: &ClusterSpec) -> Result<UpOutcome, DevError> {
             previous.nodes.iter().partition(|n| n.pid.is_some_and(|pid| is_node_process(pid, n)));
         if !alive.is_empty() {
             if dead.is_empty() {
-                return Ok(UpOutcome::AlreadyRunning(previous.clone()));
+                let mut state = previous.clone();
+                if spec.mount && !mount_running(&state, PRIMARY_MOUNT) {
+                    let bin_dir = match &spec.bin_dir {
+                        Some(dir) => dir.clone(),
+                        None => bin_dir()?,
+                    };
+                    mount_detached(spec, &bin_dir, &mut state).await?;
+                }
+                return Ok(UpOutcome::AlreadyRunning(state));
             }
             return Err(DevError::PartiallyRunning {
                 dir,
@@ -72,6 +87,11 @@ pub async fn up(spec: &ClusterSpec) -> Result<UpOutcome, DevError> {
 
     let nodes = plan_nodes(spec, &dir, previous.as_ref())?;
     let mut state = ClusterState::new(dir, nodes);
+    // Keep the recorded mounts (their mountpoints and logs), none of them running.
+    state.mounts = previous.map(|p| p.mounts).unwrap_or_default();
+    for mount in &mut state.mounts {
+        mount.pid = None;
+    }
     let mut children: Vec<Child> = Vec::new();
     let deadline = std::time::Instant::now() + spec.ready_timeout;
     let mut ready = Ok(());
@@ -103,6 +123,9 @@ pub async fn up(spec: &ClusterSpec) -> Result<UpOutcome, DevError> {
             break;
         }
     }
+    if ready.is_ok() && spec.mount {
+        ready = mount_detached(spec, &bin_dir, &mut state).await;
+    }
     if let Err(e) = ready.and_then(|()| state.write_env().map(drop)) {
         for child in &mut children {
             let _ = child.kill();
@@ -119,6 +142,41 @@ pub async fn up(spec: &ClusterSpec) -> Result<UpOutcome, DevError> {
     Ok(UpOutcome::Started(state))
 }
 
+fn mount_running(state: &ClusterState, name: &str) -> bool {
+    state.mount(name).is_some_and(|m| m.pid.is_some_and(|pid| is_mount_process(pid, m)))
+}
+
+/// Starts the primary mount as a detached process, records it, and waits until it is live. On
+/// failure the mount is cleaned up (process and kernel mount) and recorded as not running.
+async fn mount_detached(spec: &ClusterSpec, bin_dir: &Path, state: &mut ClusterState) -> Result<(), DevError> {
+    let mut record = MountRecord::new(&state.dir, PRIMARY_MOUNT, None, spec.mount_options.clone());
+    if let Some(old) = state.mount(PRIMARY_MOUNT) {
+        record.mountpoint = old.mountpoint.clone();
+        record.log_path = old.log_path.clone();
+    }
+    let mut child =
+        spawn_mount(bin_dir, &record, &state.metaserver_endpoints(), &spec.mount_args, &spec.env, Ownership::Detached)?;
+    record.pid = Some(child.id());
+    match state.mount_mut(PRIMARY_MOUNT) {
+        Some(slot) => *slot = record.clone(),
+        None => state.mounts.insert(0, record.clone()),
+    }
+    state.write()?;
+    let result = wait_mounted(&record, child.id(), DEV_MOUNT_READY_TIMEOUT).await;
+    if result.is_err() {
+        let pid = record.pid;
+        let cleanup = record.clone();
+        let _ = tokio::task::spawn_blocking(move || unmount_blocking(&cleanup, pid)).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        if let Some(m) = state.mount_mut(PRIMARY_MOUNT) {
+            m.pid = None;
+        }
+        state.write()?;
+    }
+    result
+}
+
 /// What [`down`] did.
 #[derive(Debug, Clone, Default)]
 pub struct DownReport {
@@ -128,12 +186,16 @@ pub struct DownReport {
     pub stopped: Vec<NodeRef>,
     /// Nodes that had to be SIGKILLed after the grace period.
     pub killed: Vec<NodeRef>,
+    /// Mounts unmounted, with how (mounts that were not mounted are not listed).
+    pub unmounted: Vec<(PathBuf, Unmounted)>,
     /// Whether data directories, logs and records were removed.
     pub purged: bool,
 }
 
-/// Stops the cluster recorded in `dir`: SIGTERM to every recorded process that is still the
-/// node's server, up to 10 s of grace, SIGKILL for the rest. Clears the pids in `cluster.json`
+/// Stops the cluster recorded in `dir`. First its mounts: SIGTERM to each mount process, then
+/// `fusermount3 -u` (lazily if need be) for whatever is still mounted, so nothing is left
+/// stuck. Then the servers: SIGTERM to every recorded process that is still the node's server,
+/// up to 10 s of grace, SIGKILL for the rest. Clears the pids in `cluster.json`
 /// (keeping its ports and data directories for the next `up`) and removes `cluster.env`. With
 /// `purge`, also removes every node's data directory and log, the records, and `dir` itself if
 /// that leaves it empty — never anything outside `dir`.
@@ -143,6 +205,22 @@ pub async fn down(dir: &Path, purge: bool) -> Result<DownReport, DevError> {
         return Ok(DownReport::default());
     };
     let mut report = DownReport { found: true, ..DownReport::default() };
+
+    for mount in state.mounts.clone() {
+        let pid = mount.pid;
+        let record = mount.clone();
+        let outcome = tokio::task::spawn_blocking(move || unmount_blocking(&record, pid))
+            .await
+            .map_err(|e| DevError::io("unmount", std::io::Error::other(e.to_string())))??;
+        if outcome != Unmounted::NotMounted {
+            report.unmounted.push((mount.mountpoint.clone(), outcome));
+        }
+    }
+    for mount in &mut state.mounts {
+        mount.pid = None;
+    }
+    // Recorded now: if stopping a server fails below, the mounts are already known to be gone.
+    state.write()?;
 
     let running: Vec<(NodeInfo, u32)> = state
         .nodes
@@ -228,6 +306,18 @@ fn purge_cluster(state: &ClusterState) -> Result<(), DevError> {
         if inside(&node.log_path) {
             remove_if_exists(&node.log_path)?;
             if let Some(parent) = node.log_path.parent() {
+                log_dirs.push(parent.to_path_buf());
+            }
+        }
+    }
+    for mount in &state.mounts {
+        // Unmounted by now; only an empty mountpoint directory is removed, never its contents.
+        if inside(&mount.mountpoint) {
+            let _ = std::fs::remove_dir(&mount.mountpoint);
+        }
+        if inside(&mount.log_path) {
+            remove_if_exists(&mount.log_path)?;
+            if let Some(parent) = mount.log_path.parent() {
                 log_dirs.push(parent.to_path_buf());
             }
         }

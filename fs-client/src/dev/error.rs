@@ -86,6 +86,39 @@ pub enum DevError {
     #[error("parse /status of node at {addr}: {reason}")]
     BadStatus { addr: String, reason: String },
 
+    #[error("start mount {name}: {source}")]
+    MountSpawn {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "mount {name} at {mountpoint} failed: {reason}\n--- last lines of {log} ---\n{tail}\n\
+         (`cairn dev up --no-mount` starts the servers without mounting)",
+        mountpoint = .mountpoint.display(),
+        log = .log.display()
+    )]
+    MountFailed { name: String, mountpoint: PathBuf, reason: String, log: PathBuf, tail: String },
+
+    #[error("{mountpoint} is still mounted after every unmount attempt ({tried})", mountpoint = .mountpoint.display())]
+    UnmountFailed { mountpoint: PathBuf, tried: String },
+
+    #[error("signal mount {name} (pid {pid}) with {signal}: {source}")]
+    MountSignal {
+        name: String,
+        pid: u32,
+        signal: nix::sys::signal::Signal,
+        #[source]
+        source: nix::Error,
+    },
+
+    #[error("no mount named {0} in this cluster (or it is not running)")]
+    UnknownMount(String),
+
+    #[error("a mount named {0} already exists in this cluster")]
+    MountExists(String),
+
     #[error(transparent)]
     Http(#[from] HttpError),
 }

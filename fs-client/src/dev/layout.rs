@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::mount::DEFAULT_MOUNT_OPTIONS;
 use super::state::{ClusterState, NodeInfo};
 use super::{DevError, NodeId, NodeRef, PortAllocator, ServiceKind};
 use crate::limits::{DEV_CHUNKSERVERS_MAX, DEV_COORDINATORS_MAX, DEV_METASERVERS_MAX, DEV_READY_TIMEOUT_DEFAULT};
@@ -35,9 +36,16 @@ pub struct ClusterSpec {
     pub chunkserver_args: Vec<OsString>,
     /// Extra arguments appended to every metaserver's command line (e.g. Raft timings).
     pub metaserver_args: Vec<OsString>,
-    /// Extra environment for every server process (e.g. `RUST_LOG`). `NO_COLOR=1` is always set
-    /// so logs stay greppable.
+    /// Extra environment for every server and mount process (e.g. `RUST_LOG`). `NO_COLOR=1` is
+    /// always set so logs stay greppable.
     pub env: Vec<(OsString, OsString)>,
+    /// Mount the cluster at `DIR/mnt` once every server is healthy (`cairn mount --foreground`
+    /// as a supervised child). Needs metaservers and chunkservers.
+    pub mount: bool,
+    /// `-o` options of every mount the launcher makes (default: `allow_other`).
+    pub mount_options: Vec<String>,
+    /// Extra arguments appended to every `cairn mount` command line.
+    pub mount_args: Vec<OsString>,
 }
 
 impl ClusterSpec {
@@ -55,6 +63,9 @@ impl ClusterSpec {
             chunkserver_args: Vec::new(),
             metaserver_args: Vec::new(),
             env: Vec::new(),
+            mount: false,
+            mount_options: DEFAULT_MOUNT_OPTIONS.iter().map(|o| (*o).to_owned()).collect(),
+            mount_args: Vec::new(),
         }
     }
 
@@ -76,6 +87,9 @@ impl ClusterSpec {
                 "metaservers must be at most {DEV_METASERVERS_MAX}, not {}",
                 self.metaservers
             )));
+        }
+        if self.mount && (self.metaservers == 0 || self.chunkservers == 0) {
+            return Err(DevError::InvalidSpec("a mount needs metaservers and chunkservers".into()));
         }
         if self.ready_timeout.is_zero() {
             return Err(DevError::InvalidSpec("ready_timeout must be positive".into()));

@@ -51,6 +51,11 @@ pub fn tail_lines(path: &Path, n: usize) -> Result<Vec<String>, DevError> {
 /// panic (`panicked at`) — and contain none of the `allowed` substrings. At most
 /// [`DEV_LOG_ERROR_LINES_MAX`] lines are returned. A missing file has no lines.
 pub fn scan_log_errors(node: NodeRef, path: &Path, allowed: &[&str]) -> Result<Vec<LogLine>, DevError> {
+    Ok(scan_errors_in(path, allowed)?.into_iter().map(|(line_no, text)| LogLine { node, line_no, text }).collect())
+}
+
+/// [`scan_log_errors`] for any log file: `(1-based line number, text)` of each error line.
+pub(crate) fn scan_errors_in(path: &Path, allowed: &[&str]) -> Result<Vec<(usize, String)>, DevError> {
     let context = || format!("read {}", path.display());
     let file = match File::open(path) {
         Ok(file) => file,
@@ -70,7 +75,7 @@ pub fn scan_log_errors(node: NodeRef, path: &Path, allowed: &[&str]) -> Result<V
         line_no += 1;
         let text = strip_ansi(String::from_utf8_lossy(&raw).trim_end());
         if is_error_line(&text) && !allowed.iter().any(|a| text.contains(a)) {
-            found.push(LogLine { node, line_no, text });
+            found.push((line_no, text));
         }
     }
     Ok(found)

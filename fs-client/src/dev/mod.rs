@@ -14,6 +14,11 @@
 //!   while being waited for fails the wait at once, and every failure carries the tail of the
 //!   nodes' logs.
 //!
+//! * With [`ClusterSpec::mount`], the cluster is also mounted at `DIR/mnt` by a supervised
+//!   `cairn mount --foreground` child (log `DIR/logs/mount-mnt.log`), and the mount is live
+//!   before the start returns; `cluster.env` then names it (`CAIRN_MOUNT`). Tests add more mounts
+//!   of the same cluster with [`Cluster::add_mount`]. Mounts are unmounted before the servers stop.
+//!
 //! # Two owners
 //! * [`Cluster`]: owned by a test. Children stay in the caller's process group and are
 //!   SIGKILLed and reaped on drop.
@@ -37,6 +42,7 @@ mod error;
 mod health;
 mod layout;
 mod logs;
+mod mount;
 mod ports;
 mod process;
 mod state;
@@ -52,6 +58,10 @@ pub use error::DevError;
 pub use health::{fetch_status, leader, probe_health, NodeStatus};
 pub use layout::{initial_cluster, initial_cluster_of, ClusterSpec, NodeAddrs};
 pub use logs::{scan_log_errors, tail_lines, LogLine};
+pub use mount::{
+    force_unmount, is_fuse_mounted, mount_fstype, unmount_blocking, MountRecord, Unmounted, DEFAULT_MOUNT_OPTIONS,
+    MOUNT_BINARY, PRIMARY_MOUNT,
+};
 pub use nix::sys::signal::Signal;
 pub use ports::{pick_free_ports, PortAllocator};
 pub use state::{render_env, ClusterState, NodeInfo, CLUSTER_ENV_FILE, CLUSTER_STATE_FILE};

@@ -123,7 +123,7 @@ pub(crate) async fn wait_until(timeout: Duration, mut gone: impl FnMut() -> bool
     }
 }
 
-fn pid_of(pid: u32) -> Pid {
+pub(crate) fn pid_of(pid: u32) -> Pid {
     // Linux pids fit in i32 (pid_max <= 2^22); anything else is not a process we started.
     Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX))
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::mount::{MountRecord, PRIMARY_MOUNT};
 use super::{DevError, NodeAddrs, NodeId, NodeRef, ServiceKind};
 
 /// File in the cluster directory recording the cluster.
@@ -40,11 +41,30 @@ pub struct ClusterState {
     /// Absolute cluster directory.
     pub dir: PathBuf,
     pub nodes: Vec<NodeInfo>,
+    /// FUSE mounts of the cluster (`cairn mount` processes), primary (`mnt`) first. Absent in
+    /// records written before mounts existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountRecord>,
 }
 
 impl ClusterState {
     pub fn new(dir: PathBuf, nodes: Vec<NodeInfo>) -> Self {
-        ClusterState { format_version: STATE_FORMAT_VERSION, dir, nodes }
+        ClusterState { format_version: STATE_FORMAT_VERSION, dir, nodes, mounts: Vec::new() }
+    }
+
+    pub fn mount(&self, name: &str) -> Option<&MountRecord> {
+        self.mounts.iter().find(|m| m.name == name)
+    }
+
+    pub(crate) fn mount_mut(&mut self, name: &str) -> Option<&mut MountRecord> {
+        self.mounts.iter_mut().find(|m| m.name == name)
+    }
+
+    /// The mountpoint `CAIRN_MOUNT` names: the primary mount if it runs, else the first
+    /// running one.
+    pub fn active_mountpoint(&self) -> Option<&Path> {
+        let running = || self.mounts.iter().filter(|m| m.pid.is_some());
+        running().find(|m| m.name == PRIMARY_MOUNT).or_else(|| running().next()).map(|m| m.mountpoint.as_path())
     }
 
     pub fn node(&self, node: NodeRef) -> Option<&NodeInfo> {
@@ -130,8 +150,8 @@ impl ClusterState {
 /// `KEY=VALUE` lines describing the cluster, sourceable by POSIX shells (values are quoted only
 /// when they need it, so the file also works as a plain env file when paths are ordinary).
 ///
-/// Extension point: each [`ServiceKind`] contributes its keys in the match below (metaserver
-/// endpoints, mount point, ... when those exist).
+/// Extension point: each [`ServiceKind`] contributes its keys in the match below. A running
+/// mount adds `CAIRN_MOUNT`.
 pub fn render_env(state: &ClusterState) -> String {
     let mut entries: Vec<(&str, String)> = vec![("CAIRN_DIR", state.dir.display().to_string())];
     for &kind in ServiceKind::ALL {
@@ -152,6 +172,9 @@ pub fn render_env(state: &ClusterState) -> String {
                 entries.push(("CAIRN_METASERVER_HTTP", state.metaserver_http().join(",")));
             }
         }
+    }
+    if let Some(mountpoint) = state.active_mountpoint() {
+        entries.push(("CAIRN_MOUNT", mountpoint.display().to_string()));
     }
     entries.into_iter().map(|(key, value)| format!("{key}={}\n", shell_quote(&value))).collect()
 }
@@ -259,6 +282,22 @@ mod tests {
             ),
             "{env}"
         );
+    }
+
+    #[test]
+    fn env_names_the_running_mount() {
+        let mut s = state("/tmp/cairn");
+        let mut record = MountRecord::new(Path::new("/tmp/cairn"), "mnt", None, vec!["allow_other".into()]);
+        s.mounts.push(record.clone());
+        assert!(!render_env(&s).contains("CAIRN_MOUNT"), "a stopped mount is not named");
+        record.pid = Some(7);
+        s.mounts[0] = record;
+        assert!(render_env(&s).ends_with("CAIRN_MOUNT=/tmp/cairn/mnt\n"), "{}", render_env(&s));
+        // Older records have no "mounts" field.
+        let json = serde_json::to_string(&state("/x")).expect("json");
+        assert!(!json.contains("mounts"));
+        let parsed: ClusterState = serde_json::from_str(&json).expect("parse");
+        assert!(parsed.mounts.is_empty());
     }
 
     #[test]

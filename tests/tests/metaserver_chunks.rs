@@ -1,0 +1,462 @@
+//! Multi-process test of the metaserver's chunk map: three coordinators, four chunkservers and
+//! three metaservers from the dev launcher, driven the way the FUSE client drives them — chunk
+//! entries from the metaserver, data through the chunkservers' gRPC service, commits back.
+//!
+//! One cluster, in phases:
+//! 1. allocate + chain write + commit + read back (a write across a chunk boundary);
+//! 2. truncate inside a chunk, then extend: the cut range reads zeros, the dropped chunk is
+//!    deleted from every chunkserver;
+//! 3. unlink: the file's chunks are deleted on the chunkservers; a chunk planted on a
+//!    chunkserver under an id the map does not know is deleted by the orphan scan;
+//! 4. SIGKILL a chunkserver holding replicas (replication factor 3 over 4 servers): without any
+//!    client asking, every chunk gets back to 3 live replicas (Fsck says so) and the data reads
+//!    back byte-identical from every replica; the restarted chunkserver's stale replicas are
+//!    deleted.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context as _};
+use cairn_chunkserver::client::ChunkClient;
+use cairn_fs_client::dev::{Cluster, ClusterSpec, NodeId, NodeRef, Signal};
+use cairn_proto::chunk::WriteHeader;
+use cairn_proto::meta as pb;
+use cairn_proto::meta::meta_service_client::MetaServiceClient;
+use cairn_tests::poll_until;
+use rand::{Rng, SeedableRng};
+use tonic::transport::Channel;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+const RPC_TIMEOUT: Duration = Duration::from_secs(20);
+/// Deletions run every 0.5 s on the leader; the orphan scan every 2 s (flag below).
+const GC_TIMEOUT: Duration = Duration::from_secs(60);
+/// Lease expiry (2 s TTL) + healing rounds + copies, on a loaded 2-core machine.
+const HEAL_TIMEOUT: Duration = Duration::from_secs(120);
+const ROOT: u64 = 1;
+const MIB: usize = 1 << 20;
+const CHUNK: u64 = 64 << 20;
+
+/// ERROR lines other components may log when a chunkserver is killed or while the cluster
+/// forms; the metaservers' own lines are judged by the test's outcome.
+const ALLOWED_ERRORS: &[&str] =
+    &[" ERROR openraft::", "Unreachable node", "timeout after ", "failed replica", "connection refused"];
+
+type Meta = MetaServiceClient<Channel>;
+
+fn root() -> Option<pb::Credentials> {
+    Some(pb::Credentials { uid: 0, gid: 0, groups: Vec::new() })
+}
+
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut data = vec![0u8; len];
+    rng.fill(&mut data[..]);
+    data
+}
+
+fn cs(n: u64) -> NodeRef {
+    NodeRef::chunkserver(NodeId(n))
+}
+
+struct Fixture {
+    cluster: Cluster,
+    dir: Option<tempfile::TempDir>,
+    meta: Meta,
+    session: u64,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            eprintln!("test did not finish: cluster kept in {}", dir.keep().display());
+        }
+    }
+}
+
+/// A file as the test wrote it: its bytes (zeros in holes).
+struct Model {
+    ino: u64,
+    bytes: Vec<u8>,
+}
+
+impl Fixture {
+    async fn start() -> anyhow::Result<Fixture> {
+        let dir = tempfile::Builder::new().prefix("cairn-meta-chunks-").tempdir()?;
+        let mut spec = ClusterSpec::new(dir.path());
+        spec.chunkservers = 4;
+        spec.metaservers = 3;
+        spec.ready_timeout = READY_TIMEOUT;
+        let calm = ["--heartbeat-interval", "100ms", "--election-timeout", "1s"];
+        spec.coordinator_args = calm.iter().map(OsString::from).collect();
+        spec.metaserver_args = calm.iter().chain(&["--orphan-scan-interval", "2s"]).map(OsString::from).collect();
+        // A dead chunkserver leaves the registry within 2 s.
+        spec.chunkserver_args = ["--lease-ttl", "2s"].iter().map(OsString::from).collect();
+        let cluster = match Cluster::start(spec).await {
+            Ok(c) => c,
+            Err(e) => {
+                let kept = dir.keep();
+                return Err(anyhow::Error::new(e).context(format!("start cluster (kept {})", kept.display())));
+            }
+        };
+        let addr = cluster.node(NodeRef::metaserver(NodeId(2)))?.addrs.client;
+        let channel = Channel::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(RPC_TIMEOUT)
+            .connect_lazy();
+        let meta = MetaServiceClient::new(channel);
+        let request = pb::OpenSessionRequest {
+            cred: root(),
+            client_name: "metaserver_chunks".into(),
+            host: "test".into(),
+            pid: std::process::id(),
+            ttl_ms: 60_000,
+            time: None,
+        };
+        let session = poll_until("a session", READY_TIMEOUT, || {
+            let mut m = meta.clone();
+            let r = request.clone();
+            async move {
+                match m.open_session(r).await {
+                    Ok(r) if r.get_ref().errno == 0 => Ok(r.get_ref().session),
+                    Ok(r) => Err(format!("errno {}", r.get_ref().errno)),
+                    Err(s) => Err(s.to_string()),
+                }
+            }
+        })
+        .await?;
+        // Placement needs the registry: wait until every chunkserver is in the leader's view.
+        poll_until("4 chunkservers in the metaserver's registry view", READY_TIMEOUT, || {
+            let mut m = meta.clone();
+            async move {
+                let r = m.fsck(pb::FsckRequest { limit: 0 }).await.map_err(|s| s.to_string())?.into_inner();
+                if r.chunkservers.len() == 4 {
+                    Ok(())
+                } else {
+                    Err(format!("{} chunkservers", r.chunkservers.len()))
+                }
+            }
+        })
+        .await?;
+        Ok(Fixture { cluster, dir: Some(dir), meta, session })
+    }
+
+    async fn create(&mut self, name: &str) -> anyhow::Result<Model> {
+        let r = pb::CreateRequest {
+            cred: root(),
+            time: None,
+            parent: ROOT,
+            name: name.as_bytes().to_vec(),
+            mode: 0o644,
+            umask: 0,
+            exclusive: true,
+            session: self.session,
+            open: Some(pb::OpenMode { read: true, write: true, truncate: false }),
+        };
+        let r = self.meta.create(r).await?.into_inner();
+        ensure!(r.errno == 0, "create {name}: errno {}", r.errno);
+        Ok(Model { ino: r.attr.context("attr")?.ino, bytes: Vec::new() })
+    }
+
+    async fn close(&mut self, ino: u64) -> anyhow::Result<()> {
+        let r = pb::CloseRequest {
+            cred: root(),
+            time: None,
+            ino,
+            session: self.session,
+            open: Some(pb::OpenMode { read: true, write: true, truncate: false }),
+        };
+        let r = self.meta.close(r).await?.into_inner();
+        ensure!(r.errno == 0, "close: errno {}", r.errno);
+        Ok(())
+    }
+
+    async fn allocate(&mut self, ino: u64, index: u64) -> anyhow::Result<pb::ChunkEntry> {
+        let r = pb::AllocateChunkRequest { cred: root(), time: None, ino, session: self.session, index };
+        let r = self.meta.allocate_chunk(r).await?.into_inner();
+        ensure!(r.errno == 0, "allocate chunk {index} of {ino}: errno {}", r.errno);
+        ensure!(r.chunk_size_bytes == CHUNK, "chunk size {}", r.chunk_size_bytes);
+        r.chunk.context("chunk entry")
+    }
+
+    /// Writes `data` at `offset` as a client would: chunk by chunk through the chain, then one
+    /// commit.
+    async fn write(&mut self, file: &mut Model, offset: u64, data: &[u8]) -> anyhow::Result<()> {
+        let mut done = 0usize;
+        let mut indexes = Vec::new();
+        while done < data.len() {
+            let at = offset + done as u64;
+            let index = at / CHUNK;
+            let within = at % CHUNK;
+            let n = ((CHUNK - within) as usize).min(data.len() - done);
+            let entry = self.allocate(file.ino, index).await?;
+            ensure!(entry.replicas.len() == 3, "chunk {index} placed on {} servers", entry.replicas.len());
+            let addrs: Vec<String> = entry.replicas.iter().map(|r| r.address.clone()).collect();
+            let header = WriteHeader {
+                chunk_id: entry.chunk_id,
+                version: entry.version,
+                create: entry.fresh,
+                chunk_size_bytes: CHUNK,
+                chain: addrs[1..].to_vec(),
+                sync: true,
+            };
+            let primary = ChunkClient::connect_lazy(&addrs[0])?;
+            let ack = primary.write(header, within, &data[done..done + n], MIB).await?;
+            ensure!(ack.replicas == 3, "{} replicas acknowledged", ack.replicas);
+            indexes.push(index);
+            done += n;
+        }
+        let end = offset + data.len() as u64;
+        let r = pb::CommitWriteRequest {
+            cred: root(),
+            time: None,
+            ino: file.ino,
+            session: self.session,
+            size: end,
+            chunk_indexes: indexes,
+        };
+        let r = self.meta.commit_write(r).await?.into_inner();
+        ensure!(r.errno == 0, "commit: errno {}", r.errno);
+        ensure!(r.attr.context("attr")?.size == (end).max(file.bytes.len() as u64), "size after commit");
+        if file.bytes.len() < end as usize {
+            file.bytes.resize(end as usize, 0);
+        }
+        file.bytes[offset as usize..end as usize].copy_from_slice(data);
+        Ok(())
+    }
+
+    async fn chunks(&mut self, ino: u64) -> anyhow::Result<pb::GetChunksResponse> {
+        let r = pb::GetChunksRequest { cred: root(), ino, first_index: 0, count: 0 };
+        let r = self.meta.get_chunks(r).await?.into_inner();
+        ensure!(r.errno == 0, "get chunks of {ino}: errno {}", r.errno);
+        Ok(r)
+    }
+
+    /// Reads `[offset, offset + len)` of the file from replica `which` of each chunk (cut at
+    /// the file size; holes and bytes past a chunk's length are zeros).
+    async fn read(&mut self, ino: u64, offset: u64, len: u64, which: usize) -> anyhow::Result<Vec<u8>> {
+        let map = self.chunks(ino).await?;
+        let end = (offset + len).min(map.size);
+        let by_index: BTreeMap<u64, pb::ChunkEntry> = map.chunks.into_iter().map(|c| (c.index, c)).collect();
+        let mut out = Vec::new();
+        let mut at = offset;
+        while at < end {
+            let index = at / CHUNK;
+            let within = at % CHUNK;
+            let n = (CHUNK - within).min(end - at);
+            match by_index.get(&index) {
+                None => out.resize(out.len() + n as usize, 0),
+                Some(entry) => {
+                    let replica = entry.replicas.get(which).context("no such replica")?;
+                    let client = ChunkClient::connect_lazy(&replica.address)?;
+                    let mut data = client.read(entry.chunk_id, entry.version, within, n).await?;
+                    data.resize(n as usize, 0);
+                    out.extend_from_slice(&data);
+                }
+            }
+            at += n;
+        }
+        Ok(out)
+    }
+
+    /// Checks the file reads back as the model, in the given ranges, from every replica.
+    async fn verify(&mut self, file: &Model, ranges: &[(u64, u64)]) -> anyhow::Result<()> {
+        for &(offset, len) in ranges {
+            let want_end = (offset + len).min(file.bytes.len() as u64) as usize;
+            let want = &file.bytes[offset as usize..want_end];
+            for which in 0..3 {
+                let got = self.read(file.ino, offset, len, which).await?;
+                ensure!(got.len() == want.len(), "read {} bytes at {offset}, want {}", got.len(), want.len());
+                if got != want {
+                    let first = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(0);
+                    bail!("replica {which}: bytes differ at {} (range at {offset})", offset + first as u64);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn set_size(&mut self, file: &mut Model, size: u64) -> anyhow::Result<()> {
+        let r = pb::SetAttrRequest {
+            cred: root(),
+            ino: file.ino,
+            size: Some(size),
+            through_write_handle: true,
+            ..Default::default()
+        };
+        let r = self.meta.set_attr(r).await?.into_inner();
+        ensure!(r.errno == 0, "truncate: errno {}", r.errno);
+        file.bytes.resize(size as usize, 0);
+        Ok(())
+    }
+
+    fn chunkserver_addrs(&self) -> anyhow::Result<Vec<(u64, String)>> {
+        let mut out = Vec::new();
+        for id in self.cluster.chunkserver_ids() {
+            if self.cluster.is_running(cs(id.0)) {
+                out.push((id.0, self.cluster.node(cs(id.0))?.addrs.client.to_string()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Which running chunkservers hold chunk `id`.
+    async fn holders(&self, id: u64) -> anyhow::Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for (n, addr) in self.chunkserver_addrs()? {
+            match ChunkClient::connect_lazy(&addr)?.stat(id, false).await {
+                Ok(_) => out.push(n),
+                Err(e) if e.status().map(|s| s.code()) == Some(tonic::Code::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn wait_deleted(&self, id: u64) -> anyhow::Result<()> {
+        poll_until(&format!("chunk {id} deleted on every chunkserver"), GC_TIMEOUT, || async move {
+            match self.holders(id).await {
+                Ok(h) if h.is_empty() => Ok(()),
+                Ok(h) => Err(format!("still on chunkservers {h:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await
+    }
+
+    fn finish(mut self) -> anyhow::Result<()> {
+        let found = self.cluster.unexpected_errors(ALLOWED_ERRORS)?;
+        if !found.is_empty() {
+            let lines: Vec<String> = found.iter().take(20).map(ToString::to_string).collect();
+            bail!("unexpected ERROR lines:\n{}", lines.join("\n"));
+        }
+        self.dir.take();
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunk_map_gc_and_healing() -> anyhow::Result<()> {
+    let mut fx = Fixture::start().await?;
+
+    // 1. A write across the boundary of chunks 0 and 1, and one at the start.
+    let mut f = fx.create("f").await?;
+    let head = random_bytes(100_000, 1);
+    let across = random_bytes(MIB, 2);
+    fx.write(&mut f, 0, &head).await?;
+    fx.write(&mut f, CHUNK - (MIB as u64 / 2), &across).await?;
+    let map = fx.chunks(f.ino).await?;
+    ensure!(map.size == CHUNK + MIB as u64 / 2 && map.chunks.len() == 2, "map after writes: {map:?}");
+    ensure!(map.chunks.iter().all(|c| !c.fresh && c.replicas.len() == 3), "committed chunks: {map:?}");
+    fx.verify(&f, &[(0, 200_000), (CHUNK - MIB as u64, 2 * MIB as u64)]).await?;
+    eprintln!("phase 1: write + commit + read back ok");
+
+    // 2. Truncate inside chunk 0 (chunk 1 goes), then extend by a write: zeros in between.
+    let dropped = map.chunks[1].chunk_id;
+    fx.set_size(&mut f, 50_000).await?;
+    let after = fx.chunks(f.ino).await?;
+    ensure!(after.size == 50_000 && after.chunks.len() == 1, "map after truncate: {after:?}");
+    ensure!(after.chunks[0].version > map.chunks[0].version, "the cut chunk got a new version");
+    let tail = random_bytes(10, 3);
+    fx.write(&mut f, 200_000, &tail).await?;
+    fx.verify(&f, &[(0, 200_010)]).await?;
+    ensure!(f.bytes[50_000..200_000].iter().all(|b| *b == 0), "model: the cut range is zeros");
+    fx.wait_deleted(dropped).await?;
+    eprintln!("phase 2: truncate + extend reads zeros; the dropped chunk was deleted");
+
+    // 3. Unlink: chunks deleted. Then an orphan planted under that id is deleted by the scan.
+    let mut g = fx.create("g").await?;
+    fx.write(&mut g, 0, &random_bytes(300_000, 4)).await?;
+    let g_chunk = fx.chunks(g.ino).await?.chunks[0].chunk_id;
+    ensure!(fx.holders(g_chunk).await?.len() == 3, "g's chunk on 3 servers");
+    fx.close(g.ino).await?;
+    let r = fx.meta.unlink(pb::RemoveRequest { cred: root(), time: None, parent: ROOT, name: b"g".to_vec() }).await?;
+    ensure!(r.get_ref().errno == 0, "unlink: errno {}", r.get_ref().errno);
+    fx.wait_deleted(g_chunk).await?;
+    let (_, addr) = fx.chunkserver_addrs()?[0].clone();
+    let plant =
+        WriteHeader { chunk_id: g_chunk, version: 1, create: true, chunk_size_bytes: CHUNK, chain: vec![], sync: true };
+    ChunkClient::connect_lazy(&addr)?.write(plant, 0, b"orphan", MIB).await?;
+    ensure!(!fx.holders(g_chunk).await?.is_empty(), "orphan planted");
+    fx.wait_deleted(g_chunk).await?;
+    eprintln!("phase 3: unlinked file's chunks and a planted orphan were deleted");
+
+    // 4. Healing. More data first: a second file of three chunks' worth of sparse writes.
+    let mut h = fx.create("h").await?;
+    for i in 0..3u64 {
+        fx.write(&mut h, i * CHUNK + 4096 * i, &random_bytes(256 * 1024 + i as usize, 10 + i)).await?;
+    }
+    // Healing leaves files open for writing alone: close every handle.
+    fx.close(f.ino).await?;
+    fx.close(h.ino).await?;
+    let victim_addr = fx.chunks(h.ino).await?.chunks[0].replicas[0].address.clone();
+    let victim = fx
+        .chunkserver_addrs()?
+        .into_iter()
+        .find(|(_, a)| *a == victim_addr)
+        .map(|(n, _)| n)
+        .context("victim chunkserver")?;
+    eprintln!("phase 4: SIGKILL chunkserver-{victim} ({victim_addr})");
+    fx.cluster.kill(cs(victim), Signal::SIGKILL)?;
+    let meta = fx.meta.clone();
+    let report = poll_until("every chunk back to 3 live replicas", HEAL_TIMEOUT, || {
+        let mut m = meta.clone();
+        let victim_addr = victim_addr.clone();
+        async move {
+            let r = m.fsck(pb::FsckRequest { limit: 10 }).await.map_err(|s| s.to_string())?.into_inner();
+            if r.chunkservers.iter().any(|c| c.address == victim_addr) {
+                return Err("the killed chunkserver is still registered".to_string());
+            }
+            if r.under_replicated_count > 0 || r.unavailable_count > 0 {
+                return Err(format!(
+                    "{} under-replicated, {} unavailable",
+                    r.under_replicated_count, r.unavailable_count
+                ));
+            }
+            Ok(r)
+        }
+    })
+    .await?;
+    ensure!(report.chunks == 4, "chunks in the map (f: 1, h: 3): {}", report.chunks);
+    for file in [&f, &h] {
+        for c in fx.chunks(file.ino).await?.chunks {
+            ensure!(c.replicas.len() == 3, "chunk {} has {} replicas", c.chunk_id, c.replicas.len());
+            ensure!(c.replicas.iter().all(|r| r.address != victim_addr), "chunk {} lists the dead server", c.chunk_id);
+        }
+    }
+    fx.verify(&f, &[(0, 200_010)]).await?;
+    let h_len = h.bytes.len() as u64;
+    fx.verify(&h, &[(0, 300_000), (CHUNK, 300_000), (2 * CHUNK, h_len - 2 * CHUNK)]).await?;
+    eprintln!("phase 4: healed; data identical on every replica");
+
+    // The killed chunkserver returns with stale replicas: the orphan scan deletes them.
+    fx.cluster.restart(cs(victim)).await?;
+    let mut current: BTreeMap<u64, u64> = BTreeMap::new();
+    for file in [&f, &h] {
+        for c in fx.chunks(file.ino).await?.chunks {
+            current.insert(c.chunk_id, c.version);
+        }
+    }
+    let returning = ChunkClient::connect_lazy(&victim_addr)?;
+    poll_until("the returning chunkserver holds no stale replica", GC_TIMEOUT, || {
+        let returning = returning.clone();
+        let current = current.clone();
+        async move {
+            let list = returning.list(0, 0).await.map_err(|e| e.to_string())?;
+            let stale: Vec<(u64, u64)> = list
+                .chunks
+                .iter()
+                .filter(|c| current.get(&c.chunk_id) != Some(&c.version))
+                .map(|c| (c.chunk_id, c.version))
+                .collect();
+            if stale.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("stale (id, version): {stale:?}"))
+            }
+        }
+    })
+    .await?;
+    eprintln!("phase 4: the returning chunkserver's stale replicas were deleted");
+    fx.finish()
+}
