@@ -158,6 +158,34 @@ impl Fixture {
         Ok(Model { ino: r.attr.context("attr")?.ino, bytes: Vec::new() })
     }
 
+    async fn open(&mut self, ino: u64) -> anyhow::Result<()> {
+        let r = pb::OpenRequest {
+            cred: root(),
+            time: None,
+            ino,
+            session: self.session,
+            open: Some(pb::OpenMode { read: true, write: true, truncate: false }),
+        };
+        let r = self.meta.open(r).await?.into_inner();
+        ensure!(r.errno == 0, "open: errno {}", r.errno);
+        Ok(())
+    }
+
+    async fn report(&mut self, ino: u64, entry: &pb::ChunkEntry, failed: &str) -> anyhow::Result<pb::ChunkResponse> {
+        let r = pb::ReportChunkFailureRequest {
+            cred: root(),
+            time: None,
+            ino,
+            session: self.session,
+            index: entry.index,
+            chunk_id: entry.chunk_id,
+            version: entry.version,
+            failed_addresses: vec![failed.to_owned()],
+            corrupt: false,
+        };
+        Ok(self.meta.report_chunk_failure(r).await?.into_inner())
+    }
+
     async fn close(&mut self, ino: u64) -> anyhow::Result<()> {
         let r = pb::CloseRequest {
             cred: root(),
@@ -458,5 +486,83 @@ async fn chunk_map_gc_and_healing() -> anyhow::Result<()> {
     })
     .await?;
     eprintln!("phase 4: the returning chunkserver's stale replicas were deleted");
+
+    // 5. A chain write fails on a dead replica while the file is open for writing: the client
+    //    reports it, gets the chunk at a new version without the dead replica, writes again.
+    //    Healing waits for the file to be closed.
+    fx.open(h.ino).await?;
+    let entry = fx.chunks(h.ino).await?.chunks[1].clone();
+    let dead_addr = entry.replicas[1].address.clone();
+    let dead =
+        fx.chunkserver_addrs()?.into_iter().find(|(_, a)| *a == dead_addr).map(|(n, _)| n).context("second victim")?;
+    eprintln!("phase 5: SIGKILL chunkserver-{dead} ({dead_addr}), the second replica of chunk {}", entry.chunk_id);
+    fx.cluster.kill(cs(dead), Signal::SIGKILL)?;
+    let addrs: Vec<String> = entry.replicas.iter().map(|r| r.address.clone()).collect();
+    let header = |e: &pb::ChunkEntry, chain: Vec<String>| WriteHeader {
+        chunk_id: e.chunk_id,
+        version: e.version,
+        create: false,
+        chunk_size_bytes: CHUNK,
+        chain,
+        sync: true,
+    };
+    let patch = random_bytes(4096, 20);
+    let failed = ChunkClient::connect_lazy(&addrs[0])?.write(header(&entry, addrs[1..].to_vec()), 0, &patch, MIB).await;
+    let status = failed.err().context("a chain write through a dead replica must fail")?;
+    let named = status.status().and_then(cairn_chunkserver::client::failed_replica);
+    ensure!(named.as_deref() == Some(dead_addr.as_str()), "the error names {named:?}, not {dead_addr}");
+    let repaired = fx.report(h.ino, &entry, &dead_addr).await?;
+    ensure!(repaired.errno == 0, "report: errno {}", repaired.errno);
+    let repaired = repaired.chunk.context("repaired entry")?;
+    ensure!(repaired.version == entry.version + 1, "version {} after the report", repaired.version);
+    let kept: Vec<String> = repaired.replicas.iter().map(|r| r.address.clone()).collect();
+    ensure!(kept.len() == 2 && !kept.contains(&dead_addr), "replicas after the report: {kept:?}");
+    let stale = fx.report(h.ino, &entry, &dead_addr).await?;
+    ensure!(stale.errno == 116, "a report at the old version: errno {} (want ESTALE)", stale.errno);
+    let ack = ChunkClient::connect_lazy(&kept[0])?.write(header(&repaired, kept[1..].to_vec()), 0, &patch, MIB).await?;
+    ensure!(ack.replicas == 2, "{} replicas acknowledged", ack.replicas);
+    let r = pb::CommitWriteRequest {
+        cred: root(),
+        time: None,
+        ino: h.ino,
+        session: fx.session,
+        size: CHUNK + patch.len() as u64,
+        chunk_indexes: vec![1],
+    };
+    ensure!(fx.meta.commit_write(r).await?.get_ref().errno == 0, "commit after repair");
+    h.bytes[CHUNK as usize..CHUNK as usize + patch.len()].copy_from_slice(&patch);
+    // Open for writing: the chunk stays under-replicated (once the server's lease is gone).
+    poll_until("the dead server out of the registry", HEAL_TIMEOUT, || {
+        let mut m = fx.meta.clone();
+        let dead_addr = dead_addr.clone();
+        async move {
+            let r = m.fsck(pb::FsckRequest { limit: 10 }).await.map_err(|s| s.to_string())?.into_inner();
+            if r.chunkservers.iter().any(|c| c.address == dead_addr) {
+                return Err("still registered".to_string());
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = fx.meta.fsck(pb::FsckRequest { limit: 10 }).await?.into_inner();
+    ensure!(r.under_replicated.iter().any(|c| c.chunk_id == entry.chunk_id), "chunk healed while open: {r:?}");
+    fx.close(h.ino).await?;
+    poll_until("healing after close", HEAL_TIMEOUT, || {
+        let mut m = fx.meta.clone();
+        async move {
+            let r = m.fsck(pb::FsckRequest { limit: 10 }).await.map_err(|s| s.to_string())?.into_inner();
+            if r.under_replicated_count > 0 || r.unavailable_count > 0 {
+                return Err(format!(
+                    "{} under-replicated, {} unavailable",
+                    r.under_replicated_count, r.unavailable_count
+                ));
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    fx.verify(&h, &[(0, 300_000), (CHUNK, 300_000), (2 * CHUNK, h_len - 2 * CHUNK)]).await?;
+    eprintln!("phase 5: failure report, rewrite, healing after close; data identical on every replica");
     fx.finish()
 }
