@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::bench::kv::{KvBenchConfig, KvOp};
 use crate::bench::lock::{LockBenchConfig, LockOp};
+use crate::bench::meta::{MetaBenchConfig, MetaOp};
 use crate::fuse::MountOptions;
 use crate::limits::BENCH_CLIENTS_MAX;
 
@@ -148,6 +149,8 @@ pub enum BenchCommand {
     Kv(BenchKvArgs),
     /// Benchmark an etcd-v3 Lock service and lease keep-alives (Cairn's coordinator or etcd).
     Lock(BenchLockArgs),
+    /// Benchmark the metaserver's namespace operations over gRPC.
+    Meta(BenchMetaArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -236,6 +239,61 @@ impl BenchLockArgs {
     }
 }
 
+#[derive(Debug, Args)]
+pub struct BenchMetaArgs {
+    /// Comma-separated metaserver gRPC endpoints (host:port).
+    #[arg(long, env = "CAIRN_METASERVER_ENDPOINTS", value_delimiter = ',', required = true)]
+    pub endpoints: Vec<String>,
+    /// Comma-separated concurrent client counts; every operation runs once per count.
+    #[arg(long, value_delimiter = ',', default_value = "1,64",
+          value_parser = clap::value_parser!(u32).range(1..=BENCH_CLIENTS_MAX as i64))]
+    pub clients: Vec<u32>,
+    /// Measured time of each run.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Unmeasured warm-up before each run.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// Comma-separated operations, run in this order for each client count.
+    #[arg(long, value_delimiter = ',', default_value = "create,stat,lookup,readdir,rename,unlink")]
+    pub ops: Vec<MetaOp>,
+    /// Files in the directory that `readdir` lists.
+    #[arg(long, default_value_t = 10_000)]
+    pub readdir_entries: usize,
+    /// Entries per ReadDir page (0: the server's default).
+    #[arg(long, default_value_t = 0)]
+    pub readdir_page: u32,
+    /// List with attributes (readdirplus).
+    #[arg(long)]
+    pub readdir_plus: bool,
+    /// Files each worker holds (created untimed if needed) before stat, lookup, rename, unlink.
+    #[arg(long, default_value_t = 1000)]
+    pub min_files: usize,
+    /// Keep the benchmark's directories and files instead of removing them at the end.
+    #[arg(long)]
+    pub keep: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+impl BenchMetaArgs {
+    pub fn config(&self) -> MetaBenchConfig {
+        MetaBenchConfig {
+            endpoints: self.endpoints.clone(),
+            clients: self.clients.iter().map(|&c| c as usize).collect(),
+            duration: self.duration,
+            warmup: self.warmup,
+            ops: self.ops.clone(),
+            readdir_entries: self.readdir_entries,
+            readdir_page: self.readdir_page,
+            readdir_plus: self.readdir_plus,
+            min_files: self.min_files,
+            keep: self.keep,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,6 +376,28 @@ mod tests {
         let Command::Bench(BenchCommand::Lock(args)) = parsed else { panic!("unexpected {parsed:?}") };
         assert_eq!((args.config().ops, args.config().clients), (vec![LockOp::Keepalive], vec![64]));
         assert!(parse(&["bench", "lock", "--endpoints", "a:1", "--ops", "put"]).is_err());
+    }
+
+    #[test]
+    fn bench_meta_defaults_and_lists() {
+        let parsed = parse(&["bench", "meta", "--endpoints", "a:1,b:2"]).expect("parse").command;
+        let Command::Bench(BenchCommand::Meta(args)) = parsed else { panic!("unexpected {parsed:?}") };
+        let config = args.config();
+        assert_eq!(config.clients, [1, 64]);
+        assert_eq!(
+            config.ops,
+            [MetaOp::Create, MetaOp::Stat, MetaOp::Lookup, MetaOp::Readdir, MetaOp::Rename, MetaOp::Unlink]
+        );
+        assert_eq!((config.readdir_entries, config.readdir_page, config.min_files), (10_000, 0, 1000));
+        assert!(!config.keep && !config.readdir_plus);
+        assert!(config.validate().is_ok());
+        let parsed = parse(&["bench", "meta", "--endpoints", "a:1", "--ops", "readdir", "--readdir-plus"])
+            .expect("parse")
+            .command;
+        let Command::Bench(BenchCommand::Meta(args)) = parsed else { panic!("unexpected {parsed:?}") };
+        assert_eq!(args.config().ops, [MetaOp::Readdir]);
+        assert!(args.config().readdir_plus);
+        assert!(parse(&["bench", "meta", "--endpoints", "a:1", "--ops", "put"]).is_err());
     }
 
     #[test]

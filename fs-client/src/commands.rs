@@ -7,8 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use crate::bench::{kv, lock};
-use crate::cli::{BenchCommand, BenchKvArgs, BenchLockArgs, Command, DevCommand, DevDownArgs, DevUpArgs, OutputFormat};
+use crate::bench::{kv, lock, meta};
+use crate::cli::{
+    BenchCommand, BenchKvArgs, BenchLockArgs, BenchMetaArgs, Command, DevCommand, DevDownArgs, DevUpArgs, OutputFormat,
+};
 use crate::dev::{self, ClusterSpec, UpOutcome};
 
 pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -18,6 +20,7 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Dev(DevCommand::Status(args)) => dev_status(&args.dir).await,
         Command::Bench(BenchCommand::Kv(args)) => bench_kv(args).await,
         Command::Bench(BenchCommand::Lock(args)) => bench_lock(args).await,
+        Command::Bench(BenchCommand::Meta(args)) => bench_meta(args).await,
         // Mounting runs its own runtime and blocks; lib.rs handles it before starting this one.
         Command::Mount(_) | Command::Umount(_) => unreachable!("handled by crate::run"),
     }
@@ -174,5 +177,23 @@ async fn bench_lock(args: BenchLockArgs) -> anyhow::Result<ExitCode> {
     })
     .await
     .context("run the lock benchmark")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bench_meta(args: BenchMetaArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config();
+    let output = args.output;
+    meta::run(&config, |result| {
+        let line = match output {
+            OutputFormat::Text => result.text_line(),
+            OutputFormat::Json => serde_json::to_string(result).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")),
+        };
+        let _ = emit(&format!("{line}\n"));
+        if let (OutputFormat::Text, Some(error)) = (output, &result.first_error) {
+            eprintln!("first error (op={} clients={}): {error}", result.op.name(), result.clients);
+        }
+    })
+    .await
+    .context("run the metadata benchmark")?;
     Ok(ExitCode::SUCCESS)
 }

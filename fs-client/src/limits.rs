@@ -103,6 +103,25 @@ pub const BENCH_LOCK_LEASE_TTL_MARGIN: Duration = Duration::from_secs(60);
 pub const BENCH_KEEPALIVE_STREAM_BUFFER: usize = 4;
 const _: () = assert!(BENCH_LOCK_RPC_TIMEOUT.as_micros() as u64 <= BENCH_LATENCY_MAX_US);
 
+// ---- cairn bench meta ----------------------------------------------------------------------
+
+/// Deadline for one metaserver benchmark RPC (a `readdir` listing is one RPC per page).
+pub const BENCH_META_RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest directory `bench meta` fills for its `readdir` runs.
+pub const BENCH_META_READDIR_ENTRIES_MAX: usize = 1_000_000;
+
+/// Largest readdir page asked for (the metaserver caps pages at 4096 entries itself).
+pub const BENCH_META_READDIR_PAGE_MAX: u32 = 4096;
+
+/// Largest per-worker file pool `--min-files` may ask for.
+pub const BENCH_META_MIN_FILES_MAX: usize = 1_000_000;
+
+/// Concurrent requests of the untimed set-up and clean-up (filling the `readdir` directory,
+/// emptying it).
+pub const BENCH_META_SETUP_TASKS: usize = 64;
+const _: () = assert!(BENCH_META_RPC_TIMEOUT.as_micros() as u64 <= BENCH_LATENCY_MAX_US);
+
 // ---- cairn mount (the FUSE client) ---------------------------------------------------------
 
 pub const MIB: u64 = 1024 * 1024;

@@ -3,3 +3,4 @@
 
 pub mod kv;
 pub mod lock;
+pub mod meta;
