@@ -12,11 +12,13 @@ use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
+use crate::chunks::ChunkManager;
 use crate::namespace::read;
 use crate::node::namespace::NamespaceNode;
 
 struct HttpState {
     node: NamespaceNode,
+    chunks: Arc<ChunkManager>,
     coordinators: Vec<String>,
 }
 
@@ -24,6 +26,7 @@ struct HttpState {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     node: NamespaceNode,
+    chunks: Arc<ChunkManager>,
     coordinators: Vec<String>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
@@ -31,7 +34,7 @@ pub async fn serve(
         .route("/health", get(health))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
-        .with_state(Arc::new(HttpState { node, coordinators }));
+        .with_state(Arc::new(HttpState { node, chunks, coordinators }));
     axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await
 }
 
@@ -78,6 +81,10 @@ async fn status(State(state): State<Arc<HttpState>>) -> axum::response::Response
             "namespace_digest": digest.as_ref().map(|d| d.digest.iter().map(|b| format!("{b:02x}")).collect::<String>()),
             "namespace_rows": digest.as_ref().map(|d| d.rows),
             "coordinator_endpoints": state.coordinators,
+            "chunkservers": state.chunks.registry().live().map(|servers| servers
+                .iter()
+                .map(|s| serde_json::json!({"id": s.id, "addr": s.addr, "free_bytes": s.free_bytes, "rack": s.rack, "zone": s.zone}))
+                .collect::<Vec<_>>()),
         }),
     )
 }

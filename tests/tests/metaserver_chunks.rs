@@ -377,6 +377,10 @@ async fn chunk_map_gc_and_healing() -> anyhow::Result<()> {
     ensure!(map.size == CHUNK + MIB as u64 / 2 && map.chunks.len() == 2, "map after writes: {map:?}");
     ensure!(map.chunks.iter().all(|c| !c.fresh && c.replicas.len() == 3), "committed chunks: {map:?}");
     fx.verify(&f, &[(0, 200_000), (CHUNK - MIB as u64, 2 * MIB as u64)]).await?;
+    let statfs = fx.meta.stat_fs(pb::StatFsRequest { cred: root() }).await?.into_inner();
+    ensure!(statfs.errno == 0 && statfs.bytes_used == map.size, "statfs: {statfs:?}");
+    ensure!(statfs.chunkserver_free_bytes > 0, "statfs: chunkserver capacity {statfs:?}");
+    ensure!(statfs.chunkserver_capacity_bytes >= statfs.chunkserver_free_bytes, "statfs: {statfs:?}");
     eprintln!("phase 1: write + commit + read back ok");
 
     // 2. Truncate inside chunk 0 (chunk 1 goes), then extend by a write: zeros in between.

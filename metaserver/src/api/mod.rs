@@ -336,8 +336,13 @@ impl MetaService for MetaApi {
         let r = request.into_inner();
         caller(r.cred)?;
         let result = self.node.read("statfs", read::statfs).await.map_err(status)?;
+        let servers = self.chunks.registry().live().unwrap_or_default();
+        let capacity: u64 = servers.iter().map(|s| s.capacity_bytes).fold(0, u64::saturating_add);
+        let free: u64 = servers.iter().map(|s| s.free_bytes).fold(0, u64::saturating_add);
         Ok(Response::new(match result {
             Ok(s) => pb::StatFsResponse {
+                chunkserver_capacity_bytes: capacity,
+                chunkserver_free_bytes: free,
                 errno: 0,
                 chunk_size_bytes: s.params.chunk_size_bytes,
                 replication_factor: s.params.replication_factor,

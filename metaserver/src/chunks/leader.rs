@@ -181,7 +181,8 @@ impl ChunkManager {
     pub async fn report_failure(&self, r: FailureReport) -> Result<Outcome, RsmError> {
         let _guard = self.locks.lock(r.chunk).await;
         self.node.rsm().read_barrier().await?;
-        if let Some(p) = self.local(|s| map::pending_truncate(s, r.ino, r.index))? {
+        let pending = self.local(|s| map::pending_truncate(s, r.ino, r.index))?;
+        if let Some(p) = pending {
             if !self.truncate_locked(r.ino, r.index, p).await? {
                 return Ok(Err(Errno::Io));
             }
@@ -189,6 +190,12 @@ impl ChunkManager {
         let Some(c) = self.local(|s| map::chunk(s, r.ino, r.index))? else { return Ok(Err(Errno::NoEnt)) };
         if c.id != r.chunk || c.version != r.version {
             return Ok(Err(Errno::Stale));
+        }
+        if pending.is_some() {
+            // The replicas were behind the map's version only because a truncation had not been
+            // carried out yet: that was the failure. Answer the chunk as it now is; a replica
+            // that really failed will be reported again.
+            return Ok(Ok(Reply::Chunk { index: r.index, chunk: c }));
         }
         tracing::info!(
             inode = %r.ino, index = r.index, chunk = %c.id, version = c.version, failed = ?r.failed_addresses,

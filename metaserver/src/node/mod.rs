@@ -127,9 +127,10 @@ pub async fn run(config: MetaConfig, shutdown: CancellationToken) -> Result<(), 
 
     let stop = shutdown.clone();
     let http_node = node.clone();
+    let http_chunks = chunks.clone();
     let coordinators = config.coordinator_endpoints.clone();
     tasks.spawn(async move {
-        crate::http::serve(http_listener, http_node, coordinators, stop)
+        crate::http::serve(http_listener, http_node, http_chunks, coordinators, stop)
             .await
             .map_err(|e| NodeError::Server { what: "http", message: e.to_string() })
     });
