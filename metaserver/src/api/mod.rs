@@ -198,8 +198,11 @@ impl MetaService for MetaApi {
 
     async fn close(&self, request: Request<pb::CloseRequest>) -> Answer<pb::ErrnoResponse> {
         let r = request.into_inner();
-        let write = r.open.map(|m| m.write || m.truncate);
-        let op = Op::Close { ino: InodeId(r.ino), session: SessionId(r.session), write };
+        let (ino, session) = (InodeId(r.ino), SessionId(r.session));
+        let op = match r.open {
+            Some(m) => Op::CloseHandle { ino, session, write: m.write || m.truncate },
+            None => Op::Close { ino, session },
+        };
         errno_response(self.change(r.cred, r.time, op).await?)
     }
 

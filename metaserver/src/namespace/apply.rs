@@ -76,7 +76,8 @@ impl<'a> Apply<'a> {
                 let inode = rows::existing(&self.tx, *ino)?;
                 Reply::Attr(self.open(inode, *session, *flags)?)
             }
-            Op::Close { ino, session, write } => self.close(*ino, *session, *write)?,
+            Op::Close { ino, session } => self.close(*ino, *session, None)?,
+            Op::CloseHandle { ino, session, write } => self.close(*ino, *session, Some(*write))?,
             Op::Unlink { parent, name } => self.unlink(*parent, name)?,
             Op::Rmdir { parent, name } => self.rmdir(*parent, name)?,
             Op::Link { ino, new_parent, new_name } => self.link(*ino, *new_parent, new_name)?,

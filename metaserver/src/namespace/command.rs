@@ -102,12 +102,10 @@ pub enum Op {
         session: SessionId,
         flags: OpenFlags,
     },
-    /// Closes one handle. `write`: whether it was opened for writing, when the client says
-    /// (older clients do not; see `Apply::close`).
+    /// Closes one handle, without saying how it was opened (see `Apply::close`).
     Close {
         ino: InodeId,
         session: SessionId,
-        write: Option<bool>,
     },
     Unlink {
         parent: InodeId,
@@ -234,6 +232,13 @@ pub enum Op {
     ChunksDeleted {
         chunks: Vec<ChunkId>,
     },
+    /// Closes one handle opened for writing (`write`) or not. (A variant of its own rather than
+    /// a field of `Close`: commands already in logs keep decoding.)
+    CloseHandle {
+        ino: InodeId,
+        session: SessionId,
+        write: bool,
+    },
 }
 
 impl Op {
@@ -266,6 +271,7 @@ impl Op {
             Op::ChunkTruncated { .. } => "chunk_truncated",
             Op::ReclaimInodes { .. } => "reclaim_inodes",
             Op::ChunksDeleted { .. } => "chunks_deleted",
+            Op::CloseHandle { .. } => "close",
         }
     }
 }

@@ -296,8 +296,8 @@ fn open_truncate_and_permissions() {
         fs.attr(&root(), Op::Open { ino: d, session: S1, flags: OpenFlags { write: true, ..Default::default() } }),
         Err(Errno::IsDir)
     );
-    assert_eq!(fs.exec(&root(), Op::Close { ino: d, session: S1, write: None }), Err(Errno::BadF));
-    assert_eq!(fs.exec(&root(), Op::Close { ino: f, session: SessionId(9), write: None }), Err(Errno::BadF));
+    assert_eq!(fs.exec(&root(), Op::Close { ino: d, session: S1 }), Err(Errno::BadF));
+    assert_eq!(fs.exec(&root(), Op::Close { ino: f, session: SessionId(9) }), Err(Errno::BadF));
 }
 
 #[test]
@@ -365,16 +365,16 @@ fn open_unlinked_files_live_until_last_close() {
     // But it cannot be linked back (ENOENT, as linkat on an unlinked file).
     assert_eq!(fs.attr(&root(), Op::Link { ino: f, new_parent: ROOT, new_name: "back".into() }), Err(Errno::NoEnt));
     assert!(read::reclaim_queue(&fs.store, 10).expect("reclaim").is_empty());
-    fs.exec(&root(), Op::Close { ino: f, session: S1, write: None }).expect("close");
+    fs.exec(&root(), Op::Close { ino: f, session: S1 }).expect("close");
     assert_eq!(fs.get(f).open_handles, 1);
-    fs.exec(&root(), Op::Close { ino: f, session: SessionId(2), write: None }).expect("close");
+    fs.exec(&root(), Op::Close { ino: f, session: SessionId(2) }).expect("close");
     assert!(fs.gone(f));
     assert_eq!(read::reclaim_queue(&fs.store, 10).expect("reclaim"), vec![f]);
     assert_eq!(read::statfs(&fs.store).expect("statfs").usage, super::types::Usage { inodes: 1, bytes: 0 });
     // A closed, still-linked file stays.
     let g = fs.mknod(&root(), ROOT, "g", 0o644).expect("mknod").ino;
     fs.attr(&root(), Op::Open { ino: g, session: S1, flags: rw }).expect("open");
-    fs.exec(&root(), Op::Close { ino: g, session: S1, write: None }).expect("close");
+    fs.exec(&root(), Op::Close { ino: g, session: S1 }).expect("close");
     assert_eq!(fs.get(g).open_handles, 0);
 }
 
@@ -481,7 +481,7 @@ fn rename_over_open_file_keeps_it_until_close() {
         .expect("open");
     fs.rename(&root(), ROOT, "new", ROOT, "victim").expect("rename");
     assert_eq!(fs.get(victim).nlink, 0);
-    fs.exec(&root(), Op::Close { ino: victim, session: S1, write: None }).expect("close");
+    fs.exec(&root(), Op::Close { ino: victim, session: S1 }).expect("close");
     assert!(fs.gone(victim));
 }
 
@@ -1044,7 +1044,7 @@ fn release_owner_and_last_close_release_locks() {
     fs.exec(&root(), Op::ReleaseOwner { ino: f, owner: a, posix: false, flock: true }).expect("release");
     fs.flock(f, own(SessionId(2), 1), SH).expect("flock free");
     // Session 1's last handle on f closes: b's lock goes too.
-    fs.exec(&root(), Op::Close { ino: f, session: S1, write: None }).expect("close");
+    fs.exec(&root(), Op::Close { ino: f, session: S1 }).expect("close");
     assert!(fs.ranges(f, b).is_empty());
 }
 

@@ -104,14 +104,14 @@ fn write_handles_follow_open_and_close() {
     let f = fs.writable("f");
     fs.attr(&root(), Op::Open { ino: f, session: S1, flags: ro() }).expect("open ro");
     // Closing the write handle, said explicitly: no writer left.
-    fs.exec(&root(), Op::Close { ino: f, session: S1, write: Some(true) }).expect("close");
+    fs.exec(&root(), Op::CloseHandle { ino: f, session: S1, write: true }).expect("close");
     assert_eq!(fs.allocate(f, S1, 0, &[1]), Err(Errno::BadF));
     assert!(!map::has_writers(&fs.store, f).expect("writers"));
     // Without the flag, a close counts as a writer's only when every handle is a writer's.
     fs.attr(&root(), Op::Open { ino: f, session: S1, flags: rw() }).expect("open rw");
-    fs.exec(&root(), Op::Close { ino: f, session: S1, write: None }).expect("close ?");
+    fs.exec(&root(), Op::Close { ino: f, session: S1 }).expect("close ?");
     assert!(map::has_writers(&fs.store, f).expect("writers"), "might have been the read handle");
-    fs.exec(&root(), Op::Close { ino: f, session: S1, write: None }).expect("last close");
+    fs.exec(&root(), Op::Close { ino: f, session: S1 }).expect("last close");
     assert!(!map::has_writers(&fs.store, f).expect("writers"), "the last close forgets everything");
     // O_TRUNC counts as writing; session expiry forgets the writers.
     let trunc = OpenFlags { read: false, write: false, truncate: true };
@@ -226,7 +226,7 @@ fn removed_files_are_reclaimed_into_the_queue() {
     fs.allocate(f, S1, 3, &[2, 3]).expect("allocate");
     fs.unlink(&root(), ROOT, "f").expect("unlink");
     assert!(fs.chunk_at(f, 0).is_some(), "still open: the chunks stay");
-    fs.exec(&root(), Op::Close { ino: f, session: S1, write: Some(true) }).expect("close");
+    fs.exec(&root(), Op::CloseHandle { ino: f, session: S1, write: true }).expect("close");
     assert_eq!(read::reclaim_queue(&fs.store, 10).expect("reclaim"), vec![f]);
     fs.exec(&root(), Op::ReclaimInodes { inos: vec![f, InodeId(777)] }).expect("reclaim");
     assert!(read::reclaim_queue(&fs.store, 10).expect("reclaim").is_empty());
