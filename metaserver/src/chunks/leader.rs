@@ -86,6 +86,15 @@ pub struct FsckReport {
     pub chunkservers: Vec<Replica>,
 }
 
+/// What became of one chunk's healing.
+enum Heal {
+    Done,
+    /// Copies or the proposal failed; tried again next round.
+    Failed,
+    /// Not attempted (busy, changed, written to, or no server to copy to).
+    Skipped,
+}
+
 /// Per-chunk locks of the leader's work.
 #[derive(Default)]
 struct ChunkLocks {
@@ -543,10 +552,10 @@ impl ChunkManager {
             .await;
         let mut n = 0;
         for result in healed {
-            match result {
-                Ok(true) => n += 1,
-                Ok(false) => self.node.metrics().chunk_event("heal_failed"),
-                Err(e) => return Err(e),
+            match result? {
+                Heal::Done => n += 1,
+                Heal::Failed => self.node.metrics().chunk_event("heal_failed"),
+                Heal::Skipped => {}
             }
         }
         if n > 0 {
@@ -557,14 +566,14 @@ impl ChunkManager {
 
     /// Brings one chunk back to `rf` live replicas: new servers by placement, version bump on
     /// the good replicas, copies at the new version, then the new set.
-    async fn heal_chunk(&self, entry: MapEntry, rf: usize) -> Result<bool, RsmError> {
-        let Some(_guard) = self.locks.try_lock(entry.chunk.id) else { return Ok(false) };
+    async fn heal_chunk(&self, entry: MapEntry, rf: usize) -> Result<Heal, RsmError> {
+        let Some(_guard) = self.locks.try_lock(entry.chunk.id) else { return Ok(Heal::Skipped) };
         let c = match self.local(|s| map::chunk(s, entry.ino, entry.index))? {
             Some(c) if c == entry.chunk => c,
-            _ => return Ok(false),
+            _ => return Ok(Heal::Skipped),
         };
         if self.local(|s| map::has_writers(s, entry.ino))? {
-            return Ok(false);
+            return Ok(Heal::Skipped);
         }
         let live: Vec<Replica> = c.replicas.iter().filter(|r| self.registry.is_live(r.server)).cloned().collect();
         let servers = self.registry.live().unwrap_or_default();
@@ -572,7 +581,8 @@ impl ChunkManager {
         let exclude: Vec<ChunkserverId> = c.replicas.iter().map(|r| r.server).collect();
         let targets = place(&servers, &holding, &exclude, rf.saturating_sub(live.len()), self.chunk_size_bytes()?);
         if targets.is_empty() {
-            return Ok(false);
+            // No server to copy to (yet): nothing was attempted.
+            return Ok(Heal::Skipped);
         }
         tracing::info!(
             chunk = %c.id, inode = %entry.ino, index = entry.index, live = live.len(),
@@ -590,12 +600,12 @@ impl ChunkManager {
                 version: c.version,
                 replicas,
             };
-            return Ok(self.propose(op).await?.is_ok());
+            return Ok(if self.propose(op).await?.is_ok() { Heal::Done } else { Heal::Failed });
         }
         let new_version = c.version + 1;
         let good = self.bump(&c, &live, new_version).await;
         if good.is_empty() {
-            return Ok(false);
+            return Ok(Heal::Failed);
         }
         let mut replicas = good.clone();
         for target in targets {
@@ -625,7 +635,7 @@ impl ChunkManager {
             version: new_version,
             replicas,
         };
-        Ok(self.propose(op).await?.is_ok() && complete)
+        Ok(if self.propose(op).await?.is_ok() && complete { Heal::Done } else { Heal::Failed })
     }
 
     // ---- fsck ----
@@ -683,9 +693,19 @@ impl ChunkManager {
 
     // ---- the leader's loop ----
 
-    /// Works while this node leads: pending truncations, the deletion queue and healing every
-    /// round, the orphan scan every `orphan_scan_interval`.
+    /// Works while this node leads: pending truncations and the deletion queue every round,
+    /// the orphan scan every `orphan_scan_interval` — and, in a loop of its own so that long
+    /// copies never hold up deletions and truncations, healing.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        tokio::join!(self.clone().maintain(stop.clone()), self.heal_while_leader(stop));
+    }
+
+    /// Whether this node leads a formatted filesystem.
+    fn leads(&self) -> bool {
+        self.node.rsm().is_leader() && self.node.formatted_locally()
+    }
+
+    async fn maintain(self: Arc<Self>, stop: CancellationToken) {
         let mut interval = tokio::time::interval(CHUNK_WORK_INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut leading_term: Option<u64> = None;
@@ -695,13 +715,14 @@ impl ChunkManager {
                 _ = interval.tick() => {}
             }
             let term = self.node.rsm().metrics().borrow().current_term;
-            if !self.node.rsm().is_leader() || !self.node.formatted_locally() {
+            if !self.leads() {
                 if leading_term.take().is_some() {
                     self.memory(|m| *m = Memory::default());
                 }
                 continue;
             }
             if leading_term != Some(term) {
+                // A new term: what an earlier leadership remembered (scan grace) is void.
                 self.memory(|m| *m = Memory::default());
                 leading_term = Some(term);
             }
@@ -712,9 +733,6 @@ impl ChunkManager {
             if let Err(e) = self.collect_garbage().await {
                 tracing::warn!(error = %e, "chunk deletion round");
             }
-            if let Err(e) = self.heal().await {
-                tracing::warn!(error = %e, "healing round");
-            }
             let due = self.memory(|m| m.last_scan.is_none_or(|t| t.elapsed() >= self.orphan_scan_interval));
             if due {
                 match self.scan_orphans().await {
@@ -722,6 +740,23 @@ impl ChunkManager {
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "orphan scan"),
                 }
+            }
+        }
+    }
+
+    async fn heal_while_leader(self: Arc<Self>, stop: CancellationToken) {
+        let mut interval = tokio::time::interval(CHUNK_WORK_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            if !self.leads() {
+                continue;
+            }
+            if let Err(e) = self.heal().await {
+                tracing::warn!(error = %e, "healing round");
             }
         }
     }
