@@ -352,6 +352,21 @@ impl Fixture {
         .await
     }
 
+    /// The sum over the metaservers of a metric line (`name` with its labels; a node without
+    /// the line counts 0). Leader work is counted where it ran, and leadership may move.
+    async fn metric_sum(&self, name: &str) -> anyhow::Result<f64> {
+        let mut sum = 0.0;
+        for id in self.cluster.metaserver_ids() {
+            let http = self.cluster.node(NodeRef::metaserver(id))?.addrs.http;
+            let metrics = cairn_fs_client::http::get(http, "/metrics", Duration::from_secs(5)).await?;
+            let text = String::from_utf8_lossy(&metrics.body).into_owned();
+            if let Some(line) = text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' ')) {
+                sum += line[name.len()..].trim().parse::<f64>()?;
+            }
+        }
+        Ok(sum)
+    }
+
     fn finish(mut self) -> anyhow::Result<()> {
         let found = self.cluster.unexpected_errors(ALLOWED_ERRORS)?;
         if !found.is_empty() {
@@ -460,6 +475,10 @@ async fn chunk_map_gc_and_healing() -> anyhow::Result<()> {
     let h_len = h.bytes.len() as u64;
     fx.verify(&h, &[(0, 300_000), (CHUNK, 300_000), (2 * CHUNK, h_len - 2 * CHUNK)]).await?;
     eprintln!("phase 4: healed; data identical on every replica");
+    let healed = fx.metric_sum("cairn_metaserver_chunk_events_total{kind=\"healed\"}").await?;
+    ensure!(healed >= 1.0, "healed chunks in the metaservers' metrics: {healed}");
+    let gc = fx.metric_sum("cairn_metaserver_chunk_events_total{kind=\"gc_deleted\"}").await?;
+    ensure!(gc >= 2.0, "deleted chunks in the metaservers' metrics: {gc}");
 
     // The killed chunkserver returns with stale replicas: the orphan scan deletes them.
     fx.cluster.restart(cs(victim)).await?;
