@@ -35,6 +35,7 @@ use crate::limits::{
     FSCK_LIST_MAX, HEAL_CHUNKS_PER_ROUND, HEAL_CONCURRENCY, LIST_CHUNKS_PAGE, ORPHANS_REMEMBERED_MAX,
 };
 use crate::namespace::chunks::{self as map, MapEntry};
+use crate::namespace::types::PendingTruncate;
 use crate::namespace::{
     read, Caller, Chunk, ChunkId, ChunkserverId, Errno, Fail, InodeId, Op, Outcome, Replica, Reply, SessionId, Timespec,
 };
@@ -207,7 +208,8 @@ impl ChunkManager {
             return Ok(Ok(Reply::Chunk { index: r.index, chunk: c }));
         }
         tracing::info!(
-            inode = %r.ino, index = r.index, chunk = %c.id, version = c.version, failed = ?r.failed_addresses,
+            inode = %r.ino, index = r.index, chunk = %c.id, version = c.version, session = %r.session,
+            failed = ?r.failed_addresses,
             corrupt = r.corrupt, "chunk failure reported"
         );
         let (mut survivors, _failed): (Vec<Replica>, Vec<Replica>) = c
@@ -287,12 +289,7 @@ impl ChunkManager {
 
     /// Cuts the replicas of a chunk with a pending truncation and proposes that it is done.
     /// Answers false when no replica could be cut (tried again later).
-    async fn truncate_locked(
-        &self,
-        ino: InodeId,
-        index: u64,
-        p: crate::namespace::types::PendingTruncate,
-    ) -> Result<bool, RsmError> {
+    async fn truncate_locked(&self, ino: InodeId, index: u64, p: PendingTruncate) -> Result<bool, RsmError> {
         let Some(c) = self.local(|s| map::chunk(s, ino, index))? else { return Ok(true) };
         let (chunk, pending) = (&c, &p);
         let results = stream::iter(c.replicas.iter().cloned())
@@ -323,7 +320,7 @@ impl ChunkManager {
 
     /// Cuts one replica: at a version in `[from, to)` truncate then raise to `to`; already at
     /// `to`: done; without the chunk: fine only if nothing was ever committed to it.
-    async fn truncate_replica(&self, rep: &Replica, c: &Chunk, p: &crate::namespace::types::PendingTruncate) -> bool {
+    async fn truncate_replica(&self, rep: &Replica, c: &Chunk, p: &PendingTruncate) -> bool {
         let stat = match self.calls.stat(&rep.addr, p.chunk).await {
             Ok(s) => s,
             Err(status) if not_found(&status) => return c.fresh,
@@ -781,13 +778,5 @@ impl ChunkManager {
             }
             other => Err(internal(format!("unknown leader call {other}"))),
         }
-    }
-}
-
-/// Whether a reply carries a chunk (for callers matching outcomes).
-pub fn chunk_of(outcome: &Outcome) -> Option<(u64, &Chunk)> {
-    match outcome {
-        Ok(Reply::Chunk { index, chunk }) => Some((*index, chunk)),
-        _ => None,
     }
 }
