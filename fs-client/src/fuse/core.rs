@@ -946,7 +946,12 @@ impl Core {
         let generation = io.generation;
         // Random reads run in parallel; a sequential stream keeps the inode locked so the
         // reads queued behind it find the readahead window instead of fetching it again.
-        let guard = if sequential { Some(io) } else { None };
+        let guard = if sequential {
+            Some(io)
+        } else {
+            drop(io);
+            None
+        };
         let mut data = vec![0u8; fetch as usize];
         let reads = spans.iter().zip(&entries).map(|(span, entry)| async move {
             match entry {
