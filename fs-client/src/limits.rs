@@ -170,5 +170,12 @@ pub const READDIR_BATCH: u32 = 512;
 /// How long `cairn mount` (daemon mode) waits for the mount to appear.
 pub const MOUNT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// After SIGTERM unmounted (or lazily detached) the mount, how long the session may take to
+/// end before the FUSE connection is aborted.
+pub const UNMOUNT_GRACE: Duration = Duration::from_secs(5);
+/// Deadline of one chunk write or read attempt on a replica (a whole 64 MiB chunk at a few
+/// MiB/s fits).
+pub const CHUNK_RPC_TIMEOUT: Duration = Duration::from_secs(60);
+
 const _: () = assert!(WRITE_BUFFER_BYTES_MAX >= FUSE_MAX_WRITE_BYTES as u64);
 const _: () = assert!(WRITE_MESSAGE_BYTES <= 4 * 1024 * 1024);

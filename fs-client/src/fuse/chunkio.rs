@@ -13,7 +13,7 @@ use cairn_proto::chunk::{ReadChunkRequest, WriteChunkRequest, WriteHeader};
 use cairn_proto::meta::ChunkEntry;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::limits::{CHUNK_GRPC_MESSAGE_BYTES_MAX, MOUNT_CONNECT_TIMEOUT, WRITE_MESSAGE_BYTES};
+use crate::limits::{CHUNK_GRPC_MESSAGE_BYTES_MAX, CHUNK_RPC_TIMEOUT, MOUNT_CONNECT_TIMEOUT, WRITE_MESSAGE_BYTES};
 
 /// Status metadata naming the replica that failed in a chain write.
 pub const FAILED_REPLICA_KEY: &str = "cairn-failed-replica";
@@ -95,8 +95,9 @@ impl ChunkIo {
             messages.push(WriteChunkRequest { header: None, offset: 0, data: Vec::new(), crc32: crc32fast::hash(&[]) });
         }
         messages[0].header = Some(header);
-        let client = self.client(&primary.address)?;
-        match client.clone().write_chunk(futures::stream::iter(messages)).await {
+        let mut client = self.client(&primary.address)?;
+        let call = tokio::time::timeout(CHUNK_RPC_TIMEOUT, client.write_chunk(futures::stream::iter(messages)));
+        match call.await.unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("chunk write timed out"))) {
             Ok(_) => Ok(()),
             Err(status) => {
                 let failed = status
@@ -119,7 +120,8 @@ impl ChunkIo {
         let mut errors = Vec::new();
         let mut corrupt = Vec::new();
         for replica in &entry.replicas {
-            match self.read_one(&replica.address, entry, offset, len).await {
+            let attempt = tokio::time::timeout(CHUNK_RPC_TIMEOUT, self.read_one(&replica.address, entry, offset, len));
+            match attempt.await.unwrap_or_else(|_| Err(("read timed out".to_owned(), false))) {
                 Ok(data) => return Ok(data),
                 Err((message, bad_data)) => {
                     tracing::warn!(replica = %replica.address, chunk_id = entry.chunk_id, %message,

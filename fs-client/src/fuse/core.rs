@@ -1010,6 +1010,7 @@ impl Core {
         self: &Arc<Self>,
         cred: Credentials,
         ino: u64,
+        fh: u64,
         offset: u64,
         length: u64,
         mode: i32,
@@ -1022,7 +1023,7 @@ impl Core {
             self.fsync(ino).await?;
             let attr = self.getattr(cred.clone(), ino).await?;
             let size = self.local_size(&attr).max(end);
-            self.setattr(cred, ino, None, None, None, None, Some(size), None, None).await?;
+            self.setattr(cred, ino, Some(fh), None, None, None, Some(size), None, None).await?;
             return Ok(());
         }
         if mode != PUNCH {

@@ -597,7 +597,7 @@ impl Filesystem for CairnFs {
         &self,
         req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
@@ -605,7 +605,7 @@ impl Filesystem for CairnFs {
     ) {
         let (core, cred) = (self.core.clone(), cred_of(req));
         self.spawn(async move {
-            match core.fallocate(cred, ino.0, offset, length, mode).await {
+            match core.fallocate(cred, ino.0, fh.0, offset, length, mode).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
             }

@@ -30,7 +30,7 @@ use anyhow::{bail, Context as _};
 
 pub use options::{parse_helper_args, parse_source, MountOptions};
 
-use crate::limits::{FUSE_READER_THREADS, MOUNT_READY_TIMEOUT};
+use crate::limits::{FUSE_READER_THREADS, MOUNT_READY_TIMEOUT, UNMOUNT_GRACE};
 
 /// The filesystem type in /proc/mounts.
 pub const FS_TYPE: &str = "fuse.cairn";
@@ -100,6 +100,7 @@ pub fn serve(options: &MountOptions) -> anyhow::Result<()> {
     tracing::info!(mountpoint = %options.mountpoint.display(), session = core.session(), "mounted");
     let mut unmounter = session.unmount_callable();
     let mountpoint = options.mountpoint.clone();
+    let connection = fuse_connection(&mountpoint);
     runtime.spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
@@ -117,12 +118,49 @@ pub fn serve(options: &MountOptions) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "unmount failed; detaching lazily");
             let _ = unmount_command(&mountpoint, true);
         }
+        // A process stuck inside the filesystem would keep the connection (and this process)
+        // alive after a lazy detach: abort the connection after a grace period.
+        tokio::time::sleep(UNMOUNT_GRACE).await;
+        if let Some(id) = connection {
+            tracing::warn!(connection = id, "session still running after unmount; aborting the FUSE connection");
+            abort_connection(id);
+        }
     });
     let result = session.run();
     heartbeat.abort();
     runtime.block_on(core.close_session());
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result.context("serve FUSE requests")
+}
+
+/// The FUSE connection id of the mount at `mountpoint` (the minor number of its device, from
+/// /proc/self/mountinfo: asking the filesystem itself could block before it serves requests).
+fn fuse_connection(mountpoint: &Path) -> Option<u64> {
+    let canonical = std::fs::canonicalize(mountpoint).ok()?;
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    connection_of(&text, &canonical)
+}
+
+fn connection_of(mountinfo: &str, mountpoint: &Path) -> Option<u64> {
+    let want = mountpoint.display().to_string().replace(' ', "\\040");
+    // The last matching line is the mount on top.
+    mountinfo.lines().rfind(|l| l.split(' ').nth(4) == Some(want.as_str())).and_then(|l| {
+        let (_major, minor) = l.split(' ').nth(2)?.split_once(':')?;
+        minor.parse().ok()
+    })
+}
+
+/// Aborts a FUSE connection: every pending and future request fails with ENOTCONN, so the
+/// session ends. Mounts the fusectl filesystem first if needed.
+fn abort_connection(id: u64) {
+    let dir = Path::new("/sys/fs/fuse/connections");
+    let abort = dir.join(id.to_string()).join("abort");
+    if !abort.exists() {
+        let _ = Command::new("mount").args(["-t", "fusectl", "none"]).arg(dir).status();
+    }
+    if let Err(e) = std::fs::write(&abort, "1") {
+        tracing::error!(path = %abort.display(), error = %e, "could not abort the FUSE connection");
+    }
 }
 
 /// Starts `cairn mount --foreground` in the background (own process group, output to the log
@@ -266,5 +304,7 @@ mod tests {
         assert!(!mount_listed(info, Path::new("/mnt/x")));
         assert!(mount_listed(info, Path::new("/mnt/d")));
         assert!(!mount_listed(info, Path::new("/mnt/e")));
+        assert_eq!(connection_of(info, Path::new("/mnt/d")), Some(39));
+        assert_eq!(connection_of(info, Path::new("/mnt/x")), None);
     }
 }
