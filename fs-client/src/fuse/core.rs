@@ -955,19 +955,26 @@ impl Core {
         let mut data = vec![0u8; fetch as usize];
         let reads = spans.iter().zip(&entries).map(|(span, entry)| async move {
             match entry {
-                None => Ok((span, Vec::new())),
-                Some(entry) => self.read_span(ino, entry, span.offset_in_chunk, span.len).await.map(|d| (span, d)),
+                None => Ok((span, Vec::new(), None)),
+                Some(entry) => {
+                    self.read_span(ino, entry, span.offset_in_chunk, span.len).await.map(|(d, fresh)| (span, d, fresh))
+                }
             }
         });
-        for (span, piece) in futures::future::try_join_all(reads).await? {
+        let mut refreshed = Vec::new();
+        for (span, piece, fresh) in futures::future::try_join_all(reads).await? {
             let at = span.offset_in_range as usize;
             let n = piece.len().min(span.len as usize);
             data[at..at + n].copy_from_slice(&piece[..n]);
+            refreshed.extend(fresh.map(|e| (span.index, e)));
         }
         let mut io = match guard {
             Some(io) => io,
             None => inode.io.lock().await,
         };
+        for (index, entry) in refreshed {
+            io.chunks.insert(index, entry);
+        }
         if io.generation == generation {
             io.last_read_end = offset + want;
             if fetch > want {
@@ -980,9 +987,17 @@ impl Core {
         Ok(data)
     }
 
-    async fn read_span(&self, ino: u64, entry: &ChunkEntry, offset: u64, len: u64) -> OpResult<Vec<u8>> {
+    /// Reads a piece of one chunk; the second value is a refreshed entry (Some(None): the
+    /// chunk is gone, a hole now) when the cached one turned out stale.
+    async fn read_span(
+        &self,
+        ino: u64,
+        entry: &ChunkEntry,
+        offset: u64,
+        len: u64,
+    ) -> OpResult<(Vec<u8>, Option<Option<ChunkEntry>>)> {
         match self.chunks.read(entry, offset, len).await {
-            Ok(d) => Ok(d),
+            Ok(d) => Ok((d, None)),
             Err(e) => {
                 // The map may be stale (a failed write bumped the version): ask again once.
                 tracing::warn!(ino, chunk_id = entry.chunk_id, error = %e, "chunk read failed; refreshing the chunk map");
@@ -995,12 +1010,15 @@ impl Core {
                     })
                     .await?;
                 let Some(fresh) = r.chunks.into_iter().find(|c| c.index == entry.index) else {
-                    return Ok(Vec::new());
+                    return Ok((Vec::new(), Some(None)));
                 };
-                self.chunks.read(&fresh, offset, len).await.map_err(|e| {
-                    tracing::warn!(ino, chunk_id = fresh.chunk_id, error = %e, "chunk read failed on every replica");
-                    Errno::EIO
-                })
+                match self.chunks.read(&fresh, offset, len).await {
+                    Ok(d) => Ok((d, Some(Some(fresh)))),
+                    Err(e) => {
+                        tracing::warn!(ino, chunk_id = fresh.chunk_id, error = %e, "chunk read failed on every replica");
+                        Err(Errno::EIO)
+                    }
+                }
             }
         }
     }
