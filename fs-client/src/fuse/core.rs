@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use super::attr::now;
 use super::chunkio::{ChunkIo, ChunkIoError};
-use super::layout::{split_range, WriteBuffer};
+use super::layout::{split_range, ChunkSpan, WriteBuffer};
 use super::meta::MetaClient;
 use crate::limits::{
     CHUNK_MAP_BATCH, CHUNK_WRITE_ATTEMPTS, READAHEAD_BYTES, READDIR_BATCH, SESSION_TTL_MS, WRITE_BUFFER_BYTES_MAX,
@@ -50,6 +50,25 @@ struct Flushed {
     entries: Vec<ChunkEntry>,
 }
 
+/// Data read for a window, and chunk entries found stale on the way (index → new entry).
+struct Fetched {
+    data: Vec<u8>,
+    refreshed: Vec<(u64, Option<ChunkEntry>)>,
+}
+
+struct Prefetch {
+    start: u64,
+    len: u64,
+    task: JoinHandle<OpResult<Fetched>>,
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        // A prefetch nobody will use (the file changed, or the reader moved) stops fetching.
+        self.task.abort();
+    }
+}
+
 #[derive(Default)]
 struct FileIo {
     buf: WriteBuffer,
@@ -59,6 +78,8 @@ struct FileIo {
     /// The file size as committed on the metaserver, as far as this client knows.
     size: u64,
     readahead: Option<(u64, Arc<Vec<u8>>)>,
+    /// The next readahead window, being fetched.
+    prefetch: Option<Prefetch>,
     last_read_end: u64,
     /// Bumped by every change, so a read that dropped the lock knows its data may be stale.
     generation: u64,
@@ -326,6 +347,7 @@ impl Core {
             io.size = attr.size;
             io.chunks.clear();
             io.readahead = None;
+            io.prefetch = None;
             io.generation += 1;
             inode.pending_end.store(0, Ordering::Relaxed);
             *lock(&inode.seen) = Some(seen_of(&attr));
@@ -601,6 +623,7 @@ impl Core {
             io.size = attr.size;
             io.chunks.clear();
             io.readahead = None;
+            io.prefetch = None;
             io.generation += 1;
         } else {
             io.size = io.size.max(attr.size);
@@ -609,6 +632,7 @@ impl Core {
             io.size = attr.size;
             io.chunks.clear();
             io.readahead = None;
+            io.prefetch = None;
             inode.pending_end.store(0, Ordering::Relaxed);
         }
         keep
@@ -729,6 +753,7 @@ impl Core {
         io.buf.write(offset, data);
         io.generation += 1;
         io.readahead = None;
+        io.prefetch = None;
         io.cred = cred;
         inode.pending_end.fetch_max(offset + data.len() as u64, Ordering::Relaxed);
         if io.buf.bytes() >= WRITE_BUFFER_BYTES_MAX {
@@ -918,7 +943,7 @@ impl Core {
         Ok(io.chunks.get(&index).cloned().flatten())
     }
 
-    pub async fn read(&self, ino: u64, offset: u64, size: u32) -> OpResult<Vec<u8>> {
+    pub async fn read(self: &Arc<Self>, ino: u64, offset: u64, size: u32) -> OpResult<Vec<u8>> {
         let inode = self.inode(ino);
         let mut io = inode.io.lock().await;
         self.settle(&inode, &mut io).await?;
@@ -927,22 +952,27 @@ impl Core {
             return Ok(Vec::new());
         }
         let want = u64::from(size).min(end_of_file - offset);
+        // A prefetch covering this read becomes the readahead window.
+        if io.prefetch.as_ref().is_some_and(|p| p.start <= offset && offset < p.start + p.len) {
+            if let Some(mut p) = io.prefetch.take() {
+                if let Ok(Ok(fetched)) = (&mut p.task).await {
+                    apply_refreshed(&mut io, fetched.refreshed);
+                    io.readahead = Some((p.start, Arc::new(fetched.data)));
+                }
+            }
+        }
         if let Some((ra_offset, data)) = &io.readahead {
             if offset >= *ra_offset && offset + want <= ra_offset + data.len() as u64 {
                 let from = (offset - ra_offset) as usize;
                 let out = data[from..from + want as usize].to_vec();
                 io.last_read_end = offset + want;
+                self.maybe_prefetch(ino, &mut io).await;
                 return Ok(out);
             }
         }
         let sequential = offset == io.last_read_end;
         let fetch = if sequential { want.max(READAHEAD_BYTES).min(end_of_file - offset) } else { want };
-        let chunk_size = self.chunk_size();
-        let spans = split_range(offset, fetch, chunk_size);
-        let mut entries = Vec::with_capacity(spans.len());
-        for span in &spans {
-            entries.push(self.chunk_entry(&mut io, ino, span.index).await?);
-        }
+        let pieces = self.pieces(&mut io, ino, offset, fetch).await?;
         let generation = io.generation;
         // Random reads run in parallel; a sequential stream keeps the inode locked so the
         // reads queued behind it find the readahead window instead of fetching it again.
@@ -952,8 +982,45 @@ impl Core {
             drop(io);
             None
         };
-        let mut data = vec![0u8; fetch as usize];
-        let reads = spans.iter().zip(&entries).map(|(span, entry)| async move {
+        let Fetched { mut data, refreshed } = self.fetch(ino, fetch, pieces).await?;
+        let mut io = match guard {
+            Some(io) => io,
+            None => inode.io.lock().await,
+        };
+        apply_refreshed(&mut io, refreshed);
+        if io.generation == generation {
+            io.last_read_end = offset + want;
+            if fetch > want {
+                let out = data[..want as usize].to_vec();
+                io.readahead = Some((offset, Arc::new(data)));
+                self.maybe_prefetch(ino, &mut io).await;
+                return Ok(out);
+            }
+        }
+        data.truncate(want as usize);
+        Ok(data)
+    }
+
+    /// The chunk pieces of `[offset, offset + len)` with their entries (None: a hole).
+    async fn pieces(
+        &self,
+        io: &mut FileIo,
+        ino: u64,
+        offset: u64,
+        len: u64,
+    ) -> OpResult<Vec<(ChunkSpan, Option<ChunkEntry>)>> {
+        let mut out = Vec::new();
+        for span in split_range(offset, len, self.chunk_size()) {
+            out.push((span, self.chunk_entry(io, ino, span.index).await?));
+        }
+        Ok(out)
+    }
+
+    /// Reads the pieces in parallel into one buffer of `len` bytes (holes and bytes past a
+    /// chunk's length are zeros).
+    async fn fetch(&self, ino: u64, len: u64, pieces: Vec<(ChunkSpan, Option<ChunkEntry>)>) -> OpResult<Fetched> {
+        let mut data = vec![0u8; len as usize];
+        let reads = pieces.iter().map(|(span, entry)| async move {
             match entry {
                 None => Ok((span, Vec::new(), None)),
                 Some(entry) => {
@@ -968,23 +1035,22 @@ impl Core {
             data[at..at + n].copy_from_slice(&piece[..n]);
             refreshed.extend(fresh.map(|e| (span.index, e)));
         }
-        let mut io = match guard {
-            Some(io) => io,
-            None => inode.io.lock().await,
-        };
-        for (index, entry) in refreshed {
-            io.chunks.insert(index, entry);
+        Ok(Fetched { data, refreshed })
+    }
+
+    /// Once a sequential reader is past the middle of the readahead window, the next window is
+    /// fetched in the background, so reading and fetching overlap.
+    async fn maybe_prefetch(self: &Arc<Self>, ino: u64, io: &mut FileIo) {
+        let Some((ra_offset, data)) = &io.readahead else { return };
+        let (start, half) = (ra_offset + data.len() as u64, ra_offset + data.len() as u64 / 2);
+        if io.prefetch.is_some() || io.last_read_end < half || start >= io.size {
+            return;
         }
-        if io.generation == generation {
-            io.last_read_end = offset + want;
-            if fetch > want {
-                let out = data[..want as usize].to_vec();
-                io.readahead = Some((offset, Arc::new(data)));
-                return Ok(out);
-            }
-        }
-        data.truncate(want as usize);
-        Ok(data)
+        let len = READAHEAD_BYTES.min(io.size - start);
+        let Ok(pieces) = self.pieces(io, ino, start, len).await else { return };
+        let core = self.clone();
+        let task = tokio::spawn(async move { core.fetch(ino, len, pieces).await });
+        io.prefetch = Some(Prefetch { start, len, task });
     }
 
     /// Reads a piece of one chunk; the second value is a refreshed entry (Some(None): the
@@ -1177,6 +1243,12 @@ impl Core {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+fn apply_refreshed(io: &mut FileIo, refreshed: Vec<(u64, Option<ChunkEntry>)>) {
+    for (index, entry) in refreshed {
+        io.chunks.insert(index, entry);
     }
 }
 
