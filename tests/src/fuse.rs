@@ -3,16 +3,21 @@
 //! (cp, tar, git, sqlite3, ...) against the mount with a deadline.
 
 use std::ffi::OsString;
+use std::io::Read;
 use std::ops::{Deref, DerefMut};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use cairn_fs_client::dev::{Cluster, ClusterSpec, NodeId, NodeRef, ServiceKind, PRIMARY_MOUNT};
 use tempfile::TempDir;
 
-use crate::limits::{CLUSTER_READY_TIMEOUT, LEADER_TIMEOUT, LOG_LINES_QUOTED_MAX, SHELL_TIMEOUT};
+use crate::limits::{
+    CLUSTER_READY_TIMEOUT, LEADER_TIMEOUT, LOG_LINES_QUOTED_MAX, SHELL_KILL_GRACE, SHELL_POLL_INTERVAL, SHELL_TIMEOUT,
+};
 use crate::{poll_until, AllowedError, PEER_RPC_TIMEOUT, PEER_UNREACHABLE};
 
 /// openraft logs at ERROR when a metaserver's or coordinator's Raft RPC to a peer fails; peers
@@ -199,31 +204,100 @@ pub fn sh(cwd: &Path, script: &str) -> anyhow::Result<ShellOutput> {
     sh_with_timeout(cwd, script, SHELL_TIMEOUT)
 }
 
-/// [`sh`] with an explicit deadline.
+/// [`sh`] with an explicit deadline (see [`run_bounded`]).
 pub fn sh_with_timeout(cwd: &Path, script: &str, timeout: Duration) -> anyhow::Result<ShellOutput> {
-    let started = Instant::now();
-    // `timeout` kills the whole script (and whatever it runs) if it hangs on the mount.
-    let output = Command::new("timeout")
-        .args(["--kill-after=10", &format!("{}", timeout.as_secs().max(1))])
-        .args(["bash", "-euo", "pipefail", "-c", script])
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("run bash in {}", cwd.display()))?;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    if !output.status.success() {
-        let why = if output.status.code() == Some(124) || output.status.code() == Some(137) {
-            format!("timed out after {:?}", started.elapsed())
-        } else {
-            format!("{}", output.status)
-        };
-        bail!(
-            "script failed ({why}) in {}:\n{script}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+    let mut command = Command::new("bash");
+    command.args(["-euo", "pipefail", "-c", script]).current_dir(cwd);
+    let run = run_bounded(&mut command, timeout).with_context(|| format!("run bash in {}", cwd.display()))?;
+    let (stdout, stderr) = (run.stdout, run.stderr);
+    match run.status {
+        Some(status) if status.success() => Ok(ShellOutput { stdout, stderr }),
+        Some(status) => bail!(
+            "script failed ({status}) in {}:\n{script}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
             cwd.display()
-        );
+        ),
+        None => bail!(
+            "script timed out after {:?} in {} (killed; processes stuck on the mount abandoned):\n{script}\n\
+             --- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+            run.elapsed,
+            cwd.display()
+        ),
     }
-    Ok(ShellOutput { stdout, stderr })
+}
+
+/// How a [`run_bounded`] command ended.
+#[derive(Debug)]
+pub struct BoundedRun {
+    /// `None` if it was killed at the deadline.
+    pub status: Option<std::process::ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+/// Runs `command` (stdin from /dev/null, outputs captured) in a process group of its own. At
+/// `timeout` the group is SIGKILLed and the call returns at once, even if a process stays stuck
+/// in an unanswered FUSE request (it is released when the mount goes away): a hung mount fails
+/// the test instead of hanging it.
+pub fn run_bounded(command: &mut Command, timeout: Duration) -> anyhow::Result<BoundedRun> {
+    let started = Instant::now();
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("start {:?}", command.get_program()))?;
+    let stdout = collect(child.stdout.take());
+    let stderr = collect(child.stderr.take());
+    let status = loop {
+        if let Some(status) = child.try_wait().context("wait for the command")? {
+            break Some(status);
+        }
+        if started.elapsed() >= timeout {
+            let group = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            std::thread::sleep(SHELL_KILL_GRACE);
+            let _ = child.try_wait();
+            break None;
+        }
+        std::thread::sleep(SHELL_POLL_INTERVAL);
+    };
+    let elapsed = started.elapsed();
+    // The readers finish when every process holding the pipes has exited; a stuck one is not
+    // waited for.
+    let grace = if status.is_some() { SHELL_TIMEOUT } else { SHELL_KILL_GRACE };
+    Ok(BoundedRun { status, stdout: text_of(&stdout, grace), stderr: text_of(&stderr, grace), elapsed })
+}
+
+type Collected = (Arc<Mutex<Vec<u8>>>, std::sync::mpsc::Receiver<()>);
+
+/// Reads `pipe` to its end on a thread of its own.
+fn collect(pipe: Option<impl Read + Send + 'static>) -> Collected {
+    let buffer = Arc::new(Mutex::new(Vec::new()));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    if let Some(mut pipe) = pipe {
+        let sink = Arc::clone(&buffer);
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 8192];
+            while let Ok(n) = pipe.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut b) = sink.lock() {
+                    b.extend_from_slice(&chunk[..n]);
+                }
+            }
+            let _ = done_tx.send(());
+        });
+    }
+    (buffer, done_rx)
+}
+
+/// What was read so far, after waiting up to `grace` for the end of the stream.
+fn text_of((buffer, done): &Collected, grace: Duration) -> String {
+    let _ = done.recv_timeout(grace);
+    buffer.lock().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
 }
 
 /// One named check of [`run_checks`].

@@ -49,5 +49,14 @@ pub const ETCDCTL_STDERR_BYTES_MAX: usize = 64 * 1024;
 /// a git commit, ...).
 pub const SHELL_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Deadline of one shell script run by [`crate::sh`] against a mount (cp -r of a source tree,
+/// a git commit, ...).
+pub const SHELL_TIMEOUT: Duration = Duration::from_secs(300);
+/// After a timed-out script's process group is SIGKILLed, how long to wait for its exit and
+/// output before abandoning processes stuck in unanswered FUSE requests.
+pub const SHELL_KILL_GRACE: Duration = Duration::from_secs(5);
+/// How often a running script is checked for its exit.
+pub const SHELL_POLL_INTERVAL: Duration = Duration::from_millis(20);
+
 /// Unexpected server log lines quoted in a [`crate::TestCluster::finish`] failure.
 pub const LOG_LINES_QUOTED_MAX: usize = 40;

@@ -10,12 +10,12 @@
 //! `CAIRN_REQUIRE_POSIX_SUITES`), where it fails.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use cairn_tests::posix::{find_suite_binary, posix_dir, FSX_VERSION};
-use cairn_tests::FuseCluster;
+use cairn_tests::{run_bounded, FuseCluster};
 
 /// The fixed seed of the first run.
 const FIXED_SEED: u64 = 20_261_126;
@@ -35,32 +35,30 @@ fn run_fsx(fsx: &Path, file: &Path, artifacts: &Path, seed: u64, ops: u64) -> an
     std::fs::create_dir_all(artifacts).context("create the artifact directory")?;
     eprintln!("fsx: seed {seed}, {ops} operations on {} (artifacts in {})", file.display(), artifacts.display());
     let started = Instant::now();
-    let output = Command::new("timeout")
-        .args(["--kill-after=10", &RUN_TIMEOUT.as_secs().to_string()])
-        .arg(fsx)
-        .args(["-N", &ops.to_string(), "-S", &seed.to_string()])
-        .arg("-P")
-        .arg(artifacts)
-        .arg("-f")
-        .arg(posix_dir().join("fsx.toml"))
-        .arg(file)
-        .stdin(Stdio::null())
-        .output()
-        .context("run fsx")?;
+    let output = run_bounded(
+        Command::new(fsx)
+            .args(["-N", &ops.to_string(), "-S", &seed.to_string()])
+            .arg("-P")
+            .arg(artifacts)
+            .arg("-f")
+            .arg(posix_dir().join("fsx.toml"))
+            .arg(file),
+        RUN_TIMEOUT,
+    )
+    .context("run fsx")?;
     let elapsed = started.elapsed();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (stdout, stderr) = (&output.stdout, &output.stderr);
     let per_op_us = elapsed.as_micros() / u128::from(ops.max(1));
-    eprintln!("fsx seed {seed}: {} after {elapsed:.1?} ({per_op_us} µs/op)", output.status);
-    if !output.status.success() || !stdout.contains("All operations completed A-OK!") {
+    eprintln!("fsx seed {seed}: {:?} after {elapsed:.1?} ({per_op_us} µs/op)", output.status);
+    if !output.status.is_some_and(|s| s.success()) || !stdout.contains("All operations completed A-OK!") {
         let tail =
             |s: &str| s.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
         bail!(
-            "fsx failed with seed {seed} ({ops} ops, {}, {elapsed:.1?}); replay: fsx -S {seed} -N {ops} -f \
+            "fsx failed with seed {seed} ({ops} ops, {:?}, {elapsed:.1?}); replay: fsx -S {seed} -N {ops} -f \
              tests/posix/fsx.toml FILE\n--- stdout (tail) ---\n{}\n--- stderr (tail) ---\n{}",
             output.status,
-            tail(&stdout),
-            tail(&stderr)
+            tail(stdout),
+            tail(stderr)
         );
     }
     Ok(())

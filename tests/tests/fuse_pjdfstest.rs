@@ -6,14 +6,14 @@
 //! Skips (loudly) when pjdfstest is not installed, except in CI (`CI` or
 //! `CAIRN_REQUIRE_POSIX_SUITES`), where it fails.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use cairn_tests::posix::{
-    compare_with_known, find_suite_binary, parse_known_failures, parse_pjdfstest, posix_dir, PJDFSTEST_VERSION,
+    compare_with_known, find_suite_binary, parse_known_failures, parse_pjdfstest, posix_dir, Outcome, PJDFSTEST_VERSION,
 };
-use cairn_tests::FuseCluster;
+use cairn_tests::{run_bounded, FuseCluster};
 
 /// Deadline for the whole suite (on local ext4 it takes about 6 s).
 const SUITE_TIMEOUT: Duration = Duration::from_secs(1200);
@@ -34,23 +34,21 @@ async fn pjdfstest_passes_except_known_failures() -> anyhow::Result<()> {
 
     let started = Instant::now();
     let output = tokio::task::block_in_place(|| {
-        Command::new("timeout")
-            .args(["--kill-after=10", &SUITE_TIMEOUT.as_secs().to_string()])
-            .arg(&pjdfstest)
-            .arg("-c")
-            .arg(posix_dir().join("pjdfstest.toml"))
-            .arg("-p")
-            .arg(&under_test)
-            .arg("-s")
-            .arg(secondary.path())
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .output()
+        run_bounded(
+            Command::new(&pjdfstest)
+                .arg("-c")
+                .arg(posix_dir().join("pjdfstest.toml"))
+                .arg("-p")
+                .arg(&under_test)
+                .arg("-s")
+                .arg(secondary.path())
+                .env("NO_COLOR", "1"),
+            SUITE_TIMEOUT,
+        )
     })
     .context("run pjdfstest")?;
     let elapsed = started.elapsed();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let (stdout, stderr) = (output.stdout.clone(), output.stderr.clone());
     std::fs::write(&report_path, format!("{stdout}\n--- stderr ---\n{stderr}")).context("save the report")?;
 
     let report = parse_pjdfstest(&stdout)?;
@@ -64,9 +62,12 @@ async fn pjdfstest_passes_except_known_failures() -> anyhow::Result<()> {
         report.summary,
         report_path.display()
     );
+    for (name, outcome) in report.cases.iter().filter(|(_, o)| !matches!(o, Outcome::Passed)) {
+        eprintln!("  {name}: {outcome}");
+    }
     if report.summary.is_none() {
         let last = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(no output)");
-        bail!("pjdfstest did not complete ({}, {elapsed:.1?}); last line: {last}\nstderr:\n{stderr}", output.status);
+        bail!("pjdfstest did not complete ({:?}, {elapsed:.1?}); last line: {last}\nstderr:\n{stderr}", output.status);
     }
     let problems = compare_with_known(&report, &known);
     if !problems.is_empty() {

@@ -57,10 +57,10 @@ async fn tools_work_on_the_mount() -> anyhow::Result<()> {
                          cp -r '{src}' '{mnt}/tree'\n\
                          digest '{src}' > src.sum\n\
                          digest '{mnt}/tree' > in.sum\n\
-                         cmp src.sum in.sum\n\
+                         diff src.sum in.sum\n\
                          rm -rf out && cp -r '{mnt}/tree' out\n\
                          digest out > out.sum\n\
-                         cmp src.sum out.sum\n\
+                         diff src.sum out.sum\n\
                          wc -l < src.sum",
                         src = src.display(),
                         mnt = mnt.display()
@@ -108,7 +108,7 @@ async fn tools_work_on_the_mount() -> anyhow::Result<()> {
                      mkdir a; echo one > a/f; mv a/f a/g; ln a/g a/h; ln -s g a/s\n\
                      chmod 604 a/g; chown 1:1 a/h; chmod u+s,g+s a/g 2>/dev/null || true\n\
                      touch -d '2010-05-06 07:08:09' a/s; touch -h -d '2011-01-01 00:00:00' a/s\n\
-                     mkdir a/sub; echo two > a/sub/x; mv a b; mv b/sub/x b/y; rmdir b/sub\n\
+                     mkdir a/sub; echo two > a/sub/x; touch -d '2012-02-03 04:05:06.7' a/sub/x; mv a b; mv b/sub/x b/y; rmdir b/sub\n\
                      readlink b/s; cat b/s b/y\n\
                      stat -c '%n %A %s %h %u %g %y' b/g b/h b/s b/y\n\
                      ls -l --time-style=full-iso b | sed 's/^total .*//'\n\
@@ -129,17 +129,17 @@ async fn tools_work_on_the_mount() -> anyhow::Result<()> {
                     &local,
                     &format!(
                         "{TREE_DIGEST}\n\
-                         listing() {{ (cd \"$1\" && find . -printf '%p %M %s %TY-%Tm-%Td %TH:%TM:%TS\\n' | LC_ALL=C sort); }}\n\
+                         listing() {{ (cd \"$1\" && find . \\( -type d -printf '%p %M %TY-%Tm-%Td %TH:%TM:%TS\\n' \\) -o -printf '%p %M %s %TY-%Tm-%Td %TH:%TM:%TS\\n' | LC_ALL=C sort); }}\n\
                          mkdir -p '{mnt}/tar'\n\
                          tar -C '{src}' -cf '{mnt}/tar/src.tar' .\n\
                          tar -C '{src}' -cf local.tar .\n\
-                         cmp <(tar -tvf local.tar | LC_ALL=C sort) <(tar -tvf '{mnt}/tar/src.tar' | LC_ALL=C sort)\n\
+                         diff <(tar -tvf local.tar | LC_ALL=C sort) <(tar -tvf '{mnt}/tar/src.tar' | LC_ALL=C sort)\n\
                          rm -rf x1 && mkdir x1 && tar -C x1 -xf '{mnt}/tar/src.tar'\n\
                          mkdir '{mnt}/tar/x2' && tar -C '{mnt}/tar/x2' -xf local.tar\n\
                          rm -rf x3 && mkdir x3 && tar -C x3 -xf local.tar\n\
-                         cmp <(digest '{src}') <(digest x1)\n\
-                         cmp <(digest '{src}') <(digest '{mnt}/tar/x2')\n\
-                         cmp <(listing x3) <(listing '{mnt}/tar/x2')\n\
+                         diff <(digest '{src}') <(digest x1)\n\
+                         diff <(digest '{src}') <(digest '{mnt}/tar/x2')\n\
+                         diff <(listing x3) <(listing '{mnt}/tar/x2')\n\
                          tar -C '{mnt}/tar' -czf '{mnt}/tar/x2.tgz' x2 && tar -tzf '{mnt}/tar/x2.tgz' | wc -l",
                         src = src.display(),
                         mnt = mnt.display()

@@ -9,12 +9,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use cairn_tests::{poll_until, run_checks, sh, Check, FuseCluster};
+use cairn_tests::{poll_until, run_bounded, run_checks, sh, Check, FuseCluster};
 
 /// How long a lock freed by a killed holder may take to become available on the other mount.
 /// The kernel releases the holder's locks when its files are closed at exit, so this is fast
 /// unless the release is lost; then the lock would wait for session expiry.
 const LOCK_FREE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline of one non-blocking lock attempt (a hung request fails the check).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A python3 process on `path` holding a lock (`kind`: `flock` or `fcntl`) until killed; it
 /// prints `locked` once it holds the lock.
@@ -63,32 +65,27 @@ except OSError as e:
     else:
         raise
 "#;
-    let out = Command::new("timeout")
-        .args(["60", "python3", "-c", script])
-        .arg(path)
-        .args([start.to_string(), len.to_string()])
-        .output()
-        .context("run python3")?;
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    match text.as_str() {
+    let out = run_bounded(
+        Command::new("python3").args(["-c", script]).arg(path).args([start.to_string(), len.to_string()]),
+        PROBE_TIMEOUT,
+    )?;
+    match out.stdout.trim() {
         "granted" => Ok(true),
         "conflict" => Ok(false),
-        _ => bail!("fcntl probe: {} {text} {}", out.status, String::from_utf8_lossy(&out.stderr)),
+        text => bail!("fcntl probe: {:?} {text} {}", out.status, out.stderr),
     }
 }
 
 /// Whether util-linux `flock -n` gets an exclusive lock on `path` now (exit 1 means conflict).
 fn flock_try(path: &Path) -> anyhow::Result<bool> {
-    let out = Command::new("timeout")
-        .args(["60", "flock", "--nonblock", "--exclusive", "--conflict-exit-code", "75"])
-        .arg(path)
-        .arg("true")
-        .output()
-        .context("run flock")?;
-    match out.status.code() {
+    let out = run_bounded(
+        Command::new("flock").args(["--nonblock", "--exclusive", "--conflict-exit-code", "75"]).arg(path).arg("true"),
+        PROBE_TIMEOUT,
+    )?;
+    match out.status.and_then(|s| s.code()) {
         Some(0) => Ok(true),
         Some(75) => Ok(false),
-        _ => bail!("flock: {} {}", out.status, String::from_utf8_lossy(&out.stderr)),
+        _ => bail!("flock: {:?} {}", out.status, out.stderr),
     }
 }
 
@@ -116,6 +113,7 @@ async fn two_mounts_share_files_and_locks() -> anyhow::Result<()> {
                     &format!(
                         "A='{a}'; B='{b}'\n\
                          head -c 5000000 /dev/urandom > one; head -c 3000 /dev/urandom > two\n\
+                         # File contents: close-to-open, so every open after the writer's close sees them.\n\
                          cp one \"$A/f\"; cmp one \"$B/f\"\n\
                          cat \"$B/f\" > /dev/null  # now cached on B\n\
                          cp two \"$A/f\"; cmp two \"$B/f\"   # shorter overwrite in place\n\
@@ -123,9 +121,12 @@ async fn two_mounts_share_files_and_locks() -> anyhow::Result<()> {
                          truncate -s 1000 \"$A/f\"; head -c 1000 two | cmp - \"$B/f\"\n\
                          printf 'middle' | dd of=\"$A/f\" bs=1 seek=10 conv=notrunc status=none\n\
                          (head -c 10 two; printf middle; head -c 1000 two | tail -c +17) | cmp - \"$B/f\"\n\
-                         mkdir \"$A/d\"; mv \"$A/f\" \"$A/d/g\"; [ ! -e \"$B/f\" ]; stat -c %s \"$B/d/g\"\n\
-                         echo from-b > \"$B/d/h\"; [ \"$(cat \"$A/d/h\")\" = from-b ]\n\
-                         rm \"$B/d/g\"; [ ! -e \"$A/d/g\" ]; ls \"$A/d\"",
+                         # Names may be cached for the entry TTL (1 s by default): wait up to 5 s.\n\
+                         eventually() {{ for _ in $(seq 50); do if eval \"$1\"; then return 0; fi; sleep 0.1; done; echo \"never: $1\" >&2; return 1; }}\n\
+                         mkdir \"$A/d\"; mv \"$A/f\" \"$A/d/g\"\n\
+                         eventually '[ ! -e \"$B/f\" ]'; eventually '[ \"$(stat -c %s \"$B/d/g\")\" = 1000 ]'\n\
+                         echo from-b > \"$B/d/h\"; eventually '[ \"$(cat \"$A/d/h\" 2>/dev/null)\" = from-b ]'\n\
+                         rm \"$B/d/g\"; eventually '[ ! -e \"$A/d/g\" ]'; ls \"$A/d\"",
                         a = a.display(),
                         b = b.display()
                     ),
