@@ -366,6 +366,11 @@ impl<A: App> Rsm<A> {
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
                 Err(RsmError::NotLeader { leader: f.leader_id })
             }
+            // A quorum did not confirm the leadership in time (followers starved or cut off):
+            // as good as no leader, and worth retrying, unlike an internal failure.
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(_))) => {
+                Err(RsmError::NoLeader)
+            }
             Err(e) => Err(internal(e)),
         }
     }
