@@ -155,6 +155,8 @@ pub const SESSION_TTL_MS: u64 = 30_000;
 
 /// Buffered (unflushed) write bytes per file before a flush is started.
 pub const WRITE_BUFFER_BYTES_MAX: u64 = 16 * MIB;
+/// Background flushes of one file's buffer running at once (non-overlapping ranges only).
+pub const WRITE_FLUSHES_IN_FLIGHT: usize = 3;
 /// Bytes in one WriteChunk message (the chunkserver recommends 1 MiB, accepts up to 4 MiB).
 pub const WRITE_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Sequential reads fetch this much at once and serve the following reads from it.

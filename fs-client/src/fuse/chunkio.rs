@@ -24,6 +24,9 @@ pub enum ChunkIoError {
     /// metadata, or the primary itself when it could not be reached).
     #[error("chain write through {primary} failed at {failed}: {message}")]
     Chain { primary: String, failed: String, message: String },
+    /// A replica holds another version of the chunk than the entry written with.
+    #[error("stale chunk version: {message}")]
+    Stale { message: String },
     #[error("chunk {chunk_id} has no replica")]
     NoReplica { chunk_id: u64 },
     /// Every replica failed a read; `corrupt` lists those that sent bad data.
@@ -99,6 +102,9 @@ impl ChunkIo {
         let call = tokio::time::timeout(CHUNK_RPC_TIMEOUT, client.write_chunk(futures::stream::iter(messages)));
         match call.await.unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("chunk write timed out"))) {
             Ok(_) => Ok(()),
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                Err(ChunkIoError::Stale { message: status.message().to_owned() })
+            }
             Err(status) => {
                 let failed = status
                     .metadata()

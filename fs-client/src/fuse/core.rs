@@ -9,7 +9,7 @@
 //!   a chunk map cache, a readahead window, and the (mtime, size) last seen at open/close for
 //!   close-to-open page-cache reuse.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,6 +24,7 @@ use super::layout::{split_range, ChunkSpan, WriteBuffer};
 use super::meta::MetaClient;
 use crate::limits::{
     CHUNK_MAP_BATCH, CHUNK_WRITE_ATTEMPTS, READAHEAD_BYTES, READDIR_BATCH, SESSION_TTL_MS, WRITE_BUFFER_BYTES_MAX,
+    WRITE_FLUSHES_IN_FLIGHT,
 };
 
 pub type OpResult<T> = Result<T, Errno>;
@@ -41,6 +42,13 @@ pub struct Handle {
     pub read: bool,
     pub write: bool,
     pub dir: bool,
+}
+
+struct InFlight {
+    /// The file range the flush covers.
+    start: u64,
+    end: u64,
+    task: JoinHandle<OpResult<Flushed>>,
 }
 
 /// Outcome of a flush, applied to the inode's state by whoever awaits it.
@@ -72,7 +80,8 @@ impl Drop for Prefetch {
 #[derive(Default)]
 struct FileIo {
     buf: WriteBuffer,
-    inflight: Option<JoinHandle<OpResult<Flushed>>>,
+    /// Flushes being written, oldest first; they never overlap each other.
+    inflight: VecDeque<InFlight>,
     /// Chunk map cache: index → entry, or None for a known hole.
     chunks: HashMap<u64, Option<ChunkEntry>>,
     /// The file size as committed on the metaserver, as far as this client knows.
@@ -614,7 +623,7 @@ impl Core {
     /// Close-to-open: a fresh chunk map and size at each open; cached pages stay only if the
     /// file's (mtime, size) is what this client last saw.
     fn note_open(&self, inode: &Inode, io: &mut FileIo, attr: &Attr, truncated: bool) -> bool {
-        let pending = inode.pending_end.load(Ordering::Relaxed) > 0 || !io.buf.is_empty() || io.inflight.is_some();
+        let pending = inode.pending_end.load(Ordering::Relaxed) > 0 || !io.buf.is_empty() || !io.inflight.is_empty();
         let seen = seen_of(attr);
         let mut last = lock(&inode.seen);
         let keep = !truncated && (pending || *last == Some(seen));
@@ -716,7 +725,7 @@ impl Core {
         if !still_open {
             let inode = self.inode(ino);
             let io = inode.io.lock().await;
-            if io.buf.is_empty() && io.inflight.is_none() {
+            if io.buf.is_empty() && io.inflight.is_empty() {
                 inode.pending_end.store(0, Ordering::Relaxed);
             }
         }
@@ -762,27 +771,46 @@ impl Core {
         Ok(data.len() as u32)
     }
 
-    /// Waits for the write in flight (if any) and sends the buffer in the background.
+    /// Sends the buffer in the background. Up to WRITE_FLUSHES_IN_FLIGHT flushes run at once
+    /// (a sequential writer streams continuously); one that overlaps a flush in flight waits
+    /// for it, so a later write to the same bytes never lands before an earlier one.
     async fn start_flush(self: &Arc<Self>, inode: &Inode, io: &mut FileIo) -> OpResult<()> {
-        self.await_inflight(io).await?;
         if io.buf.is_empty() {
             return Ok(());
         }
-        let end = io.buf.end();
+        let (start, end) = (io.buf.start(), io.buf.end());
+        if io.inflight.iter().any(|f| f.start < end && start < f.end) {
+            self.await_inflight(io).await?;
+        }
+        while io.inflight.len() >= WRITE_FLUSHES_IN_FLIGHT {
+            self.await_oldest(io).await?;
+        }
         let pieces = io.buf.take_by_chunk(self.chunk_size());
         let core = self.clone();
         let cred = io.cred.clone();
         let ino = inode.ino;
-        io.inflight = Some(tokio::spawn(async move { core.write_out(cred, ino, pieces, end).await }));
+        let task = tokio::spawn(async move { core.write_out(cred, ino, pieces, end).await });
+        io.inflight.push_back(InFlight { start, end, task });
         Ok(())
     }
 
-    async fn await_inflight(&self, io: &mut FileIo) -> OpResult<()> {
-        if let Some(task) = io.inflight.take() {
-            let flushed = task.await.unwrap_or(Err(Errno::EIO))?;
+    async fn await_oldest(&self, io: &mut FileIo) -> OpResult<()> {
+        if let Some(f) = io.inflight.pop_front() {
+            let flushed = f.task.await.unwrap_or(Err(Errno::EIO))?;
             apply_flushed(io, flushed);
         }
         Ok(())
+    }
+
+    /// Waits for every flush in flight; the first error is returned after all have ended.
+    async fn await_inflight(&self, io: &mut FileIo) -> OpResult<()> {
+        let mut result = Ok(());
+        while !io.inflight.is_empty() {
+            if let Err(e) = self.await_oldest(io).await {
+                result = result.and(Err(e));
+            }
+        }
+        result
     }
 
     /// Everything written through this client is on every replica and committed.
@@ -872,6 +900,16 @@ impl Core {
                         return Err(Errno::EIO);
                     }
                     entry = self.report_failure(&cred, ino, &entry, vec![failed], false).await?;
+                }
+                Err(ChunkIoError::Stale { message }) => {
+                    // The chunk's version moved on (a repair or a concurrent writer's report):
+                    // nothing failed, write again with the current entry.
+                    attempts += 1;
+                    tracing::debug!(ino, index, chunk_id = entry.chunk_id, %message, "stale chunk version; refetching");
+                    if attempts >= CHUNK_WRITE_ATTEMPTS || tokio::time::Instant::now() >= deadline {
+                        return Err(Errno::EIO);
+                    }
+                    entry = self.allocate(&cred, ino, index).await?;
                 }
                 Err(e) => {
                     tracing::warn!(ino, index, error = %e, "chunk write failed");

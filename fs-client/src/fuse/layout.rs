@@ -52,6 +52,11 @@ impl WriteBuffer {
         self.bytes
     }
 
+    /// Offset of the first buffered byte (0 when empty).
+    pub fn start(&self) -> u64 {
+        self.extents.keys().next().copied().unwrap_or(0)
+    }
+
     /// End offset of the last buffered byte (0 when empty).
     pub fn end(&self) -> u64 {
         self.extents.iter().next_back().map_or(0, |(o, d)| o + d.len() as u64)
@@ -141,6 +146,7 @@ mod tests {
         b.write(8, b"0123456789abcdef");
         assert_eq!(b.extents.len(), 1);
         assert_eq!(b.end(), 24);
+        assert_eq!(b.start(), 0);
         assert_eq!(b.bytes(), 24);
         assert_eq!(b.extents[&0], b"helLO Wo0123456789abcdef");
     }
