@@ -42,9 +42,9 @@ pub use client::{connect, expect_grpc_error, kvs, next_watch_response};
 pub use cluster::{AllowedError, ClusterOptions, RaftStatus, TestCluster, PEER_RPC_TIMEOUT, PEER_UNREACHABLE};
 pub use etcdctl::{etcdctl, Etcdctl, EtcdctlChild, EtcdctlOutput};
 pub use fuse::{
-    run_bounded, run_checks, sh, sh_with_timeout, BoundedRun, Check, FuseCluster, FuseOptions, ShellOutput, OPENRAFT_ERRORS,
+    run_bounded, run_checks, sh, sh_with_timeout, BoundedRun, Check, FuseCluster, FuseOptions, ShellOutput,
+    OPENRAFT_ERRORS,
 };
-pub use fuse::{run_checks, sh, sh_with_timeout, Check, FuseCluster, FuseOptions, ShellOutput, OPENRAFT_ERRORS};
 pub use poll::poll_until;
 
 pub use cairn_fs_client::dev::{NodeId, Signal};

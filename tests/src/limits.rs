@@ -47,10 +47,6 @@ pub const ETCDCTL_STDERR_BYTES_MAX: usize = 64 * 1024;
 
 /// Deadline of one shell script run by [`crate::sh`] against a mount (cp -r of a source tree,
 /// a git commit, ...).
-pub const SHELL_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// Deadline of one shell script run by [`crate::sh`] against a mount (cp -r of a source tree,
-/// a git commit, ...).
 pub const SHELL_TIMEOUT: Duration = Duration::from_secs(300);
 /// After a timed-out script's process group is SIGKILLed, how long to wait for its exit and
 /// output before abandoning processes stuck in unanswered FUSE requests.
