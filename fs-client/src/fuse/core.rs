@@ -724,9 +724,14 @@ impl Core {
         let still_open = lock(&self.handles).values().any(|h| h.ino == ino);
         if !still_open {
             let inode = self.inode(ino);
-            let io = inode.io.lock().await;
+            let mut io = inode.io.lock().await;
             if io.buf.is_empty() && io.inflight.is_empty() {
                 inode.pending_end.store(0, Ordering::Relaxed);
+                // The next open fetches a fresh chunk map anyway: free the memory now. The
+                // inode's entry itself stays (small), with what it saw for keep_cache.
+                io.chunks = HashMap::new();
+                io.readahead = None;
+                io.prefetch = None;
             }
         }
         result
@@ -844,8 +849,11 @@ impl Core {
         pieces: BTreeMap<u64, Vec<(u64, Vec<u8>)>>,
         end: u64,
     ) -> OpResult<Flushed> {
+        let started = std::time::Instant::now();
+        let bytes: usize = pieces.values().flatten().map(|(_, d)| d.len()).sum();
         let writes = pieces.iter().map(|(index, pieces)| self.write_chunk(cred.clone(), ino, *index, pieces));
         let entries = futures::future::try_join_all(writes).await?;
+        let written = started.elapsed();
         let request = CommitWriteRequest {
             cred: Some(cred),
             time: Some(now()),
@@ -862,6 +870,13 @@ impl Core {
             })
             .await?;
         let attr = r.attr.ok_or(Errno::EIO)?;
+        tracing::debug!(
+            ino,
+            bytes,
+            chunks_ms = written.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "flushed"
+        );
         Ok(Flushed { size: attr.size, entries })
     }
 
