@@ -110,6 +110,8 @@ pub struct Core {
     chunks: ChunkIo,
     session: AtomicU64,
     session_ttl_ms: AtomicU64,
+    /// Held while a session is checked or replaced, so concurrent EBADFs replace it once.
+    renewing: tokio::sync::Mutex<()>,
     chunk_size: AtomicU64,
     inodes: Mutex<HashMap<u64, Arc<Inode>>>,
     handles: Mutex<HashMap<u64, Handle>>,
@@ -131,6 +133,7 @@ impl Core {
             chunks: ChunkIo::default(),
             session: AtomicU64::new(0),
             session_ttl_ms: AtomicU64::new(SESSION_TTL_MS),
+            renewing: tokio::sync::Mutex::new(()),
             chunk_size: AtomicU64::new(64 * 1024 * 1024),
             inodes: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
@@ -192,21 +195,8 @@ impl Core {
         loop {
             let period = Duration::from_millis(self.session_ttl_ms.load(Ordering::Relaxed) / 3);
             tokio::time::sleep(period).await;
-            let session = self.session();
-            let r = self
-                .meta
-                .call("heartbeat", |mut c| async move { c.heartbeat(HeartbeatRequest { session }).await })
-                .await;
-            match r {
-                Ok(_) => {}
-                Err(e) if e == Errno::EBADF => {
-                    tracing::warn!(session, "session expired; opening a new one and re-opening handles");
-                    if self.open_session().await.is_ok() {
-                        self.reopen_handles().await;
-                    }
-                }
-                Err(e) => tracing::warn!(session, error = ?e, "heartbeat failed"),
-            }
+            // Renews the lease, or replaces an expired session.
+            self.renew_if_expired(self.session()).await;
         }
     }
 
@@ -227,6 +217,46 @@ impl Core {
             });
             if let Err(e) = r.await {
                 tracing::warn!(ino = h.ino, error = ?e, "could not re-open a handle in the new session");
+            }
+        }
+    }
+
+    /// Runs `f` with the current session; if it answers EBADF because the session expired
+    /// (a long outage), opens a new session (re-opening the handles) and runs `f` once more.
+    async fn with_session<T, F, Fut>(&self, mut f: F) -> OpResult<T>
+    where
+        F: FnMut(u64) -> Fut,
+        Fut: std::future::Future<Output = OpResult<T>>,
+    {
+        let session = self.session();
+        match f(session).await {
+            Err(e) if e == Errno::EBADF && self.renew_if_expired(session).await => f(self.session()).await,
+            other => other,
+        }
+    }
+
+    /// Whether `seen` has been replaced by a live session (checking with a heartbeat, and
+    /// opening a new session when the metaserver says `seen` expired).
+    async fn renew_if_expired(&self, seen: u64) -> bool {
+        let _one_at_a_time = self.renewing.lock().await;
+        if self.session() != seen {
+            return true;
+        }
+        let r =
+            self.meta.call("heartbeat", |mut c| async move { c.heartbeat(HeartbeatRequest { session: seen }).await });
+        match r.await {
+            Err(e) if e == Errno::EBADF => {
+                tracing::warn!(session = seen, "session expired; opening a new one and re-opening handles");
+                if self.open_session().await.is_err() {
+                    return false;
+                }
+                self.reopen_handles().await;
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::warn!(session = seen, error = ?e, "heartbeat failed");
+                false
             }
         }
     }
@@ -600,18 +630,23 @@ impl Core {
         if truncate {
             self.settle(&inode, &mut io).await?;
         }
-        let request = OpenRequest {
-            cred: Some(cred.clone()),
-            time: Some(now()),
-            ino,
-            session: self.session(),
-            open: Some(OpenMode { read, write, truncate }),
-        };
         let r = self
-            .meta
-            .call("open", |mut c| {
-                let request = request.clone();
-                async move { c.open(request).await }
+            .with_session(|session| {
+                let request = OpenRequest {
+                    cred: Some(cred.clone()),
+                    time: Some(now()),
+                    ino,
+                    session,
+                    open: Some(OpenMode { read, write, truncate }),
+                };
+                async move {
+                    self.meta
+                        .call("open", |mut c| {
+                            let request = request.clone();
+                            async move { c.open(request).await }
+                        })
+                        .await
+                }
             })
             .await?;
         let attr = r.attr.ok_or(Errno::EIO)?;
@@ -658,22 +693,27 @@ impl Core {
         flags: i32,
     ) -> OpResult<(u64, Attr)> {
         let (read, write) = access_mode(flags);
-        let request = CreateRequest {
-            cred: Some(cred.clone()),
-            time: Some(now()),
-            parent,
-            name,
-            mode,
-            umask,
-            exclusive: flags & libc::O_EXCL != 0,
-            session: self.session(),
-            open: Some(OpenMode { read, write, truncate: flags & libc::O_TRUNC != 0 }),
-        };
         let r = self
-            .meta
-            .call("create", |mut c| {
-                let request = request.clone();
-                async move { c.create(request).await }
+            .with_session(|session| {
+                let request = CreateRequest {
+                    cred: Some(cred.clone()),
+                    time: Some(now()),
+                    parent,
+                    name: name.clone(),
+                    mode,
+                    umask,
+                    exclusive: flags & libc::O_EXCL != 0,
+                    session,
+                    open: Some(OpenMode { read, write, truncate: flags & libc::O_TRUNC != 0 }),
+                };
+                async move {
+                    self.meta
+                        .call("create", |mut c| {
+                            let request = request.clone();
+                            async move { c.create(request).await }
+                        })
+                        .await
+                }
             })
             .await?;
         let attr = r.attr.ok_or(Errno::EIO)?;
@@ -854,19 +894,24 @@ impl Core {
         let writes = pieces.iter().map(|(index, pieces)| self.write_chunk(cred.clone(), ino, *index, pieces));
         let entries = futures::future::try_join_all(writes).await?;
         let written = started.elapsed();
-        let request = CommitWriteRequest {
-            cred: Some(cred),
-            time: Some(now()),
-            ino,
-            session: self.session(),
-            size: end,
-            chunk_indexes: pieces.keys().copied().collect(),
-        };
         let r = self
-            .meta
-            .call("commit_write", |mut c| {
-                let request = request.clone();
-                async move { c.commit_write(request).await }
+            .with_session(|session| {
+                let request = CommitWriteRequest {
+                    cred: Some(cred.clone()),
+                    time: Some(now()),
+                    ino,
+                    session,
+                    size: end,
+                    chunk_indexes: pieces.keys().copied().collect(),
+                };
+                async move {
+                    self.meta
+                        .call("commit_write", |mut c| {
+                            let request = request.clone();
+                            async move { c.commit_write(request).await }
+                        })
+                        .await
+                }
             })
             .await?;
         let attr = r.attr.ok_or(Errno::EIO)?;
@@ -881,13 +926,17 @@ impl Core {
     }
 
     async fn allocate(&self, cred: &Credentials, ino: u64, index: u64) -> OpResult<ChunkEntry> {
-        let request =
-            AllocateChunkRequest { cred: Some(cred.clone()), time: Some(now()), ino, session: self.session(), index };
         let r = self
-            .meta
-            .call("allocate_chunk", |mut c| {
-                let request = request.clone();
-                async move { c.allocate_chunk(request).await }
+            .with_session(|session| {
+                let request = AllocateChunkRequest { cred: Some(cred.clone()), time: Some(now()), ino, session, index };
+                async move {
+                    self.meta
+                        .call("allocate_chunk", |mut c| {
+                            let request = request.clone();
+                            async move { c.allocate_chunk(request).await }
+                        })
+                        .await
+                }
             })
             .await?;
         r.chunk.ok_or(Errno::EIO)

@@ -627,6 +627,21 @@ impl Filesystem for CairnFs {
         });
     }
 
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // No ioctls (isatty probes with TCGETS and expects ENOTTY).
+        reply.error(Errno::ENOTTY);
+    }
+
     fn copy_file_range(
         &self,
         req: &Request,
