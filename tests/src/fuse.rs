@@ -27,6 +27,13 @@ pub const OPENRAFT_ERRORS: AllowedError = AllowedError::fixed(
     "openraft reports unreachable or slow peers at ERROR; peers start one by one",
 );
 
+/// fuser logs at ERROR when the kernel no longer wants a reply (the request was interrupted,
+/// e.g. its process was killed); the reply is dropped and nothing is lost.
+pub const FUSE_REPLY_DROPPED: AllowedError = AllowedError::fixed(
+    "Failed to send FUSE reply: No such file or directory",
+    "the kernel dropped an interrupted request before its reply arrived",
+);
+
 /// How to start a [`FuseCluster`].
 #[derive(Debug, Clone)]
 pub struct FuseOptions {
@@ -134,10 +141,10 @@ impl FuseCluster {
     }
 
     /// Ends the test: fails on ERROR lines (or panics) in any server or mount log that match
-    /// none of `allowed` (openraft's peer reports are always allowed). On success the directory
+    /// none of `allowed` (openraft's peer reports and dropped FUSE replies are always allowed). On success the directory
     /// is deleted when the cluster is dropped.
     pub fn finish(mut self, allowed: &[AllowedError]) -> anyhow::Result<()> {
-        let mut all: Vec<AllowedError> = vec![PEER_UNREACHABLE, PEER_RPC_TIMEOUT, OPENRAFT_ERRORS];
+        let mut all: Vec<AllowedError> = vec![PEER_UNREACHABLE, PEER_RPC_TIMEOUT, OPENRAFT_ERRORS, FUSE_REPLY_DROPPED];
         all.extend(allowed.iter().cloned());
         let patterns: Vec<&str> = all.iter().map(|a| a.pattern.as_ref()).collect();
         let mut found: Vec<String> = self
