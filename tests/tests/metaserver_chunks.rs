@@ -11,7 +11,10 @@
 //! 4. SIGKILL a chunkserver holding replicas (replication factor 3 over 4 servers): without any
 //!    client asking, every chunk gets back to 3 live replicas (Fsck says so) and the data reads
 //!    back byte-identical from every replica; the restarted chunkserver's stale replicas are
-//!    deleted.
+//!    deleted;
+//! 5. a chain write through a dead replica, the client's failure report, healing after close;
+//! 6. the leader dies between committing a truncation and cutting the replicas;
+//! 7. replicas ahead of the map (a bump whose map update never committed): the map catches up.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -169,6 +172,7 @@ impl Fixture {
             exclusive: true,
             session: self.session,
             open: Some(pb::OpenMode { read: true, write: true, truncate: false }),
+            ..Default::default()
         };
         let r = self.meta.create(r).await?.into_inner();
         ensure!(r.errno == 0, "create {name}: errno {}", r.errno);
@@ -695,5 +699,95 @@ async fn chunk_map_gc_and_healing() -> anyhow::Result<()> {
     fx.close(f.ino).await?;
     fx.cluster.restart(NodeRef::metaserver(NodeId(leader))).await?;
     eprintln!("phase 6: the cut range reads zeros on every replica");
+
+    // 7. A version bump reached the chunkservers but its map update never committed (a leader
+    //    died in between) and nothing bumps the chunk again: two of its three replicas are one
+    //    version ahead of the map. Without any client asking, the leader's orphan scan catches
+    //    the map up — bringing the third replica along — and the data reads back at it.
+    // First the frozen chunkservers of phase 6 back in the registry, every chunk at 3 replicas.
+    poll_until("3 live chunkservers and every chunk at 3 live replicas", HEAL_TIMEOUT, || {
+        let mut m = fx.meta.clone();
+        async move {
+            let r = m.fsck(pb::FsckRequest { limit: 10 }).await.map_err(|s| s.to_string())?.into_inner();
+            if r.chunkservers.len() != 3 || r.under_replicated_count > 0 || r.unavailable_count > 0 {
+                return Err(format!(
+                    "{} chunkservers, {} under-replicated, {} unavailable",
+                    r.chunkservers.len(),
+                    r.under_replicated_count,
+                    r.unavailable_count
+                ));
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    let entry = fx.chunks(h.ino).await?.chunks[0].clone();
+    ensure!(entry.replicas.len() == 3, "h's chunk 0 before the bump: {entry:?}");
+    let ahead = entry.version + 1;
+    for replica in &entry.replicas[..2] {
+        ChunkClient::connect_lazy(&replica.address)?.update_version(entry.chunk_id, entry.version, ahead).await?;
+    }
+    let stale = ChunkClient::connect_lazy(&entry.replicas[0].address)?.read(entry.chunk_id, entry.version, 0, 10).await;
+    ensure!(stale.is_err(), "a read at the map's version from a replica ahead of it must fail");
+    eprintln!("phase 7: chunk {} at version {ahead} on 2 replicas, {} in the map", entry.chunk_id, entry.version);
+    let caught_up = poll_until("the map caught up with its replicas", GC_TIMEOUT, || {
+        let mut m = fx.meta.clone();
+        let ino = h.ino;
+        async move {
+            let r = pb::GetChunksRequest { cred: root(), ino, first_index: 0, count: 1 };
+            let r = m.get_chunks(r).await.map_err(|s| s.to_string())?.into_inner();
+            match r.chunks.first() {
+                Some(c) if c.version == ahead => Ok(c.clone()),
+                other => Err(format!("map entry {other:?}")),
+            }
+        }
+    })
+    .await?;
+    let listed: Vec<&str> = caught_up.replicas.iter().map(|r| r.address.as_str()).collect();
+    let before: Vec<&str> = entry.replicas.iter().map(|r| r.address.as_str()).collect();
+    ensure!(listed == before, "the caught-up map keeps every replica: {listed:?}, was {before:?}");
+    fx.verify(&h, &[(0, 300_000)]).await?;
+    eprintln!("phase 7: the map caught up to version {ahead}; data identical on every replica");
+    // A reader that meets replicas ahead reports the chunk naming no replica: by the answer,
+    // the map has caught up (by this report, or by a scan that came first: then ESTALE).
+    let entry = fx.chunks(h.ino).await?.chunks[1].clone();
+    let ahead = entry.version + 1;
+    for replica in &entry.replicas {
+        ChunkClient::connect_lazy(&replica.address)?.update_version(entry.chunk_id, entry.version, ahead).await?;
+    }
+    let r = pb::ReportChunkFailureRequest {
+        cred: root(),
+        time: None,
+        ino: h.ino,
+        session: fx.session,
+        index: entry.index,
+        chunk_id: entry.chunk_id,
+        version: entry.version,
+        failed_addresses: Vec::new(),
+        corrupt: false,
+    };
+    let r = fx.meta.report_chunk_failure(r).await?.into_inner();
+    ensure!(r.errno == 0 || r.errno == 116, "report naming no replica: errno {}", r.errno);
+    let now = fx.chunks(h.ino).await?.chunks[1].clone();
+    ensure!(now.version == ahead && now.replicas.len() == 3, "after the report: {now:?}, want version {ahead}");
+    if r.errno == 0 {
+        ensure!(r.chunk.as_ref() == Some(&now), "the report answers the caught-up entry: {:?}", r.chunk);
+    }
+    fx.verify(&h, &[(CHUNK, 300_000)]).await?;
+    // Naming no replica with nothing ahead changes nothing (no bump of its own).
+    let again = pb::ReportChunkFailureRequest {
+        cred: root(),
+        time: None,
+        ino: h.ino,
+        session: fx.session,
+        index: now.index,
+        chunk_id: now.chunk_id,
+        version: now.version,
+        failed_addresses: Vec::new(),
+        corrupt: false,
+    };
+    let again = fx.meta.report_chunk_failure(again).await?.into_inner();
+    ensure!(again.errno == 0 && again.chunk.as_ref() == Some(&now), "a report with nothing ahead: {again:?}");
+    eprintln!("phase 7: a report naming no replica caught the map up to version {ahead} (errno {})", r.errno);
     fx.finish()
 }

@@ -46,6 +46,12 @@ pub fn not_found(status: &Status) -> bool {
     status.code() == Code::NotFound
 }
 
+/// Whether a status says the server could not be reached (or did not answer in time), as
+/// opposed to an answer of its own.
+pub fn unreachable(status: &Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
+}
+
 impl ChunkCalls {
     pub fn new() -> Self {
         Self::default()

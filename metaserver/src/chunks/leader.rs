@@ -14,7 +14,10 @@
 //! - Healing copies only chunks of files that nobody has open for writing (a copy racing a
 //!   client's chain write could install a mix of old and new bytes).
 //! - A crash anywhere leaves either the old map (chunkservers maybe already at a newer version,
-//!   which the next bump treats as done — UpdateVersion is idempotent) or the new one.
+//!   which the next bump treats as done — UpdateVersion is idempotent) or the new one. When no
+//!   bump comes (nobody reports a failure, the chunk is not under-replicated), the orphan scan
+//!   — which runs as soon as a node takes over the lead — sees a replica of the set ahead of
+//!   the map and catches the map up to it (`catch_up`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 
-use super::calls::{not_found, ChunkCalls};
+use super::calls::{not_found, unreachable, ChunkCalls};
 use super::placement::place;
 use super::registry::RegistryView;
 use crate::limits::{
@@ -207,6 +210,11 @@ impl ChunkManager {
             // that really failed will be reported again.
             return Ok(Ok(Reply::Chunk { index: r.index, chunk: c }));
         }
+        if r.failed_addresses.is_empty() && !r.corrupt {
+            // No replica named: a reader found replicas ahead of the map ("stale version" with
+            // a newer version there). Catch the map up if so; otherwise nothing to do.
+            return self.catch_up_reported(r.ino, r.index, c).await;
+        }
         tracing::info!(
             inode = %r.ino, index = r.index, chunk = %c.id, version = c.version, session = %r.session,
             failed = ?r.failed_addresses,
@@ -243,6 +251,25 @@ impl ChunkManager {
             replicas: survivors,
         })
         .await
+    }
+
+    /// A report naming no replica: catches the map up to the highest version a live replica
+    /// of the set holds, if above the map's; answers the chunk as it then is.
+    async fn catch_up_reported(&self, ino: InodeId, index: u64, c: Chunk) -> Result<Outcome, RsmError> {
+        let live: Vec<Replica> = c.replicas.iter().filter(|r| self.registry.is_live(r.server)).cloned().collect();
+        let versions = stream::iter(live)
+            .map(|rep| async move { self.calls.stat(&rep.addr, c.id).await.ok().map(|s| s.version) })
+            .buffered(CHUNK_CALLS_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        let ahead = versions.into_iter().flatten().max().filter(|v| *v > c.version);
+        if let Some(version) = ahead {
+            self.catch_up(ino, index, &c, version).await?;
+        }
+        Ok(match self.local(|s| map::chunk(s, ino, index))? {
+            Some(now) => Ok(Reply::Chunk { index, chunk: now }),
+            None => Err(Errno::NoEnt),
+        })
     }
 
     /// Raises `c`'s version to `new_version` on `replicas`; answers those that now hold it (a
@@ -401,7 +428,8 @@ impl ChunkManager {
 
     /// Lists every live chunkserver's chunks and deletes those the map does not know (below
     /// the previous scan's id counter), replicas outside their chunk's set, and stale replicas
-    /// (older version) inside it when other replicas remain.
+    /// (older version) inside it when other replicas remain; a replica of the set ahead of the
+    /// map catches the map up (see `catch_up`).
     pub async fn scan_orphans(&self) -> Result<usize, RsmError> {
         self.node.rsm().read_barrier().await?;
         let counter = self.local(map::next_chunk_id)?;
@@ -468,6 +496,10 @@ impl ChunkManager {
             return Ok(Some(orphan(place.ino, place.index)));
         }
         let pending = self.local(|s| map::pending_truncate(s, place.ino, place.index))?;
+        if version > c.version && pending.is_none() {
+            self.catch_up(place.ino, place.index, &c, version).await?;
+            return Ok(None);
+        }
         if version >= c.version || pending.is_some() || c.replicas.len() < 2 {
             return Ok(None);
         }
@@ -487,6 +519,39 @@ impl ChunkManager {
             return Ok(Some(orphan(place.ino, place.index)));
         }
         Ok(None)
+    }
+
+    /// A replica in the chunk's set is ahead of the map (at `version`): a bump reached the
+    /// chunkservers but the leader that made it died (or was deposed) before its proposal
+    /// committed, and no later bump came to finish it — readers then meet "stale version" on
+    /// every replica while the map keeps answering the old one. Raises the set's other live
+    /// replicas to `version` (UpdateVersion is idempotent: those already there succeed) and
+    /// proposes the map at `version` with the replicas that got there. Call under the chunk's
+    /// lock, with no pending truncation. Safe because nobody can be writing at a version the
+    /// map never announced, a bump is applied only to complete replicas, and a copy target
+    /// becomes visible only once complete; a replica that cannot follow is left out, as after
+    /// any bump. Answers whether the map moved.
+    async fn catch_up(&self, ino: InodeId, index: u64, c: &Chunk, version: u64) -> Result<bool, RsmError> {
+        let live: Vec<Replica> = c.replicas.iter().filter(|r| self.registry.is_live(r.server)).cloned().collect();
+        let kept = self.bump(c, &live, version).await;
+        tracing::info!(
+            chunk = %c.id, inode = %ino, index, map_version = c.version, version,
+            kept = ?kept.iter().map(|r| &r.addr).collect::<Vec<_>>(), "replicas ahead of the map; catching the map up"
+        );
+        if kept.is_empty() {
+            return Ok(false);
+        }
+        let op = Op::SetChunkReplicas { ino, index, chunk: c.id, expect_version: c.version, version, replicas: kept };
+        match self.propose(op).await? {
+            Ok(_) => {
+                self.node.metrics().chunk_event("version_caught_up");
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::debug!(chunk = %c.id, errno = %e, "catching up overtaken");
+                Ok(false)
+            }
+        }
     }
 
     async fn delete_orphan(&self, rep: &Replica, id: ChunkId, version: u64, why: &str) {
@@ -577,8 +642,12 @@ impl ChunkManager {
         let holding: Vec<ChunkserverId> = live.iter().map(|r| r.server).collect();
         let exclude: Vec<ChunkserverId> = c.replicas.iter().map(|r| r.server).collect();
         let targets = place(&servers, &holding, &exclude, rf.saturating_sub(live.len()), self.chunk_size_bytes()?);
+        // A server that died keeps its lease for a while and can still be placed: bumping the
+        // version for copies that cannot happen would move the chunk's version every round
+        // (each bump makes readers holding the map meet "stale version" until it commits).
+        let targets = if c.fresh { targets } else { self.reachable(c.id, targets).await };
         if targets.is_empty() {
-            // No server to copy to (yet): nothing was attempted.
+            // No (reachable) server to copy to (yet): nothing was attempted.
             return Ok(Heal::Skipped);
         }
         tracing::info!(
@@ -633,6 +702,25 @@ impl ChunkManager {
             replicas,
         };
         Ok(if self.propose(op).await?.is_ok() && complete { Heal::Done } else { Heal::Failed })
+    }
+
+    /// The copy targets that answer a call (whatever the answer: not having the chunk is the
+    /// usual one).
+    async fn reachable(&self, id: ChunkId, targets: Vec<Replica>) -> Vec<Replica> {
+        stream::iter(targets)
+            .map(|t| async move {
+                match self.calls.stat(&t.addr, id).await {
+                    Err(status) if unreachable(&status) => {
+                        tracing::debug!(chunk = %id, target = %t.addr, error = %status.message(), "copy target unreachable");
+                        None
+                    }
+                    _ => Some(t),
+                }
+            })
+            .buffered(CHUNK_CALLS_CONCURRENCY)
+            .filter_map(|t| async move { t })
+            .collect()
+            .await
     }
 
     // ---- fsck ----
