@@ -268,6 +268,7 @@ impl Clients {
             exclusive: true,
             session: 0,
             open: None,
+            allocate_first_chunk: false,
         };
         let resp = self.next().create(request).await?.into_inner();
         check(resp.errno)?;

@@ -64,7 +64,8 @@ impl ChunkIo {
     }
 
     /// Writes `pieces` (offset in chunk, bytes) into the chunk through its chain and waits
-    /// until every replica has applied them (durably with `sync`).
+    /// until every replica has applied them (durably with `sync`). No pieces with `sync` is a
+    /// sync of the chain: one header-only message, and every replica fsyncs its store.
     pub async fn write(
         &self,
         entry: &ChunkEntry,
@@ -78,7 +79,8 @@ impl ChunkIo {
         let header = WriteHeader {
             chunk_id: entry.chunk_id,
             version: entry.version,
-            create: entry.fresh,
+            // A header-only write (a sync) must never create an empty chunk.
+            create: entry.fresh && !pieces.is_empty(),
             chunk_size_bytes,
             chain: entry.replicas[1..].iter().map(|r| r.address.clone()).collect(),
             sync,

@@ -56,6 +56,8 @@ struct InFlight {
 struct Flushed {
     size: u64,
     entries: Vec<ChunkEntry>,
+    /// Written with `sync` (durable on every replica), else only applied by every replica.
+    synced: bool,
 }
 
 /// Data read for a window, and chunk entries found stale on the way (index → new entry).
@@ -93,6 +95,13 @@ struct FileIo {
     /// Bumped by every change, so a read that dropped the lock knows its data may be stale.
     generation: u64,
     cred: Credentials,
+    /// The first chunk allocated by this client's `Create` of the file, for the first flush
+    /// to write without an `AllocateChunk` round. Every settle drops what it did not use, so a
+    /// truncation or a reopen never writes through an entry that may have been cut away.
+    first_chunk: Option<ChunkEntry>,
+    /// Chunks written without `sync` since the last fsync of the file (index → entry): fsync
+    /// syncs their chains. Kept across closes, dropped with the inode's record.
+    unsynced: HashMap<u64, ChunkEntry>,
 }
 
 pub struct Inode {
@@ -658,6 +667,7 @@ impl Core {
     /// Close-to-open: a fresh chunk map and size at each open; cached pages stay only if the
     /// file's (mtime, size) is what this client last saw.
     fn note_open(&self, inode: &Inode, io: &mut FileIo, attr: &Attr, truncated: bool) -> bool {
+        io.first_chunk = None;
         let pending = inode.pending_end.load(Ordering::Relaxed) > 0 || !io.buf.is_empty() || !io.inflight.is_empty();
         let seen = seen_of(attr);
         let mut last = lock(&inode.seen);
@@ -705,6 +715,10 @@ impl Core {
                     exclusive: flags & libc::O_EXCL != 0,
                     session,
                     open: Some(OpenMode { read, write, truncate: flags & libc::O_TRUNC != 0 }),
+                    // Not asked for yet: a chunk allocated at create is in the map before any
+                    // replica has it, and a read of the file before its first write (after a
+                    // growing truncate) must then read zeros instead of failing on NOT_FOUND.
+                    allocate_first_chunk: false,
                 };
                 async move {
                     self.meta
@@ -721,13 +735,16 @@ impl Core {
         let mut io = inode.io.lock().await;
         self.note_open(&inode, &mut io, &attr, flags & libc::O_TRUNC != 0 || r.created);
         io.cred = cred;
+        if r.created {
+            io.first_chunk = r.first_chunk.filter(|c| c.index == 0);
+        }
         Ok((self.add_handle(attr.ino, flags), attr))
     }
 
     /// flush(2) of a handle (each close): writes out buffered data and drops the POSIX locks
     /// of the closing owner.
     pub async fn flush(&self, ino: u64, owner: u64) -> OpResult<()> {
-        let result = self.fsync(ino).await;
+        let result = self.write_back(ino).await;
         if lock(&self.lock_owners).remove(&(ino, owner)) {
             self.release_owner(ino, owner, true, false).await;
         }
@@ -737,7 +754,7 @@ impl Core {
     pub async fn release(&self, fh: u64, flock_owner: Option<u64>) -> OpResult<()> {
         let Some(handle) = lock(&self.handles).remove(&fh) else { return Err(Errno::EBADF) };
         let ino = handle.ino;
-        let result = self.fsync(ino).await;
+        let result = self.write_back(ino).await;
         if let Some(owner) = flock_owner {
             if lock(&self.lock_owners).remove(&(ino, owner)) {
                 self.release_owner(ino, owner, true, true).await;
@@ -831,10 +848,13 @@ impl Core {
             self.await_oldest(io).await?;
         }
         let pieces = io.buf.take_by_chunk(self.chunk_size());
+        let first = if pieces.contains_key(&0) { io.first_chunk.take() } else { None };
         let core = self.clone();
         let cred = io.cred.clone();
         let ino = inode.ino;
-        let task = tokio::spawn(async move { core.write_out(cred, ino, pieces, end).await });
+        // Not synced: every replica has applied the data when the flush ends (it survives a
+        // killed server process); fsync makes it durable.
+        let task = tokio::spawn(async move { core.write_out(cred, ino, pieces, end, first, false).await });
         io.inflight.push_back(InFlight { start, end, task });
         Ok(())
     }
@@ -860,13 +880,32 @@ impl Core {
 
     /// Everything written through this client is on every replica and committed.
     async fn settle(&self, inode: &Inode, io: &mut FileIo) -> OpResult<()> {
+        self.settle_with(inode, io, false).await
+    }
+
+    /// `settle`; with `durable`, the final write is synced and so is every chain that took
+    /// unsynced writes of the file since its last fsync.
+    async fn settle_with(&self, inode: &Inode, io: &mut FileIo, durable: bool) -> OpResult<()> {
+        let result = self.settle_buffer(inode, io, durable).await;
+        // Only the flush right after the create may use the chunk it allocated: later, a
+        // truncation or another client may have cut it away.
+        io.first_chunk = None;
+        result?;
+        if durable {
+            self.sync_unsynced(io, inode.ino).await?;
+        }
+        Ok(())
+    }
+
+    async fn settle_buffer(&self, inode: &Inode, io: &mut FileIo, sync: bool) -> OpResult<()> {
         self.await_inflight(io).await?;
         if io.buf.is_empty() {
             return Ok(());
         }
         let end = io.buf.end();
         let pieces = io.buf.take_by_chunk(self.chunk_size());
-        let flushed = self.write_out(io.cred.clone(), inode.ino, pieces, end).await?;
+        let first = if pieces.contains_key(&0) { io.first_chunk.take() } else { None };
+        let flushed = self.write_out(io.cred.clone(), inode.ino, pieces, end, first, sync).await?;
         apply_flushed(io, flushed);
         if let Some(seen) = lock(&inode.seen).as_mut() {
             // Our own writes do not invalidate our own page cache.
@@ -875,7 +914,94 @@ impl Core {
         Ok(())
     }
 
+    /// fsync: a header-only `sync` write through the chain of every chunk that took unsynced
+    /// writes (the chunkserver then fsyncs its store on every replica). Chunks whose sync
+    /// failed stay listed for the next fsync.
+    async fn sync_unsynced(&self, io: &mut FileIo, ino: u64) -> OpResult<()> {
+        if io.unsynced.is_empty() {
+            return Ok(());
+        }
+        let cred = io.cred.clone();
+        let pending: Vec<ChunkEntry> = std::mem::take(&mut io.unsynced).into_values().collect();
+        let syncs = pending.into_iter().map(|entry| {
+            let cred = cred.clone();
+            async move {
+                let r = self.sync_chunk(&cred, ino, entry.clone()).await;
+                (entry, r)
+            }
+        });
+        let mut result = Ok(());
+        for (entry, r) in futures::future::join_all(syncs).await {
+            if let Err(e) = r {
+                io.unsynced.insert(entry.index, entry);
+                result = result.and(Err(e));
+            }
+        }
+        result
+    }
+
+    /// Syncs one chunk's chain. A chunk that is gone or replaced (a truncation) has nothing
+    /// left to sync; a moved version is synced at the new version; a failed replica is
+    /// reported and the remaining chain synced.
+    async fn sync_chunk(&self, cred: &Credentials, ino: u64, mut entry: ChunkEntry) -> OpResult<()> {
+        let deadline = tokio::time::Instant::now() + self.meta.timeout();
+        let mut attempts = 0;
+        loop {
+            let failed = match self.chunks.write(&entry, self.chunk_size(), &[], true).await {
+                Ok(()) => return Ok(()),
+                Err(ChunkIoError::Chain { failed, message, .. }) => {
+                    tracing::warn!(ino, index = entry.index, chunk_id = entry.chunk_id, %failed, %message, "chain sync failed");
+                    Some(failed)
+                }
+                Err(ChunkIoError::Stale { message }) => {
+                    tracing::debug!(ino, index = entry.index, chunk_id = entry.chunk_id, %message, "stale chunk version on sync");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(ino, index = entry.index, error = %e, "chunk sync failed");
+                    return Err(Errno::EIO);
+                }
+            };
+            attempts += 1;
+            if attempts >= CHUNK_WRITE_ATTEMPTS || tokio::time::Instant::now() >= deadline {
+                return Err(Errno::EIO);
+            }
+            let current = self.current_entry(cred, ino, entry.index).await?;
+            entry = match current {
+                Some(c) if c.chunk_id == entry.chunk_id && c.version == entry.version => match failed {
+                    Some(failed) => self.report_failure(cred, ino, &entry, vec![failed], false).await?,
+                    None => c,
+                },
+                Some(c) if c.chunk_id == entry.chunk_id => c,
+                // Cut away or replaced: the data written there is gone anyway.
+                _ => return Ok(()),
+            };
+        }
+    }
+
+    /// The chunk entry at `index` as the metaserver has it now (None: a hole).
+    async fn current_entry(&self, cred: &Credentials, ino: u64, index: u64) -> OpResult<Option<ChunkEntry>> {
+        let r = self
+            .meta
+            .call("get_chunks", |mut c| {
+                let request = GetChunksRequest { cred: Some(cred.clone()), ino, first_index: index, count: 1 };
+                async move { c.get_chunks(request).await }
+            })
+            .await?;
+        Ok(r.chunks.into_iter().find(|c| c.index == index))
+    }
+
+    /// fsync(2)/fdatasync(2): everything written through this client is durable on every
+    /// replica and the size committed.
     pub async fn fsync(&self, ino: u64) -> OpResult<()> {
+        let Some(inode) = lock(&self.inodes).get(&ino).cloned() else { return Ok(()) };
+        let mut io = inode.io.lock().await;
+        self.settle_with(&inode, &mut io, true).await
+    }
+
+    /// close/flush: everything written through this client is on every replica (applied,
+    /// not necessarily synced) and the size committed.
+    pub async fn write_back(&self, ino: u64) -> OpResult<()> {
         let Some(inode) = lock(&self.inodes).get(&ino).cloned() else { return Ok(()) };
         let mut io = inode.io.lock().await;
         self.settle(&inode, &mut io).await
@@ -888,10 +1014,15 @@ impl Core {
         ino: u64,
         pieces: BTreeMap<u64, Vec<(u64, Vec<u8>)>>,
         end: u64,
+        mut first: Option<ChunkEntry>,
+        sync: bool,
     ) -> OpResult<Flushed> {
         let started = std::time::Instant::now();
         let bytes: usize = pieces.values().flatten().map(|(_, d)| d.len()).sum();
-        let writes = pieces.iter().map(|(index, pieces)| self.write_chunk(cred.clone(), ino, *index, pieces));
+        let writes = pieces.iter().map(|(index, pieces)| {
+            let known = if *index == 0 { first.take() } else { None };
+            self.write_chunk(cred.clone(), ino, *index, pieces, known, sync)
+        });
         let entries = futures::future::try_join_all(writes).await?;
         let written = started.elapsed();
         let r = self
@@ -922,7 +1053,7 @@ impl Core {
             total_ms = started.elapsed().as_millis() as u64,
             "flushed"
         );
-        Ok(Flushed { size: attr.size, entries })
+        Ok(Flushed { size: attr.size, entries, synced: sync })
     }
 
     async fn allocate(&self, cred: &Credentials, ino: u64, index: u64) -> OpResult<ChunkEntry> {
@@ -942,20 +1073,26 @@ impl Core {
         r.chunk.ok_or(Errno::EIO)
     }
 
-    /// One chunk's pieces through its chain; a failed replica is reported and the write is
-    /// retried with the chain the metaserver answers.
+    /// One chunk's pieces through its chain (`known`: the entry, when the create allocated
+    /// it; else `AllocateChunk`); a failed replica is reported and the write is retried with
+    /// the chain the metaserver answers.
     async fn write_chunk(
         &self,
         cred: Credentials,
         ino: u64,
         index: u64,
         pieces: &[(u64, Vec<u8>)],
+        known: Option<ChunkEntry>,
+        sync: bool,
     ) -> OpResult<ChunkEntry> {
-        let mut entry = self.allocate(&cred, ino, index).await?;
+        let mut entry = match known {
+            Some(entry) => entry,
+            None => self.allocate(&cred, ino, index).await?,
+        };
         let deadline = tokio::time::Instant::now() + self.meta.timeout();
         let mut attempts = 0;
         loop {
-            match self.chunks.write(&entry, self.chunk_size(), pieces, true).await {
+            match self.chunks.write(&entry, self.chunk_size(), pieces, sync).await {
                 Ok(()) => return Ok(entry),
                 Err(ChunkIoError::Chain { primary, failed, message }) => {
                     attempts += 1;
@@ -1206,7 +1343,7 @@ impl Core {
         if mode == 0 {
             // Like ext4, the file grows to cover the range and its mtime and ctime change even
             // when it does not grow: a size change to max(size, end) does both.
-            self.fsync(ino).await?;
+            self.write_back(ino).await?;
             let attr = self.getattr(cred.clone(), ino).await?;
             let size = self.local_size(&attr).max(end);
             self.setattr(cred, ino, Some(fh), None, None, None, Some(size), None, None).await?;
@@ -1224,7 +1361,7 @@ impl Core {
             self.write(cred.clone(), ino, at, &zeros[..n as usize]).await?;
             at += n;
         }
-        self.fsync(ino).await
+        self.write_back(ino).await
     }
 
     /// SEEK_DATA / SEEK_HOLE over the chunk map (a chunk never written is a hole).
@@ -1357,6 +1494,11 @@ fn apply_refreshed(io: &mut FileIo, refreshed: Vec<(u64, Option<ChunkEntry>)>) {
 fn apply_flushed(io: &mut FileIo, flushed: Flushed) {
     io.size = io.size.max(flushed.size);
     for e in flushed.entries {
+        if flushed.synced {
+            io.unsynced.remove(&e.index);
+        } else {
+            io.unsynced.insert(e.index, e.clone());
+        }
         io.chunks.insert(e.index, Some(e));
     }
 }

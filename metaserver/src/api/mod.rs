@@ -17,8 +17,8 @@ use crate::chunks::{ChunkManager, FailureReport};
 use crate::limits::{GRPC_MESSAGE_BYTES_MAX, REQUEST_TIMEOUT};
 use crate::namespace::command::decode_outcome;
 use crate::namespace::{
-    chunks as chunk_map, locks, read, ChunkId, Errno, InodeId, LockKind, LockOwner, Op, Outcome, Reply, SessionId,
-    SetAttr, Timespec,
+    chunks as chunk_map, locks, read, ChunkId, Errno, InodeId, LockKind, LockOwner, Op, Outcome, Replica, Reply,
+    SessionId, SetAttr, Timespec,
 };
 use crate::node::namespace::NamespaceNode;
 use convert::{attr, caller, time};
@@ -84,6 +84,17 @@ fn session(id: u64) -> Option<SessionId> {
 }
 
 impl MetaApi {
+    /// Where a new chunk goes, chosen by the proposing node from its registry view (so `apply`
+    /// stays deterministic): empty before the filesystem is formatted or with no live
+    /// chunkserver; UNAVAILABLE before the registry was read.
+    fn placement(&self) -> Result<Vec<Replica>, Status> {
+        let Some(p) = self.node.fs_params_local() else { return Ok(Vec::new()) };
+        let Some(servers) = self.chunks.registry().live() else {
+            return Err(Status::unavailable("the chunkserver registry has not been read yet"));
+        };
+        Ok(place(&servers, &[], &[], p.replication_factor as usize, p.chunk_size_bytes))
+    }
+
     /// The chunk size of the filesystem (0 before it is formatted); it never changes once set.
     fn chunk_size_bytes(&self) -> u64 {
         self.node.fs_params_local().map_or(0, |p| p.chunk_size_bytes)
@@ -164,24 +175,48 @@ impl MetaService for MetaApi {
 
     async fn create(&self, request: Request<pb::CreateRequest>) -> Answer<pb::CreateResponse> {
         let r = request.into_inner();
-        let op = Op::Create {
-            parent: InodeId(r.parent),
-            name: r.name,
-            mode: r.mode,
-            umask: r.umask,
-            exclusive: r.exclusive,
-            session: session(r.session),
-            flags: convert::open_flags(r.open),
+        let flags = convert::open_flags(r.open);
+        let (parent, name, mode, umask, exclusive) = (InodeId(r.parent), r.name, r.mode, r.umask, r.exclusive);
+        let with_chunk = r.allocate_first_chunk && r.session != 0 && (flags.write || flags.truncate);
+        let op = if with_chunk {
+            // Placement is chosen here, before proposing, as for AllocateChunk. Without a live
+            // chunkserver (or before the registry was read) the file is created without the
+            // chunk: the writer allocates it later.
+            let placement = self.placement().unwrap_or_default();
+            Op::CreateWithChunk {
+                parent,
+                name,
+                mode,
+                umask,
+                exclusive,
+                session: SessionId(r.session),
+                flags,
+                placement,
+            }
+        } else {
+            Op::Create { parent, name, mode, umask, exclusive, session: session(r.session), flags }
         };
-        let truncates = r.open.is_some_and(|m| m.truncate);
         let outcome = self.change(r.cred, r.time, op).await?;
-        if let (true, Ok(Reply::Created { attr: a, .. })) = (truncates, &outcome) {
-            self.flush_truncates(a.ino.0).await;
+        let created_ino = match &outcome {
+            Ok(Reply::Created { attr: a, .. } | Reply::CreatedWithChunk { attr: a, .. }) => Some(a.ino.0),
+            _ => None,
+        };
+        if let (true, Some(ino)) = (flags.truncate, created_ino) {
+            self.flush_truncates(ino).await;
         }
+        let live = |s| self.chunks.registry().is_live(s);
         Ok(Response::new(match outcome {
-            Ok(Reply::Created { attr: a, created }) => pb::CreateResponse { errno: 0, attr: Some(attr(&a)), created },
+            Ok(Reply::Created { attr: a, created }) => {
+                pb::CreateResponse { errno: 0, attr: Some(attr(&a)), created, first_chunk: None }
+            }
+            Ok(Reply::CreatedWithChunk { attr: a, created, first_chunk }) => pb::CreateResponse {
+                errno: 0,
+                attr: Some(attr(&a)),
+                created,
+                first_chunk: first_chunk.map(|c| convert::chunk_entry(0, &c, live)),
+            },
             Ok(other) => return Err(Status::internal(format!("unexpected reply {other:?}"))),
-            Err(e) => pb::CreateResponse { errno: e.code(), attr: None, created: false },
+            Err(e) => pb::CreateResponse { errno: e.code(), attr: None, created: false, first_chunk: None },
         }))
     }
 
@@ -461,19 +496,10 @@ impl MetaService for MetaApi {
         let c = caller(r.cred)?;
         let t = time(r.time)?;
         // Placement is chosen here, before proposing, so `apply` stays deterministic.
-        let params = self.node.fs_params_local();
-        let placement = match &params {
-            Some(p) => {
-                let Some(servers) = self.chunks.registry().live() else {
-                    return Err(Status::unavailable("the chunkserver registry has not been read yet"));
-                };
-                place(&servers, &[], &[], p.replication_factor as usize, p.chunk_size_bytes)
-            }
-            None => Vec::new(),
-        };
+        let placement = self.placement()?;
         let op = Op::AllocateChunk { ino: InodeId(r.ino), session: SessionId(r.session), index: r.index, placement };
         let outcome = self.node.change(c, t, op).await.map_err(status)?;
-        chunk_response(self, outcome, params.map_or(0, |p| p.chunk_size_bytes))
+        chunk_response(self, outcome, self.chunk_size_bytes())
     }
 
     async fn report_chunk_failure(&self, request: Request<pb::ReportChunkFailureRequest>) -> Answer<pb::ChunkResponse> {

@@ -13,8 +13,8 @@ use super::perm::{self, MAY_EXEC, MAY_READ, MAY_WRITE};
 use super::rows::{self, check_name, decode, encode, is_dot_or_dotdot, Fail, Res};
 use super::tx::Tx;
 use super::types::{
-    Caller, Dentry, FileKind, FsParams, Inode, InodeId, Reclaim, SessionId, Timespec, Usage, MODE_BITS, S_ISGID,
-    S_ISUID, S_IXGRP,
+    Caller, Dentry, FileKind, FsParams, Inode, InodeId, Reclaim, Replica, SessionId, Timespec, Usage, MODE_BITS,
+    S_ISGID, S_ISUID, S_IXGRP,
 };
 use super::xattr;
 use crate::limits::{
@@ -71,6 +71,9 @@ impl<'a> Apply<'a> {
             }
             Op::Create { parent, name, mode, umask, exclusive, session, flags } => {
                 self.create(*parent, name, mode & !umask, *exclusive, *session, *flags)?
+            }
+            Op::CreateWithChunk { parent, name, mode, umask, exclusive, session, flags, placement } => {
+                self.create_with_chunk(*parent, name, mode & !umask, *exclusive, *session, *flags, placement)?
             }
             Op::Open { ino, session, flags } => {
                 let inode = rows::existing(&self.tx, *ino)?;
@@ -318,6 +321,33 @@ impl<'a> Apply<'a> {
             None => inode,
         };
         Ok(Reply::Created { attr, created: true })
+    }
+
+    /// `create`, then the first chunk when the file is new and open for writing here, so a
+    /// small file's writer needs no `AllocateChunk` round.
+    #[allow(clippy::too_many_arguments)]
+    fn create_with_chunk(
+        &mut self,
+        parent: InodeId,
+        name: &[u8],
+        mode: u32,
+        exclusive: bool,
+        session: SessionId,
+        flags: OpenFlags,
+        placement: &[Replica],
+    ) -> Res<Reply> {
+        let Reply::Created { attr, created } = self.create(parent, name, mode, exclusive, Some(session), flags)? else {
+            return Err(Fail::Errno(Errno::Io));
+        };
+        let first_chunk = if created && (flags.write || flags.truncate) && !placement.is_empty() {
+            match self.allocate_chunk(attr.ino, session, 0, placement)? {
+                Reply::Chunk { chunk, .. } => Some(chunk),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        Ok(Reply::CreatedWithChunk { attr, created, first_chunk })
     }
 
     fn open(&mut self, mut inode: Inode, session: SessionId, flags: OpenFlags) -> Res<Inode> {

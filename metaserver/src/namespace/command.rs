@@ -239,6 +239,20 @@ pub enum Op {
         session: SessionId,
         write: bool,
     },
+    /// `Create` that also allocates the file's first chunk (index 0) on `placement` (chosen
+    /// by the proposing node, as for `AllocateChunk`) when this call creates the file and
+    /// opens it for writing; an empty placement (no live chunkserver) creates the file only.
+    /// (A variant of its own so commands already in logs keep decoding.)
+    CreateWithChunk {
+        parent: InodeId,
+        name: Vec<u8>,
+        mode: u32,
+        umask: u32,
+        exclusive: bool,
+        session: SessionId,
+        flags: OpenFlags,
+        placement: Vec<Replica>,
+    },
 }
 
 impl Op {
@@ -272,6 +286,7 @@ impl Op {
             Op::ReclaimInodes { .. } => "reclaim_inodes",
             Op::ChunksDeleted { .. } => "chunks_deleted",
             Op::CloseHandle { .. } => "close",
+            Op::CreateWithChunk { .. } => "create",
         }
     }
 }
@@ -312,6 +327,12 @@ pub enum Reply {
     Chunk {
         index: u64,
         chunk: Chunk,
+    },
+    /// `CreateWithChunk`: as `Created`, plus the first chunk when one was allocated.
+    CreatedWithChunk {
+        attr: Inode,
+        created: bool,
+        first_chunk: Option<Chunk>,
     },
 }
 

@@ -274,3 +274,75 @@ fn digest_covers_the_chunk_map() {
     assert_ne!(before.0, after.0);
     assert!(after.1 > before.1);
 }
+
+impl Fs {
+    /// `CreateWithChunk` of `name` in the root: (attributes, created, first chunk).
+    fn create_with_chunk(
+        &mut self,
+        name: &str,
+        exclusive: bool,
+        flags: OpenFlags,
+        on: &[u64],
+    ) -> Result<(Inode, bool, Option<Chunk>), Errno> {
+        let op = Op::CreateWithChunk {
+            parent: ROOT,
+            name: name.into(),
+            mode: 0o644,
+            umask: 0,
+            exclusive,
+            session: S1,
+            flags,
+            placement: replicas(on),
+        };
+        match self.exec(&root(), op)? {
+            Reply::CreatedWithChunk { attr, created, first_chunk } => Ok((attr, created, first_chunk)),
+            other => panic!("expected CreatedWithChunk, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn create_with_chunk_allocates_the_first_chunk() {
+    let mut fs = Fs::new();
+    let (attr, created, first) = fs.create_with_chunk("f", true, rw(), &[2, 3, 1]).expect("create");
+    assert!(created);
+    assert_eq!(attr.open_handles, 1);
+    let first = first.expect("a first chunk");
+    assert_eq!((first.id, first.version, first.fresh), (ChunkId(1), 1, true));
+    assert_eq!(first.replicas, replicas(&[2, 3, 1]), "the proposer's placement, in its order");
+    // Recorded in the chunk map and the chunk id index, exactly as AllocateChunk records it.
+    assert_eq!(fs.chunk_at(attr.ino, 0), Some(first.clone()));
+    assert_eq!(map::place(&fs.store, ChunkId(1)).expect("place").map(|p| (p.ino, p.index)), Some((attr.ino, 0)));
+    assert_eq!(map::next_chunk_id(&fs.store).expect("next"), ChunkId(2));
+    // The writer's AllocateChunk of index 0 finds it, whatever placement it brings.
+    let (_, again) = fs.allocate(attr.ino, S1, 0, &[4]).expect("allocate");
+    assert_eq!(again, first);
+    // The first commit makes it no longer fresh.
+    fs.commit(&root(), attr.ino, 4096, &[0]).expect("commit");
+    assert!(!fs.chunk_at(attr.ino, 0).expect("chunk").fresh);
+}
+
+#[test]
+fn create_with_chunk_allocates_only_for_new_files_opened_for_writing() {
+    let mut fs = Fs::new();
+    let (f, ..) = fs.create_with_chunk("f", true, rw(), &[1, 2, 3]).expect("create");
+    // Exclusive create on an existing name: EEXIST and nothing allocated.
+    assert_eq!(fs.create_with_chunk("f", true, rw(), &[1, 2, 3]), Err(Errno::Exist));
+    assert_eq!(map::next_chunk_id(&fs.store).expect("next"), ChunkId(2));
+    // Non-exclusive create of an existing file opens it: no chunk either.
+    let (again, created, first) = fs.create_with_chunk("f", false, rw(), &[4, 5, 6]).expect("open");
+    assert_eq!((again.ino, created, first), (f.ino, false, None));
+    assert_eq!(fs.chunk_at(f.ino, 0).expect("chunk").replicas, replicas(&[1, 2, 3]));
+    // Opened read-only: no chunk.
+    let (ro_file, created, first) = fs.create_with_chunk("r", true, ro(), &[1, 2, 3]).expect("create ro");
+    assert!(created);
+    assert_eq!(first, None);
+    assert_eq!(fs.chunk_at(ro_file.ino, 0), None);
+    // No live chunkserver (empty placement): the file is created without the chunk.
+    let (g, created, first) = fs.create_with_chunk("g", true, rw(), &[]).expect("create without servers");
+    assert!(created);
+    assert_eq!(first, None);
+    assert_eq!(fs.chunk_at(g.ino, 0), None);
+    assert_eq!(fs.lookup(&root(), ROOT, "g").expect("lookup").ino, g.ino);
+    assert_eq!(map::next_chunk_id(&fs.store).expect("next"), ChunkId(2), "only f's chunk was allocated");
+}
