@@ -181,3 +181,8 @@ pub const CHUNK_RPC_TIMEOUT: Duration = Duration::from_secs(60);
 
 const _: () = assert!(WRITE_BUFFER_BYTES_MAX >= FUSE_MAX_WRITE_BYTES as u64);
 const _: () = assert!(WRITE_MESSAGE_BYTES <= 4 * 1024 * 1024);
+
+/// Backoff between attempts to read a chunk whose replicas all failed while the map catches up
+/// with them (doubling from the first to the second, until the operation timeout).
+pub const CHUNK_READ_RETRY_BACKOFF_MIN: Duration = Duration::from_millis(50);
+pub const CHUNK_READ_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(1);

@@ -23,8 +23,8 @@ use super::chunkio::{ChunkIo, ChunkIoError};
 use super::layout::{split_range, ChunkSpan, WriteBuffer};
 use super::meta::MetaClient;
 use crate::limits::{
-    CHUNK_MAP_BATCH, CHUNK_WRITE_ATTEMPTS, READAHEAD_BYTES, READDIR_BATCH, SESSION_TTL_MS, WRITE_BUFFER_BYTES_MAX,
-    WRITE_FLUSHES_IN_FLIGHT,
+    CHUNK_MAP_BATCH, CHUNK_READ_RETRY_BACKOFF_MAX, CHUNK_READ_RETRY_BACKOFF_MIN, CHUNK_WRITE_ATTEMPTS, READAHEAD_BYTES,
+    READDIR_BATCH, SESSION_TTL_MS, WRITE_BUFFER_BYTES_MAX, WRITE_FLUSHES_IN_FLIGHT,
 };
 
 pub type OpResult<T> = Result<T, Errno>;
@@ -360,9 +360,18 @@ impl Core {
         mtime: Option<TimeSet>,
     ) -> OpResult<Attr> {
         let through_write_handle = fh.and_then(|fh| lock(&self.handles).get(&fh).copied()).is_some_and(|h| h.write);
-        let inode = if size.is_some() { Some(self.inode(ino)) } else { None };
         // A truncate first writes out what is buffered, so the buffer cannot resurrect bytes
-        // beyond the new size; the inode stays locked until the new size is in place.
+        // beyond the new size; the inode stays locked until the new size is in place. Times
+        // and mode likewise: the commit of buffered data sets mtime (and clears setuid/setgid),
+        // so committing it after `futimens`/`chmod` would undo them (tar -x sets mtimes on
+        // open files before closing them).
+        let inode = if size.is_some() {
+            Some(self.inode(ino))
+        } else if mtime.is_some() || mode.is_some() {
+            lock(&self.inodes).get(&ino).cloned()
+        } else {
+            None
+        };
         let mut io = match &inode {
             Some(inode) => {
                 let mut io = inode.io.lock().await;
@@ -391,7 +400,7 @@ impl Core {
             })
             .await?;
         let attr = r.attr.ok_or(Errno::EIO)?;
-        if let (Some(inode), Some(io)) = (&inode, io.as_mut()) {
+        if let (Some(inode), Some(io), Some(_)) = (&inode, io.as_mut(), size) {
             io.size = attr.size;
             io.chunks.clear();
             io.readahead = None;
@@ -1294,6 +1303,13 @@ impl Core {
 
     /// Reads a piece of one chunk; the second value is a refreshed entry (Some(None): the
     /// chunk is gone, a hole now) when the cached one turned out stale.
+    /// Reads `[offset, offset + len)` of a chunk, failing over between replicas; when every
+    /// replica fails, the map may be behind: a version bump (failed write, healing) reaches the
+    /// replicas before the map records it, and a leader that dies in between leaves the map
+    /// behind until the new leader catches it up. So: fetch the entry again, ask the metaserver
+    /// to catch the map up (a failure report naming no replica), and retry with backoff until
+    /// the operation timeout. Answers the data and, when the entry changed, the new one (`None`
+    /// inside: the chunk is gone, a hole).
     async fn read_span(
         &self,
         ino: u64,
@@ -1301,30 +1317,44 @@ impl Core {
         offset: u64,
         len: u64,
     ) -> OpResult<(Vec<u8>, Option<Option<ChunkEntry>>)> {
-        match self.chunks.read(entry, offset, len).await {
-            Ok(d) => Ok((d, None)),
-            Err(e) => {
-                // The map may be stale (a failed write bumped the version): ask again once.
-                tracing::warn!(ino, chunk_id = entry.chunk_id, error = %e, "chunk read failed; refreshing the chunk map");
-                let request = GetChunksRequest { cred: Some(root_cred()), ino, first_index: entry.index, count: 1 };
-                let r = self
-                    .meta
-                    .call("get_chunks", |mut c| {
-                        let request = request.clone();
-                        async move { c.get_chunks(request).await }
-                    })
-                    .await?;
-                let Some(fresh) = r.chunks.into_iter().find(|c| c.index == entry.index) else {
-                    return Ok((Vec::new(), Some(None)));
-                };
-                match self.chunks.read(&fresh, offset, len).await {
-                    Ok(d) => Ok((d, Some(Some(fresh)))),
-                    Err(e) => {
-                        tracing::warn!(ino, chunk_id = fresh.chunk_id, error = %e, "chunk read failed on every replica");
-                        Err(Errno::EIO)
-                    }
-                }
+        let deadline = std::time::Instant::now() + self.meta.timeout();
+        let mut backoff = CHUNK_READ_RETRY_BACKOFF_MIN;
+        let mut current = entry.clone();
+        let mut changed = false;
+        loop {
+            let error = match self.chunks.read(&current, offset, len).await {
+                Ok(d) => return Ok((d, changed.then_some(Some(current)))),
+                Err(e) => e,
+            };
+            tracing::warn!(ino, chunk_id = current.chunk_id, version = current.version, error = %error, "chunk read failed on every replica; refreshing the chunk map");
+            if std::time::Instant::now() >= deadline {
+                return Err(Errno::EIO);
             }
+            let request = GetChunksRequest { cred: Some(root_cred()), ino, first_index: current.index, count: 1 };
+            let r = self
+                .meta
+                .call("get_chunks", |mut c| {
+                    let request = request.clone();
+                    async move { c.get_chunks(request).await }
+                })
+                .await?;
+            let Some(fresh) = r.chunks.into_iter().find(|c| c.index == current.index) else {
+                return Ok((Vec::new(), Some(None)));
+            };
+            if fresh.chunk_id == current.chunk_id && fresh.version == current.version {
+                // Same entry, and it did not read: ask for the catch-up; its answer is the
+                // entry to read with (ESTALE: the version moved on meanwhile, fetch again).
+                match self.report_failure(&root_cred(), ino, &current, Vec::new(), false).await {
+                    Ok(caught_up) => current = caught_up,
+                    Err(e) if e == Errno::EIO || e == Errno::ESTALE => current = fresh,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                current = fresh;
+            }
+            changed = true;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(CHUNK_READ_RETRY_BACKOFF_MAX);
         }
     }
 
