@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use cairn_proto::meta::{Attr, TimeSet};
+use cairn_proto::meta::{Attr, StatFsResponse, TimeSet};
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
@@ -25,6 +25,21 @@ use crate::limits::{FUSE_BLKSIZE_BYTES, FUSE_MAX_BACKGROUND, FUSE_MAX_READAHEAD_
 const STATFS_NOMINAL_BYTES: u64 = 1 << 50;
 const STATFS_NOMINAL_INODES: u64 = 1 << 32;
 const STATFS_FRSIZE_BYTES: u64 = 4096;
+
+/// Total and free blocks (of `STATFS_FRSIZE_BYTES`) for statfs: the live chunkservers' capacity
+/// and free space divided by the replication factor (what files can still take), or — when the
+/// metaserver knows no chunkserver capacity — a nominal size minus the bytes used.
+fn statfs_blocks(s: &StatFsResponse) -> (u64, u64) {
+    if s.chunkserver_capacity_bytes > 0 {
+        let copies = u64::from(s.replication_factor.max(1));
+        let blocks = s.chunkserver_capacity_bytes / copies / STATFS_FRSIZE_BYTES;
+        let free = (s.chunkserver_free_bytes / copies / STATFS_FRSIZE_BYTES).min(blocks);
+        return (blocks, free);
+    }
+    let blocks = STATFS_NOMINAL_BYTES / STATFS_FRSIZE_BYTES;
+    let used = s.bytes_used.div_ceil(STATFS_FRSIZE_BYTES).min(blocks);
+    (blocks, blocks - used)
+}
 
 pub struct CairnFs {
     core: Arc<Core>,
@@ -441,14 +456,13 @@ impl Filesystem for CairnFs {
         self.spawn(async move {
             match core.statfs(cred).await {
                 Ok(s) => {
-                    let blocks = STATFS_NOMINAL_BYTES / STATFS_FRSIZE_BYTES;
-                    let used = s.bytes_used.div_ceil(STATFS_FRSIZE_BYTES).min(blocks);
+                    let (blocks, free) = statfs_blocks(&s);
                     let files = STATFS_NOMINAL_INODES.max(s.inodes_used);
                     let name_max = if s.name_bytes_max > 0 { s.name_bytes_max } else { 255 };
                     reply.statfs(
                         blocks,
-                        blocks - used,
-                        blocks - used,
+                        free,
+                        free,
                         files,
                         files - s.inodes_used,
                         FUSE_BLKSIZE_BYTES,
@@ -672,5 +686,29 @@ fn xattr_reply(reply: ReplyXattr, value: &[u8], size: u32) {
         reply.error(Errno::from_i32(libc::ERANGE));
     } else {
         reply.data(value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statfs_counts_live_capacity_once_per_copy() {
+        let s = StatFsResponse {
+            replication_factor: 3,
+            chunkserver_capacity_bytes: 3 * 1024 * STATFS_FRSIZE_BYTES,
+            chunkserver_free_bytes: 3 * 1000 * STATFS_FRSIZE_BYTES,
+            bytes_used: 5,
+            ..Default::default()
+        };
+        assert_eq!(statfs_blocks(&s), (1024, 1000));
+    }
+
+    #[test]
+    fn statfs_without_known_capacity_is_nominal_minus_used() {
+        let s = StatFsResponse { bytes_used: STATFS_FRSIZE_BYTES + 1, ..Default::default() };
+        let blocks = STATFS_NOMINAL_BYTES / STATFS_FRSIZE_BYTES;
+        assert_eq!(statfs_blocks(&s), (blocks, blocks - 2));
     }
 }
