@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use super::attr::now;
 use super::chunkio::{ChunkIo, ChunkIoError};
 use super::layout::{split_range, ChunkSpan, WriteBuffer};
-use super::meta::MetaClient;
+use super::meta::{Client, MetaClient};
 use crate::limits::{
     CHUNK_MAP_BATCH, CHUNK_READ_RETRY_BACKOFF_MAX, CHUNK_READ_RETRY_BACKOFF_MIN, CHUNK_WRITE_ATTEMPTS, READAHEAD_BYTES,
     READDIR_BATCH, SESSION_TTL_MS, WRITE_BUFFER_BYTES_MAX, WRITE_FLUSHES_IN_FLIGHT,
@@ -164,10 +164,8 @@ impl Core {
 
     /// Opens the mount's session and learns the filesystem's chunk size.
     pub async fn start(&self) -> OpResult<()> {
-        let fs = self
-            .meta
-            .call("statfs", |mut c| async move { c.stat_fs(StatFsRequest { cred: Some(root_cred()) }).await })
-            .await?;
+        let request = StatFsRequest { cred: Some(root_cred()) };
+        let fs = self.meta.rpc("statfs", request, |mut c, r| async move { c.stat_fs(r).await }).await?;
         if fs.chunk_size_bytes > 0 {
             self.chunk_size.store(fs.chunk_size_bytes, Ordering::Relaxed);
         }
@@ -185,13 +183,7 @@ impl Core {
             pid: std::process::id(),
             ttl_ms: SESSION_TTL_MS,
         };
-        let r = self
-            .meta
-            .call("open_session", |mut c| {
-                let request = request.clone();
-                async move { c.open_session(request).await }
-            })
-            .await?;
+        let r = self.meta.rpc("open_session", request, |mut c, r| async move { c.open_session(r).await }).await?;
         self.session.store(r.session, Ordering::Relaxed);
         self.session_ttl_ms.store(r.ttl_ms.max(1000), Ordering::Relaxed);
         tracing::info!(session = r.session, ttl_ms = r.ttl_ms, "session open");
@@ -220,11 +212,8 @@ impl Core {
                 session,
                 open: Some(OpenMode { read: h.read, write: h.write, truncate: false }),
             };
-            let r = self.meta.call("open", |mut c| {
-                let request = request.clone();
-                async move { c.open(request).await }
-            });
-            if let Err(e) = r.await {
+            let r = self.meta.rpc("open", request, |mut c, r| async move { c.open(r).await }).await;
+            if let Err(e) = r {
                 tracing::warn!(ino = h.ino, error = ?e, "could not re-open a handle in the new session");
             }
         }
@@ -251,9 +240,8 @@ impl Core {
         if self.session() != seen {
             return true;
         }
-        let r =
-            self.meta.call("heartbeat", |mut c| async move { c.heartbeat(HeartbeatRequest { session: seen }).await });
-        match r.await {
+        let request = HeartbeatRequest { session: seen };
+        match self.meta.rpc("heartbeat", request, |mut c, r| async move { c.heartbeat(r).await }).await {
             Err(e) if e == Errno::EBADF => {
                 tracing::warn!(session = seen, "session expired; opening a new one and re-opening handles");
                 if self.open_session().await.is_err() {
@@ -272,11 +260,8 @@ impl Core {
 
     pub async fn close_session(&self) {
         let request = CloseSessionRequest { cred: Some(root_cred()), time: Some(now()), session: self.session() };
-        let r = self.meta.call("close_session", |mut c| {
-            let request = request.clone();
-            async move { c.close_session(request).await }
-        });
-        if let Err(e) = r.await {
+        let r = self.meta.rpc("close_session", request, |mut c, r| async move { c.close_session(r).await }).await;
+        if let Err(e) = r {
             tracing::warn!(error = ?e, "could not close the session (it will expire)");
         }
     }
@@ -323,26 +308,16 @@ impl Core {
     // ---- namespace -------------------------------------------------------------------------
 
     pub async fn lookup(&self, cred: Credentials, parent: u64, name: Vec<u8>) -> OpResult<Attr> {
-        let r = self
-            .meta
-            .call("lookup", |mut c| {
-                let request = LookupRequest { cred: Some(cred.clone()), parent, name: name.clone() };
-                async move { c.lookup(request).await }
-            })
-            .await?;
+        let request = LookupRequest { cred: Some(cred), parent, name };
+        let r = self.meta.rpc("lookup", request, |mut c, r| async move { c.lookup(r).await }).await?;
         let attr = r.attr.ok_or(Errno::EIO)?;
         self.remember_parent(&attr, parent);
         Ok(attr)
     }
 
     pub async fn getattr(&self, cred: Credentials, ino: u64) -> OpResult<Attr> {
-        let r = self
-            .meta
-            .call("getattr", |mut c| {
-                let request = GetAttrRequest { cred: Some(cred.clone()), ino };
-                async move { c.get_attr(request).await }
-            })
-            .await?;
+        let request = GetAttrRequest { cred: Some(cred), ino };
+        let r = self.meta.rpc("getattr", request, |mut c, r| async move { c.get_attr(r).await }).await?;
         r.attr.ok_or(Errno::EIO)
     }
 
@@ -392,13 +367,7 @@ impl Core {
             mtime,
             through_write_handle,
         };
-        let r = self
-            .meta
-            .call("setattr", |mut c| {
-                let request = request.clone();
-                async move { c.set_attr(request).await }
-            })
-            .await?;
+        let r = self.meta.rpc("setattr", request, |mut c, r| async move { c.set_attr(r).await }).await?;
         let attr = r.attr.ok_or(Errno::EIO)?;
         if let (Some(inode), Some(io), Some(_)) = (&inode, io.as_mut(), size) {
             io.size = attr.size;
@@ -413,13 +382,8 @@ impl Core {
     }
 
     pub async fn readlink(&self, cred: Credentials, ino: u64) -> OpResult<Vec<u8>> {
-        let r = self
-            .meta
-            .call("readlink", |mut c| {
-                let request = ReadlinkRequest { cred: Some(cred.clone()), ino };
-                async move { c.readlink(request).await }
-            })
-            .await?;
+        let request = ReadlinkRequest { cred: Some(cred), ino };
+        let r = self.meta.rpc("readlink", request, |mut c, r| async move { c.readlink(r).await }).await?;
         Ok(r.target)
     }
 
@@ -436,25 +400,13 @@ impl Core {
     ) -> OpResult<Attr> {
         let request =
             MknodRequest { cred: Some(cred), time: Some(now()), parent, name, r#type: kind as i32, mode, umask, rdev };
-        let r = self
-            .meta
-            .call("mknod", |mut c| {
-                let request = request.clone();
-                async move { c.mknod(request).await }
-            })
-            .await?;
+        let r = self.meta.rpc("mknod", request, |mut c, r| async move { c.mknod(r).await }).await?;
         r.attr.ok_or(Errno::EIO)
     }
 
     pub async fn mkdir(&self, cred: Credentials, parent: u64, name: Vec<u8>, mode: u32, umask: u32) -> OpResult<Attr> {
         let request = MkdirRequest { cred: Some(cred), time: Some(now()), parent, name, mode, umask };
-        let r = self
-            .meta
-            .call("mkdir", |mut c| {
-                let request = request.clone();
-                async move { c.mkdir(request).await }
-            })
-            .await?;
+        let r = self.meta.rpc("mkdir", request, |mut c, r| async move { c.mkdir(r).await }).await?;
         let attr = r.attr.ok_or(Errno::EIO)?;
         self.remember_parent(&attr, parent);
         Ok(attr)
@@ -462,30 +414,17 @@ impl Core {
 
     pub async fn unlink(&self, cred: Credentials, parent: u64, name: Vec<u8>, dir: bool) -> OpResult<()> {
         let request = RemoveRequest { cred: Some(cred), time: Some(now()), parent, name };
-        self.meta
-            .call(if dir { "rmdir" } else { "unlink" }, |mut c| {
-                let request = request.clone();
-                async move {
-                    if dir {
-                        c.rmdir(request).await
-                    } else {
-                        c.unlink(request).await
-                    }
-                }
-            })
-            .await?;
+        if dir {
+            self.meta.rpc("rmdir", request, |mut c, r| async move { c.rmdir(r).await }).await?;
+        } else {
+            self.meta.rpc("unlink", request, |mut c, r| async move { c.unlink(r).await }).await?;
+        }
         Ok(())
     }
 
     pub async fn symlink(&self, cred: Credentials, parent: u64, name: Vec<u8>, target: Vec<u8>) -> OpResult<Attr> {
         let request = SymlinkRequest { cred: Some(cred), time: Some(now()), parent, name, target };
-        let r = self
-            .meta
-            .call("symlink", |mut c| {
-                let request = request.clone();
-                async move { c.symlink(request).await }
-            })
-            .await?;
+        let r = self.meta.rpc("symlink", request, |mut c, r| async move { c.symlink(r).await }).await?;
         r.attr.ok_or(Errno::EIO)
     }
 
@@ -499,24 +438,13 @@ impl Core {
         flags: u32,
     ) -> OpResult<()> {
         let request = RenameRequest { cred: Some(cred), time: Some(now()), parent, name, new_parent, new_name, flags };
-        self.meta
-            .call("rename", |mut c| {
-                let request = request.clone();
-                async move { c.rename(request).await }
-            })
-            .await?;
+        self.meta.rpc("rename", request, |mut c, r| async move { c.rename(r).await }).await?;
         Ok(())
     }
 
     pub async fn link(&self, cred: Credentials, ino: u64, new_parent: u64, new_name: Vec<u8>) -> OpResult<Attr> {
         let request = LinkRequest { cred: Some(cred), time: Some(now()), ino, new_parent, new_name };
-        let r = self
-            .meta
-            .call("link", |mut c| {
-                let request = request.clone();
-                async move { c.link(request).await }
-            })
-            .await?;
+        let r = self.meta.rpc("link", request, |mut c, r| async move { c.link(r).await }).await?;
         r.attr.ok_or(Errno::EIO)
     }
 
@@ -531,36 +459,19 @@ impl Core {
         flags: u32,
     ) -> OpResult<()> {
         let request = SetXattrRequest { cred: Some(cred), time: Some(now()), ino, name, value, flags };
-        self.meta
-            .call("setxattr", |mut c| {
-                let request = request.clone();
-                async move { c.set_xattr(request).await }
-            })
-            .await?;
+        self.meta.rpc("setxattr", request, |mut c, r| async move { c.set_xattr(r).await }).await?;
         Ok(())
     }
 
     pub async fn getxattr(&self, cred: Credentials, ino: u64, name: Vec<u8>) -> OpResult<Vec<u8>> {
         let request = GetXattrRequest { cred: Some(cred), ino, name };
-        let r = self
-            .meta
-            .call("getxattr", |mut c| {
-                let request = request.clone();
-                async move { c.get_xattr(request).await }
-            })
-            .await?;
+        let r = self.meta.rpc("getxattr", request, |mut c, r| async move { c.get_xattr(r).await }).await?;
         Ok(r.value)
     }
 
     pub async fn listxattr(&self, cred: Credentials, ino: u64) -> OpResult<Vec<u8>> {
         let request = ListXattrRequest { cred: Some(cred), ino };
-        let r = self
-            .meta
-            .call("listxattr", |mut c| {
-                let request = request.clone();
-                async move { c.list_xattr(request).await }
-            })
-            .await?;
+        let r = self.meta.rpc("listxattr", request, |mut c, r| async move { c.list_xattr(r).await }).await?;
         let mut out = Vec::new();
         for name in r.names {
             out.extend_from_slice(&name);
@@ -571,33 +482,19 @@ impl Core {
 
     pub async fn removexattr(&self, cred: Credentials, ino: u64, name: Vec<u8>) -> OpResult<()> {
         let request = RemoveXattrRequest { cred: Some(cred), time: Some(now()), ino, name };
-        self.meta
-            .call("removexattr", |mut c| {
-                let request = request.clone();
-                async move { c.remove_xattr(request).await }
-            })
-            .await?;
+        self.meta.rpc("removexattr", request, |mut c, r| async move { c.remove_xattr(r).await }).await?;
         Ok(())
     }
 
     pub async fn access(&self, cred: Credentials, ino: u64, mask: u32) -> OpResult<()> {
         let request = AccessRequest { cred: Some(cred), ino, mask };
-        self.meta
-            .call("access", |mut c| {
-                let request = request.clone();
-                async move { c.access(request).await }
-            })
-            .await?;
+        self.meta.rpc("access", request, |mut c, r| async move { c.access(r).await }).await?;
         Ok(())
     }
 
     pub async fn statfs(&self, cred: Credentials) -> OpResult<StatFsResponse> {
-        self.meta
-            .call("statfs", |mut c| {
-                let request = StatFsRequest { cred: Some(cred.clone()) };
-                async move { c.stat_fs(request).await }
-            })
-            .await
+        let request = StatFsRequest { cred: Some(cred) };
+        self.meta.rpc("statfs", request, |mut c, r| async move { c.stat_fs(r).await }).await
     }
 
     // ---- directories -----------------------------------------------------------------------
@@ -614,13 +511,8 @@ impl Core {
 
     /// Entries after `cookie` (0: from the start; the server's cookies are above 2).
     pub async fn readdir(&self, cred: Credentials, ino: u64, cookie: u64, plus: bool) -> OpResult<ReadDirResponse> {
-        let r = self
-            .meta
-            .call("readdir", |mut c| {
-                let request = ReadDirRequest { cred: Some(cred.clone()), ino, cookie, limit: READDIR_BATCH, plus };
-                async move { c.read_dir(request).await }
-            })
-            .await?;
+        let request = ReadDirRequest { cred: Some(cred), ino, cookie, limit: READDIR_BATCH, plus };
+        let r = self.meta.rpc("readdir", request, |mut c, r| async move { c.read_dir(r).await }).await?;
         for e in &r.entries {
             if let Some(a) = &e.attr {
                 self.remember_parent(a, ino);
@@ -657,14 +549,7 @@ impl Core {
                     session,
                     open: Some(OpenMode { read, write, truncate }),
                 };
-                async move {
-                    self.meta
-                        .call("open", |mut c| {
-                            let request = request.clone();
-                            async move { c.open(request).await }
-                        })
-                        .await
-                }
+                self.meta.rpc("open", request, |mut c, r| async move { c.open(r).await })
             })
             .await?;
         let attr = r.attr.ok_or(Errno::EIO)?;
@@ -729,14 +614,7 @@ impl Core {
                     // growing truncate) must then read zeros instead of failing on NOT_FOUND.
                     allocate_first_chunk: false,
                 };
-                async move {
-                    self.meta
-                        .call("create", |mut c| {
-                            let request = request.clone();
-                            async move { c.create(request).await }
-                        })
-                        .await
-                }
+                self.meta.rpc("create", request, |mut c, r| async move { c.create(r).await })
             })
             .await?;
         let attr = r.attr.ok_or(Errno::EIO)?;
@@ -776,13 +654,7 @@ impl Core {
             session: self.session(),
             open: Some(OpenMode { read: handle.read, write: handle.write, truncate: false }),
         };
-        let closed = self
-            .meta
-            .call("close", |mut c| {
-                let request = request.clone();
-                async move { c.close(request).await }
-            })
-            .await;
+        let closed = self.meta.rpc("close", request, |mut c, r| async move { c.close(r).await }).await;
         if let Err(e) = closed {
             tracing::warn!(ino, error = ?e, "close failed");
         }
@@ -813,13 +685,7 @@ impl Core {
             posix,
             flock,
         };
-        let r = self
-            .meta
-            .call("release_owner", |mut c| {
-                let request = request.clone();
-                async move { c.release_owner(request).await }
-            })
-            .await;
+        let r = self.meta.rpc("release_owner", request, |mut c, r| async move { c.release_owner(r).await }).await;
         if let Err(e) = r {
             tracing::warn!(ino, owner, error = ?e, "releasing locks failed");
         }
@@ -990,13 +856,8 @@ impl Core {
 
     /// The chunk entry at `index` as the metaserver has it now (None: a hole).
     async fn current_entry(&self, cred: &Credentials, ino: u64, index: u64) -> OpResult<Option<ChunkEntry>> {
-        let r = self
-            .meta
-            .call("get_chunks", |mut c| {
-                let request = GetChunksRequest { cred: Some(cred.clone()), ino, first_index: index, count: 1 };
-                async move { c.get_chunks(request).await }
-            })
-            .await?;
+        let request = GetChunksRequest { cred: Some(cred.clone()), ino, first_index: index, count: 1 };
+        let r = self.meta.rpc("get_chunks", request, |mut c, r| async move { c.get_chunks(r).await }).await?;
         Ok(r.chunks.into_iter().find(|c| c.index == index))
     }
 
@@ -1044,14 +905,7 @@ impl Core {
                     size: end,
                     chunk_indexes: pieces.keys().copied().collect(),
                 };
-                async move {
-                    self.meta
-                        .call("commit_write", |mut c| {
-                            let request = request.clone();
-                            async move { c.commit_write(request).await }
-                        })
-                        .await
-                }
+                self.meta.rpc("commit_write", request, |mut c, r| async move { c.commit_write(r).await })
             })
             .await?;
         let attr = r.attr.ok_or(Errno::EIO)?;
@@ -1069,14 +923,7 @@ impl Core {
         let r = self
             .with_session(|session| {
                 let request = AllocateChunkRequest { cred: Some(cred.clone()), time: Some(now()), ino, session, index };
-                async move {
-                    self.meta
-                        .call("allocate_chunk", |mut c| {
-                            let request = request.clone();
-                            async move { c.allocate_chunk(request).await }
-                        })
-                        .await
-                }
+                self.meta.rpc("allocate_chunk", request, |mut c, r| async move { c.allocate_chunk(r).await })
             })
             .await?;
         r.chunk.ok_or(Errno::EIO)
@@ -1148,14 +995,9 @@ impl Core {
             failed_addresses: failed,
             corrupt,
         };
-        let r = self
-            .meta
-            .call("report_chunk_failure", |mut c| {
-                let request = request.clone();
-                async move { c.report_chunk_failure(request).await }
-            })
-            .await;
-        match r {
+        let r =
+            self.meta.rpc("report_chunk_failure", request, |mut c, r| async move { c.report_chunk_failure(r).await });
+        match r.await {
             Ok(r) => r.chunk.ok_or(Errno::EIO),
             // The version moved on (someone else reported first): fetch the entry again.
             Err(e) if e == Errno::ESTALE => self.allocate(cred, ino, entry.index).await,
@@ -1169,14 +1011,8 @@ impl Core {
             return Ok(e.clone());
         }
         let cred = io.cred.clone();
-        let r = self
-            .meta
-            .call("get_chunks", |mut c| {
-                let request =
-                    GetChunksRequest { cred: Some(cred.clone()), ino, first_index: index, count: CHUNK_MAP_BATCH };
-                async move { c.get_chunks(request).await }
-            })
-            .await?;
+        let request = GetChunksRequest { cred: Some(cred), ino, first_index: index, count: CHUNK_MAP_BATCH };
+        let r = self.meta.rpc("get_chunks", request, |mut c, r| async move { c.get_chunks(r).await }).await?;
         let chunk_size = if r.chunk_size_bytes > 0 { r.chunk_size_bytes } else { self.chunk_size() };
         // Indexes up to the last one answered are known; so are those past the end of file.
         let last = r.chunks.iter().map(|c| c.index).max().unwrap_or(index).max(index);
@@ -1331,13 +1167,7 @@ impl Core {
                 return Err(Errno::EIO);
             }
             let request = GetChunksRequest { cred: Some(root_cred()), ino, first_index: current.index, count: 1 };
-            let r = self
-                .meta
-                .call("get_chunks", |mut c| {
-                    let request = request.clone();
-                    async move { c.get_chunks(request).await }
-                })
-                .await?;
+            let r = self.meta.rpc("get_chunks", request, |mut c, r| async move { c.get_chunks(r).await }).await?;
             let Some(fresh) = r.chunks.into_iter().find(|c| c.index == current.index) else {
                 return Ok((Vec::new(), Some(None)));
             };
@@ -1460,13 +1290,7 @@ impl Core {
             start,
             len: lock_len(start, end),
         };
-        let r = self
-            .meta
-            .call("getlk", |mut c| {
-                let request = request.clone();
-                async move { c.get_lock(request).await }
-            })
-            .await?;
+        let r = self.meta.rpc("getlk", request, |mut c, r| async move { c.get_lock(r).await }).await?;
         Ok(r.conflict)
     }
 
@@ -1499,12 +1323,12 @@ impl Core {
                 len: lock_len(start, end),
                 wait,
             };
-            let call = |mut c: super::meta::Client| {
-                let request = request.clone();
-                async move { c.set_lock(request).await }
+            let call = |mut c: Client, r: SetLockRequest| async move { c.set_lock(r).await };
+            let r = if wait {
+                self.meta.rpc_unbounded("setlkw", request, call).await
+            } else {
+                self.meta.rpc("setlk", request, call).await
             };
-            let r =
-                if wait { self.meta.call_unbounded("setlkw", call).await } else { self.meta.call("setlk", call).await };
             match r {
                 Ok(_) => return Ok(()),
                 // The server ended a blocking wait (leader change, shutdown): ask again.

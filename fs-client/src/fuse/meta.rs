@@ -100,6 +100,29 @@ impl MetaClient {
         self.call_inner(op, f, None).await
     }
 
+    /// [`MetaClient::call`] with the request built once and cloned for each attempt: `f` is
+    /// the RPC, e.g. `|mut c, r| async move { c.open(r).await }`.
+    pub async fn rpc<R, T, F, Fut>(&self, op: &'static str, request: R, mut f: F) -> Result<T, Errno>
+    where
+        R: Clone,
+        T: HasErrno,
+        F: FnMut(Client, R) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call(op, |c| f(c, request.clone())).await
+    }
+
+    /// [`MetaClient::rpc`] without a bound on one attempt, as [`MetaClient::call_unbounded`].
+    pub async fn rpc_unbounded<R, T, F, Fut>(&self, op: &'static str, request: R, mut f: F) -> Result<T, Errno>
+    where
+        R: Clone,
+        T: HasErrno,
+        F: FnMut(Client, R) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_unbounded(op, |c| f(c, request.clone())).await
+    }
+
     async fn call_inner<T, F, Fut>(&self, op: &'static str, mut f: F, attempt: Option<Duration>) -> Result<T, Errno>
     where
         T: HasErrno,
