@@ -211,12 +211,12 @@ pub fn write_messages(header: WriteHeader, offset: u64, data: &[u8], message_byt
         .map(|(i, piece)| WriteChunkRequest {
             header: None,
             offset: offset + (i * message_bytes) as u64,
-            data: piece.to_vec(),
+            data: bytes::Bytes::copy_from_slice(piece),
             crc32: crc32(piece),
         })
         .collect();
     if messages.is_empty() {
-        messages.push(WriteChunkRequest { header: None, offset, data: Vec::new(), crc32: crc32(&[]) });
+        messages.push(WriteChunkRequest { header: None, offset, data: bytes::Bytes::new(), crc32: crc32(&[]) });
     }
     messages[0].header = Some(header);
     messages

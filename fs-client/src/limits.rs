@@ -159,6 +159,9 @@ pub const WRITE_BUFFER_BYTES_MAX: u64 = 16 * MIB;
 pub const WRITE_FLUSHES_IN_FLIGHT: usize = 3;
 /// Bytes in one WriteChunk message (the chunkserver recommends 1 MiB, accepts up to 4 MiB).
 pub const WRITE_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Reads of at least twice this are striped over the chunk's replicas, stripes a multiple of
+/// it (one chunkserver read message).
+pub const READ_STRIPE_BYTES_MIN: u64 = 1024 * 1024;
 /// Sequential reads fetch this much at once and serve the following reads from it.
 pub const READAHEAD_BYTES: u64 = 8 * MIB;
 /// Chunk map entries asked for per GetChunks.

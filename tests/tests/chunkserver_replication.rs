@@ -76,7 +76,7 @@ async fn chain_write_reads_back_identical_from_every_replica() -> anyhow::Result
     let oversized = vec![WriteChunkRequest {
         header: Some(header(1, 1, chain.clone())),
         offset: 0,
-        data: vec![1; 4 * MIB + 1],
+        data: vec![1; 4 * MIB + 1].into(),
         crc32: cairn_chunkserver::block::crc32(&vec![1; 4 * MIB + 1]),
     }];
     let err = c1.raw().write_chunk(futures::stream::iter(oversized)).await.expect_err("oversized");

@@ -365,7 +365,7 @@ impl ChunkService for ChunkApi {
                 let message = ReadChunkResponse {
                     offset,
                     crc32: crc32(&data),
-                    data,
+                    data: data.into(),
                     version: meta.version.0,
                     length_bytes: meta.length_bytes,
                 };
