@@ -18,7 +18,9 @@
 //! Operations on one chunk are serialised by a striped lock here; callers may call from any
 //! thread. Everything is synchronous: async callers use `spawn_blocking`.
 
-use std::collections::HashSet;
+use std::borrow::Cow;
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::block::{decode_block, encode_block, validate_block_size, Geometry};
@@ -186,8 +188,15 @@ impl ChunkEngine {
 
     /// Writes `data` at `offset` (one write message) and returns the chunk's new metadata.
     pub fn write(&self, target: &WriteTarget, offset: u64, data: &[u8]) -> Result<ChunkMeta, ChunkError> {
+        self.write_many(target, &[(offset, data)])
+    }
+
+    /// Writes several pieces (consecutive messages of one stream, in order) in one store commit:
+    /// all of them or none. A block touched by several pieces is read and rewritten once, with
+    /// the later pieces' bytes over the earlier ones'. Returns the chunk's new metadata.
+    pub fn write_many(&self, target: &WriteTarget, pieces: &[(u64, &[u8])]) -> Result<ChunkMeta, ChunkError> {
         let chunk = target.chunk;
-        if data.len() > WRITE_MESSAGE_BYTES_MAX {
+        if let Some((_, data)) = pieces.iter().find(|(_, data)| data.len() > WRITE_MESSAGE_BYTES_MAX) {
             return Err(ChunkError::TooLarge { len: data.len(), max: WRITE_MESSAGE_BYTES_MAX });
         }
         if chunk.0 == 0 {
@@ -204,33 +213,51 @@ impl ChunkEngine {
             None => return Err(ChunkError::NotFound { chunk }),
         };
         let geometry = geometry(&meta)?;
-        let len = data.len() as u64;
-        if !geometry.contains(offset, len) {
-            return Err(ChunkError::OutOfRange { chunk, offset, len, chunk_size_bytes: geometry.chunk_size_bytes });
-        }
         let old_length = meta.length_bytes;
-        let new_length = if len == 0 { old_length } else { old_length.max(offset + len) };
-        self.space.check_write(len, new_length - old_length)?;
+        let mut new_length = old_length;
+        let mut written = 0u64;
+        for &(offset, data) in pieces {
+            let len = data.len() as u64;
+            if !geometry.contains(offset, len) {
+                return Err(ChunkError::OutOfRange { chunk, offset, len, chunk_size_bytes: geometry.chunk_size_bytes });
+            }
+            if len > 0 {
+                new_length = new_length.max(offset + len);
+            }
+            written += len;
+        }
+        self.space.check_write(written, new_length - old_length)?;
 
-        let mut batch = StoreBatch::default();
-        for span in geometry.spans(offset, len) {
-            let piece = &data[span.start_in_range..span.start_in_range + span.len];
-            let value = if span.is_whole_block(&geometry) {
-                encode_block(piece)
-            } else {
+        // The touched blocks in their new state; whole-block pieces are borrowed, not copied.
+        let mut blocks: BTreeMap<u32, Cow<'_, [u8]>> = BTreeMap::new();
+        for &(offset, data) in pieces {
+            for span in geometry.spans(offset, data.len() as u64) {
+                let piece = &data[span.start_in_range..span.start_in_range + span.len];
+                if span.is_whole_block(&geometry) {
+                    blocks.insert(span.index, Cow::Borrowed(piece));
+                    continue;
+                }
                 // Read-modify-write of a partially covered block. Stored data shorter than the
                 // span's end is padded with zeros (it was a hole there).
-                let mut block = match self.store.block(chunk, span.index)? {
-                    Some(value) => verified(chunk, span.index, &value, geometry.block_size_bytes)?.to_vec(),
-                    None => Vec::new(),
+                let block = match blocks.entry(span.index) {
+                    Entry::Occupied(entry) => entry.into_mut().to_mut(),
+                    Entry::Vacant(entry) => {
+                        let stored = match self.store.block(chunk, span.index)? {
+                            Some(value) => verified(chunk, span.index, &value, geometry.block_size_bytes)?.to_vec(),
+                            None => Vec::new(),
+                        };
+                        entry.insert(Cow::Owned(stored)).to_mut()
+                    }
                 };
                 if block.len() < span.end_in_block() {
                     block.resize(span.end_in_block(), 0);
                 }
                 block[span.start_in_block..span.end_in_block()].copy_from_slice(piece);
-                encode_block(&block)
-            };
-            batch.put_block(chunk, span.index, value);
+            }
+        }
+        let mut batch = StoreBatch::default();
+        for (index, block) in blocks {
+            batch.put_block(chunk, index, encode_block(&block));
         }
         meta.length_bytes = new_length;
         batch.put_meta(chunk, meta);

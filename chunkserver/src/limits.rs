@@ -45,6 +45,10 @@ const _: () = assert!(CHUNK_SIZE_LARGE_BYTES / (BLOCK_SIZE_MIN_BYTES as u64) < u
 pub const WRITE_MESSAGE_BYTES_MAX: usize = 4 * MIB as usize;
 /// Data payload of one ReadChunk response message (and of each scrub / copy step).
 pub const READ_MESSAGE_BYTES: usize = MIB as usize;
+/// Write messages already received are applied in one store commit, up to this many messages
+/// and (at least) this many bytes: small writes share a commit, large ones still pipeline.
+pub const APPLY_GROUP_MESSAGES_MAX: usize = 1024;
+pub const APPLY_GROUP_BYTES_MAX: usize = 4 * MIB as usize;
 /// gRPC message limit: the largest payload plus room for the header.
 pub const GRPC_MESSAGE_BYTES_MAX: usize = WRITE_MESSAGE_BYTES_MAX + 64 * KIB as usize;
 /// HTTP/2 flow-control window per stream: how much a sender may have in flight on one stream.

@@ -10,6 +10,7 @@ use cairn_proto::chunk::{
     TruncateChunkRequest, TruncateChunkResponse, UpdateVersionRequest, UpdateVersionResponse, WriteChunkRequest,
     WriteChunkResponse, WriteHeader,
 };
+use futures::FutureExt;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -21,8 +22,8 @@ use crate::error::ChunkError;
 use crate::ids::{ChunkId, ChunkVersion};
 use crate::integrity::Integrity;
 use crate::limits::{
-    CHAIN_REPLICAS_MAX, COPIES_MAX, COPY_TIMEOUT, PEER_RPC_TIMEOUT, READ_MESSAGE_BYTES, READ_QUEUE_MESSAGES_MAX,
-    WRITE_IDLE_TIMEOUT, WRITE_MESSAGE_BYTES_MAX, WRITE_STREAMS_MAX,
+    APPLY_GROUP_BYTES_MAX, APPLY_GROUP_MESSAGES_MAX, CHAIN_REPLICAS_MAX, COPIES_MAX, COPY_TIMEOUT, PEER_RPC_TIMEOUT,
+    READ_MESSAGE_BYTES, READ_QUEUE_MESSAGES_MAX, WRITE_IDLE_TIMEOUT, WRITE_MESSAGE_BYTES_MAX, WRITE_STREAMS_MAX,
 };
 use crate::metrics::Metrics;
 use crate::replication::{replica_failure, Forwarder, PeerPool};
@@ -94,52 +95,49 @@ impl ChunkApi {
         };
         let mut downstream_header =
             Some(WriteHeader { chain: header.chain.iter().skip(1).cloned().collect(), ..header.clone() });
-        let mut message = first;
+        let mut next = Some(first);
         let mut bytes_written = 0u64;
         let mut length_bytes = 0;
         let mut applying: Option<tokio::task::JoinHandle<Result<u64, ChunkError>>> = None;
-        loop {
-            if message.data.len() > WRITE_MESSAGE_BYTES_MAX {
-                return Err(ChunkError::TooLarge { len: message.data.len(), max: WRITE_MESSAGE_BYTES_MAX });
+        while let Some(message) = next.take() {
+            // The messages already received are applied together (one store commit): a stream
+            // of small writes (4 KiB random writes flushed by a client) costs one commit per
+            // group instead of one per message.
+            let mut group = vec![self.accept(message, target.chunk, &mut forwarder, &mut downstream_header).await?];
+            let mut group_bytes = group[0].1.len();
+            let mut ended = false;
+            while group.len() < APPLY_GROUP_MESSAGES_MAX && group_bytes < APPLY_GROUP_BYTES_MAX {
+                match inbound.message().now_or_never() {
+                    None => break,
+                    Some(Ok(Some(message))) => {
+                        let piece = self.accept(message, target.chunk, &mut forwarder, &mut downstream_header).await?;
+                        group_bytes += piece.1.len();
+                        group.push(piece);
+                    }
+                    Some(Ok(None)) => {
+                        ended = true;
+                        break;
+                    }
+                    Some(Err(status)) => return Err(ChunkError::UpstreamFailed(status.message().to_owned())),
+                }
             }
-            let computed = crc32(&message.data);
-            if computed != message.crc32 {
-                self.metrics.wire_checksum_errors.inc();
-                return Err(ChunkError::WireChecksum {
-                    chunk: target.chunk,
-                    offset: message.offset,
-                    sent: message.crc32,
-                    computed,
-                });
-            }
-            // Forward first, so the next replica writes while this one does.
-            if let Some(forwarder) = forwarder.as_mut() {
-                let copy = WriteChunkRequest {
-                    header: downstream_header.take(),
-                    offset: message.offset,
-                    data: message.data.clone(),
-                    crc32: message.crc32,
-                };
-                forwarder.send(copy).await?;
-            }
-            // Messages apply in order, one at a time, but the next one is received and
-            // forwarded while the previous one is being applied.
+            // Groups apply in order, one at a time, but the next one is received and forwarded
+            // while the previous one is being applied.
             if let Some(previous) = applying.take() {
                 length_bytes = previous.await.map_err(|e| ChunkError::Internal(format!("apply task: {e}")))??;
             }
-            let len = message.data.len() as u64;
             let (engine, integrity) = (self.engine.clone(), self.integrity.clone());
-            let (offset, data) = (message.offset, message.data);
             let metrics = self.metrics.clone();
+            let len = group_bytes as u64;
             applying = Some(tokio::task::spawn_blocking(move || {
-                let meta = engine.write(&target, offset, &data).inspect_err(|e| integrity.observe(e, "write"))?;
+                let pieces: Vec<(u64, &[u8])> = group.iter().map(|(offset, data)| (*offset, &data[..])).collect();
+                let meta = engine.write_many(&target, &pieces).inspect_err(|e| integrity.observe(e, "write"))?;
                 metrics.write_bytes.inc_by(len);
                 Ok::<_, ChunkError>(meta.length_bytes)
             }));
             bytes_written += len;
-            match next_message(&mut inbound).await? {
-                Some(next) => message = next,
-                None => break,
+            if !ended {
+                next = next_message(&mut inbound).await?;
             }
         }
         if let Some(last) = applying.take() {
@@ -171,6 +169,36 @@ impl ChunkApi {
             bytes_written,
             replicas: 1 + downstream.map_or(0, |r| r.replicas),
         })
+    }
+
+    /// Checks one write message (size, wire CRC) and forwards it downstream (the first
+    /// forwarded message carries the downstream header); answers its (offset, data).
+    async fn accept(
+        &self,
+        message: WriteChunkRequest,
+        chunk: ChunkId,
+        forwarder: &mut Option<Forwarder>,
+        downstream_header: &mut Option<WriteHeader>,
+    ) -> Result<(u64, bytes::Bytes), ChunkError> {
+        if message.data.len() > WRITE_MESSAGE_BYTES_MAX {
+            return Err(ChunkError::TooLarge { len: message.data.len(), max: WRITE_MESSAGE_BYTES_MAX });
+        }
+        let computed = crc32(&message.data);
+        if computed != message.crc32 {
+            self.metrics.wire_checksum_errors.inc();
+            return Err(ChunkError::WireChecksum { chunk, offset: message.offset, sent: message.crc32, computed });
+        }
+        // Forward first, so the next replica writes while this one does.
+        if let Some(forwarder) = forwarder.as_mut() {
+            let copy = WriteChunkRequest {
+                header: downstream_header.take(),
+                offset: message.offset,
+                data: message.data.clone(),
+                crc32: message.crc32,
+            };
+            forwarder.send(copy).await?;
+        }
+        Ok((message.offset, message.data))
     }
 
     /// Applies a unary chain operation here, then forwards it to the rest of the chain.
