@@ -609,10 +609,9 @@ impl Core {
                     exclusive: flags & libc::O_EXCL != 0,
                     session,
                     open: Some(OpenMode { read, write, truncate: flags & libc::O_TRUNC != 0 }),
-                    // Not asked for yet: a chunk allocated at create is in the map before any
-                    // replica has it, and a read of the file before its first write (after a
-                    // growing truncate) must then read zeros instead of failing on NOT_FOUND.
-                    allocate_first_chunk: false,
+                    // The first flush writes with it instead of an AllocateChunk round. Until
+                    // then no replica has the chunk: reads of it find zeros (`read_span`).
+                    allocate_first_chunk: true,
                 };
                 self.meta.rpc("create", request, |mut c, r| async move { c.create(r).await })
             })
@@ -909,6 +908,8 @@ impl Core {
             })
             .await?;
         let attr = r.attr.ok_or(Errno::EIO)?;
+        // The commit made the chunks written no longer fresh (they exist on every replica).
+        let entries = entries.into_iter().map(|e| ChunkEntry { fresh: false, ..e }).collect();
         tracing::debug!(
             ino,
             bytes,
@@ -1162,25 +1163,40 @@ impl Core {
                 Ok(d) => return Ok((d, changed.then_some(Some(current)))),
                 Err(e) => e,
             };
-            tracing::warn!(ino, chunk_id = current.chunk_id, version = current.version, error = %error, "chunk read failed on every replica; refreshing the chunk map");
+            let missing = matches!(error, ChunkIoError::Missing { .. });
+            if missing && current.fresh {
+                tracing::debug!(
+                    ino,
+                    chunk_id = current.chunk_id,
+                    "no replica has the fresh chunk yet; checking the map"
+                );
+            } else {
+                tracing::warn!(ino, chunk_id = current.chunk_id, version = current.version, error = %error, "chunk read failed on every replica; refreshing the chunk map");
+            }
             if std::time::Instant::now() >= deadline {
                 return Err(Errno::EIO);
             }
             let request = GetChunksRequest { cred: Some(root_cred()), ino, first_index: current.index, count: 1 };
             let r = self.meta.rpc("get_chunks", request, |mut c, r| async move { c.get_chunks(r).await }).await?;
-            let Some(fresh) = r.chunks.into_iter().find(|c| c.index == current.index) else {
+            let Some(latest) = r.chunks.into_iter().find(|c| c.index == current.index) else {
                 return Ok((Vec::new(), Some(None)));
             };
-            if fresh.chunk_id == current.chunk_id && fresh.version == current.version {
+            if latest.chunk_id == current.chunk_id && latest.version == current.version {
+                if missing && latest.fresh {
+                    // Allocated ahead of its first write (a create allocates the first chunk)
+                    // and no write committed yet: no replica has it, and its bytes are zeros.
+                    // A committed chunk that no replica has is a failure, handled below.
+                    return Ok((Vec::new(), (changed || latest != current).then_some(Some(latest))));
+                }
                 // Same entry, and it did not read: ask for the catch-up; its answer is the
                 // entry to read with (ESTALE: the version moved on meanwhile, fetch again).
                 match self.report_failure(&root_cred(), ino, &current, Vec::new(), false).await {
                     Ok(caught_up) => current = caught_up,
-                    Err(e) if e == Errno::EIO || e == Errno::ESTALE => current = fresh,
+                    Err(e) if e == Errno::EIO || e == Errno::ESTALE => current = latest,
                     Err(e) => return Err(e),
                 }
             } else {
-                current = fresh;
+                current = latest;
             }
             changed = true;
             tokio::time::sleep(backoff).await;
