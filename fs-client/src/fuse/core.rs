@@ -19,6 +19,7 @@ use fuser::Errno;
 use tokio::task::JoinHandle;
 
 use super::attr::now;
+use super::cache::{LocalCache, CAPABILITY_XATTR};
 use super::chunkio::{ChunkIo, ChunkIoError};
 use super::layout::{split_range, ChunkSpan, WriteBuffer};
 use super::meta::{Client, MetaClient};
@@ -129,6 +130,8 @@ pub struct Core {
     lock_owners: Mutex<HashSet<(u64, u64)>>,
     /// Directory inode → parent, learnt from lookups, for readdir's "..".
     parents: Mutex<HashMap<u64, u64>>,
+    /// Attributes answered without a round trip (see cache.rs).
+    cache: LocalCache,
 }
 
 fn root_cred() -> Credentials {
@@ -136,7 +139,9 @@ fn root_cred() -> Credentials {
 }
 
 impl Core {
-    pub fn new(meta: MetaClient) -> Arc<Core> {
+    /// `attr_ttl`: the attribute TTL the kernel is given, which also bounds how old what the
+    /// client answers from its own cache may be.
+    pub fn new(meta: MetaClient, attr_ttl: Duration) -> Arc<Core> {
         Arc::new(Core {
             meta,
             chunks: ChunkIo::default(),
@@ -149,6 +154,7 @@ impl Core {
             next_fh: AtomicU64::new(1),
             lock_owners: Mutex::new(HashSet::new()),
             parents: Mutex::new(HashMap::new()),
+            cache: LocalCache::new(attr_ttl),
         })
     }
 
@@ -291,9 +297,11 @@ impl Core {
         attr.size.max(pending)
     }
 
-    fn remember_parent(&self, attr: &Attr, parent: u64) {
+    /// The kernel learns directory entry `name` in `parent` with `attr`.
+    fn remember_entry(&self, attr: &Attr, parent: u64, name: &[u8]) {
         if attr.r#type == FileType::Directory as i32 {
             lock(&self.parents).insert(attr.ino, parent);
+            self.cache.note_dir_name(parent, name, attr.ino);
         }
     }
 
@@ -303,15 +311,44 @@ impl Core {
 
     pub fn forget(&self, ino: u64) {
         lock(&self.parents).remove(&ino);
+        self.cache.forget(ino);
+    }
+
+    /// Directory `dir` changed through this client (`ok`: the change succeeded; else it may
+    /// have happened): its attributes are fetched again in the background for the GETATTR the
+    /// kernel sends before its next use of the directory (see cache.rs).
+    fn dir_changed(self: &Arc<Self>, dir: u64, ok: bool) {
+        if let Some(tx) = self.cache.dir_changed(dir, ok) {
+            let core = self.clone();
+            tokio::spawn(async move {
+                let attr = core.getattr(root_cred(), dir).await.ok();
+                let _ = tx.send(Some(attr));
+            });
+        }
+    }
+
+    /// getattr for the kernel, with the TTL to give it: a directory's attributes fetched after
+    /// this client's last change of it come from the cache, with what is left of their TTL.
+    pub async fn getattr_cached(&self, cred: Credentials, ino: u64) -> OpResult<(Attr, Duration)> {
+        if let Some((sent, mut fetch)) = self.cache.dir_attr(ino) {
+            let attr = match fetch.wait_for(Option::is_some).await {
+                Ok(fetched) => (*fetched).flatten(),
+                Err(_) => None,
+            };
+            if let (Some(attr), Some(ttl)) = (attr, self.cache.remaining(sent)) {
+                return Ok((attr, ttl));
+            }
+        }
+        Ok((self.getattr(cred, ino).await?, self.cache.ttl()))
     }
 
     // ---- namespace -------------------------------------------------------------------------
 
     pub async fn lookup(&self, cred: Credentials, parent: u64, name: Vec<u8>) -> OpResult<Attr> {
-        let request = LookupRequest { cred: Some(cred), parent, name };
+        let request = LookupRequest { cred: Some(cred), parent, name: name.clone() };
         let r = self.meta.rpc("lookup", request, |mut c, r| async move { c.lookup(r).await }).await?;
         let attr = r.attr.ok_or(Errno::EIO)?;
-        self.remember_parent(&attr, parent);
+        self.remember_entry(&attr, parent, &name);
         Ok(attr)
     }
 
@@ -367,8 +404,9 @@ impl Core {
             mtime,
             through_write_handle,
         };
-        let r = self.meta.rpc("setattr", request, |mut c, r| async move { c.set_attr(r).await }).await?;
-        let attr = r.attr.ok_or(Errno::EIO)?;
+        let r = self.meta.rpc("setattr", request, |mut c, r| async move { c.set_attr(r).await }).await;
+        self.cache.dir_changed(ino, false);
+        let attr = r?.attr.ok_or(Errno::EIO)?;
         if let (Some(inode), Some(io), Some(_)) = (&inode, io.as_mut(), size) {
             io.size = attr.size;
             io.chunks.clear();
@@ -389,7 +427,7 @@ impl Core {
 
     #[allow(clippy::too_many_arguments)]
     pub async fn mknod(
-        &self,
+        self: &Arc<Self>,
         cred: Credentials,
         parent: u64,
         name: Vec<u8>,
@@ -400,36 +438,56 @@ impl Core {
     ) -> OpResult<Attr> {
         let request =
             MknodRequest { cred: Some(cred), time: Some(now()), parent, name, r#type: kind as i32, mode, umask, rdev };
-        let r = self.meta.rpc("mknod", request, |mut c, r| async move { c.mknod(r).await }).await?;
-        r.attr.ok_or(Errno::EIO)
+        let r = self.meta.rpc("mknod", request, |mut c, r| async move { c.mknod(r).await }).await;
+        self.dir_changed(parent, r.is_ok());
+        r?.attr.ok_or(Errno::EIO)
     }
 
-    pub async fn mkdir(&self, cred: Credentials, parent: u64, name: Vec<u8>, mode: u32, umask: u32) -> OpResult<Attr> {
-        let request = MkdirRequest { cred: Some(cred), time: Some(now()), parent, name, mode, umask };
-        let r = self.meta.rpc("mkdir", request, |mut c, r| async move { c.mkdir(r).await }).await?;
-        let attr = r.attr.ok_or(Errno::EIO)?;
-        self.remember_parent(&attr, parent);
+    pub async fn mkdir(
+        self: &Arc<Self>,
+        cred: Credentials,
+        parent: u64,
+        name: Vec<u8>,
+        mode: u32,
+        umask: u32,
+    ) -> OpResult<Attr> {
+        let request = MkdirRequest { cred: Some(cred), time: Some(now()), parent, name: name.clone(), mode, umask };
+        let r = self.meta.rpc("mkdir", request, |mut c, r| async move { c.mkdir(r).await }).await;
+        self.dir_changed(parent, r.is_ok());
+        let attr = r?.attr.ok_or(Errno::EIO)?;
+        self.remember_entry(&attr, parent, &name);
         Ok(attr)
     }
 
-    pub async fn unlink(&self, cred: Credentials, parent: u64, name: Vec<u8>, dir: bool) -> OpResult<()> {
+    pub async fn unlink(self: &Arc<Self>, cred: Credentials, parent: u64, name: Vec<u8>, dir: bool) -> OpResult<()> {
         let request = RemoveRequest { cred: Some(cred), time: Some(now()), parent, name };
-        if dir {
-            self.meta.rpc("rmdir", request, |mut c, r| async move { c.rmdir(r).await }).await?;
+        let r = if dir {
+            let r = self.meta.rpc("rmdir", request, |mut c, r| async move { c.rmdir(r).await }).await;
+            // The removed directory (its inode is not named here) lost its links.
+            self.cache.all_dirs_changed();
+            r
         } else {
-            self.meta.rpc("unlink", request, |mut c, r| async move { c.unlink(r).await }).await?;
-        }
-        Ok(())
+            self.meta.rpc("unlink", request, |mut c, r| async move { c.unlink(r).await }).await
+        };
+        self.dir_changed(parent, r.is_ok());
+        r.map(|_| ())
     }
 
-    pub async fn symlink(&self, cred: Credentials, parent: u64, name: Vec<u8>, target: Vec<u8>) -> OpResult<Attr> {
+    pub async fn symlink(
+        self: &Arc<Self>,
+        cred: Credentials,
+        parent: u64,
+        name: Vec<u8>,
+        target: Vec<u8>,
+    ) -> OpResult<Attr> {
         let request = SymlinkRequest { cred: Some(cred), time: Some(now()), parent, name, target };
-        let r = self.meta.rpc("symlink", request, |mut c, r| async move { c.symlink(r).await }).await?;
-        r.attr.ok_or(Errno::EIO)
+        let r = self.meta.rpc("symlink", request, |mut c, r| async move { c.symlink(r).await }).await;
+        self.dir_changed(parent, r.is_ok());
+        r?.attr.ok_or(Errno::EIO)
     }
 
     pub async fn rename(
-        &self,
+        self: &Arc<Self>,
         cred: Credentials,
         parent: u64,
         name: Vec<u8>,
@@ -437,15 +495,49 @@ impl Core {
         new_name: Vec<u8>,
         flags: u32,
     ) -> OpResult<()> {
-        let request = RenameRequest { cred: Some(cred), time: Some(now()), parent, name, new_parent, new_name, flags };
-        self.meta.rpc("rename", request, |mut c, r| async move { c.rename(r).await }).await?;
-        Ok(())
+        // A directory moved, replaced or exchanged changes its ctime, nlink or "..", and the
+        // request does not name its inode: if either name may be a directory, forget them all.
+        let (moved, target) = (self.cache.dir_named(parent, &name), self.cache.dir_named(new_parent, &new_name));
+        let request = RenameRequest {
+            cred: Some(cred),
+            time: Some(now()),
+            parent,
+            name: name.clone(),
+            new_parent,
+            new_name: new_name.clone(),
+            flags,
+        };
+        let r = self.meta.rpc("rename", request, |mut c, r| async move { c.rename(r).await }).await;
+        if moved.is_some() || target.is_some() {
+            self.cache.all_dirs_changed();
+        }
+        if r.is_ok() {
+            // The kernel now knows them under the other names.
+            if let Some(ino) = moved {
+                self.cache.note_dir_name(new_parent, &new_name, ino);
+            }
+            if let (Some(ino), true) = (target, flags & libc::RENAME_EXCHANGE != 0) {
+                self.cache.note_dir_name(parent, &name, ino);
+            }
+        }
+        self.dir_changed(parent, r.is_ok());
+        if new_parent != parent {
+            self.dir_changed(new_parent, r.is_ok());
+        }
+        r.map(|_| ())
     }
 
-    pub async fn link(&self, cred: Credentials, ino: u64, new_parent: u64, new_name: Vec<u8>) -> OpResult<Attr> {
+    pub async fn link(
+        self: &Arc<Self>,
+        cred: Credentials,
+        ino: u64,
+        new_parent: u64,
+        new_name: Vec<u8>,
+    ) -> OpResult<Attr> {
         let request = LinkRequest { cred: Some(cred), time: Some(now()), ino, new_parent, new_name };
-        let r = self.meta.rpc("link", request, |mut c, r| async move { c.link(r).await }).await?;
-        r.attr.ok_or(Errno::EIO)
+        let r = self.meta.rpc("link", request, |mut c, r| async move { c.link(r).await }).await;
+        self.dir_changed(new_parent, r.is_ok());
+        r?.attr.ok_or(Errno::EIO)
     }
 
     // ---- xattrs, access, statfs ------------------------------------------------------------
@@ -459,14 +551,26 @@ impl Core {
         flags: u32,
     ) -> OpResult<()> {
         let request = SetXattrRequest { cred: Some(cred), time: Some(now()), ino, name, value, flags };
-        self.meta.rpc("setxattr", request, |mut c, r| async move { c.set_xattr(r).await }).await?;
-        Ok(())
+        let r = self.meta.rpc("setxattr", request, |mut c, r| async move { c.set_xattr(r).await }).await;
+        self.cache.xattrs_changed(ino);
+        self.cache.dir_changed(ino, false);
+        r.map(|_| ())
     }
 
+    /// getxattr; the kernel asks for `security.capability` before every write(2), so its
+    /// absence is answered from the cache when known (see cache.rs).
     pub async fn getxattr(&self, cred: Credentials, ino: u64, name: Vec<u8>) -> OpResult<Vec<u8>> {
+        let capability = name == CAPABILITY_XATTR;
+        if capability && self.cache.knows_no_caps(ino) {
+            return Err(Errno::ENODATA);
+        }
+        let (sent, changes) = (std::time::Instant::now(), self.cache.xattr_changes());
         let request = GetXattrRequest { cred: Some(cred), ino, name };
-        let r = self.meta.rpc("getxattr", request, |mut c, r| async move { c.get_xattr(r).await }).await?;
-        Ok(r.value)
+        let r = self.meta.rpc("getxattr", request, |mut c, r| async move { c.get_xattr(r).await }).await;
+        if capability && r.as_ref().is_err_and(|e| *e == Errno::ENODATA) && self.cache.xattr_changes() == changes {
+            self.cache.note_no_caps(ino, sent);
+        }
+        Ok(r?.value)
     }
 
     pub async fn listxattr(&self, cred: Credentials, ino: u64) -> OpResult<Vec<u8>> {
@@ -482,8 +586,10 @@ impl Core {
 
     pub async fn removexattr(&self, cred: Credentials, ino: u64, name: Vec<u8>) -> OpResult<()> {
         let request = RemoveXattrRequest { cred: Some(cred), time: Some(now()), ino, name };
-        self.meta.rpc("removexattr", request, |mut c, r| async move { c.remove_xattr(r).await }).await?;
-        Ok(())
+        let r = self.meta.rpc("removexattr", request, |mut c, r| async move { c.remove_xattr(r).await }).await;
+        self.cache.xattrs_changed(ino);
+        self.cache.dir_changed(ino, false);
+        r.map(|_| ())
     }
 
     pub async fn access(&self, cred: Credentials, ino: u64, mask: u32) -> OpResult<()> {
@@ -515,7 +621,7 @@ impl Core {
         let r = self.meta.rpc("readdir", request, |mut c, r| async move { c.read_dir(r).await }).await?;
         for e in &r.entries {
             if let Some(a) = &e.attr {
-                self.remember_parent(a, ino);
+                self.remember_entry(a, ino, &e.name);
             }
         }
         Ok(r)
@@ -588,7 +694,7 @@ impl Core {
 
     #[allow(clippy::too_many_arguments)]
     pub async fn create(
-        &self,
+        self: &Arc<Self>,
         cred: Credentials,
         parent: u64,
         name: Vec<u8>,
@@ -597,6 +703,7 @@ impl Core {
         flags: i32,
     ) -> OpResult<(u64, Attr)> {
         let (read, write) = access_mode(flags);
+        let sent = std::time::Instant::now();
         let r = self
             .with_session(|session| {
                 let request = CreateRequest {
@@ -615,8 +722,18 @@ impl Core {
                 };
                 self.meta.rpc("create", request, |mut c, r| async move { c.create(r).await })
             })
-            .await?;
+            .await;
+        // Opening an existing file leaves the directory as it was.
+        match &r {
+            Ok(r) if !r.created => {}
+            _ => self.dir_changed(parent, r.is_ok()),
+        }
+        let r = r?;
         let attr = r.attr.ok_or(Errno::EIO)?;
+        if r.created {
+            // A new file has no xattrs (the kernel asks before the first write).
+            self.cache.note_no_caps(attr.ino, sent);
+        }
         let inode = self.inode(attr.ino);
         let mut io = inode.io.lock().await;
         self.note_open(&inode, &mut io, &attr, flags & libc::O_TRUNC != 0 || r.created);

@@ -137,10 +137,10 @@ impl Filesystem for CairnFs {
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let (core, cred, ttl) = (self.core.clone(), cred_of(req), self.attr_ttl);
+        let (core, cred) = (self.core.clone(), cred_of(req));
         self.spawn(async move {
-            match core.getattr(cred, ino.0).await {
-                Ok(attr) => reply.attr(&ttl, &file_attr(&attr, core.local_size(&attr))),
+            match core.getattr_cached(cred, ino.0).await {
+                Ok((attr, ttl)) => reply.attr(&ttl, &file_attr(&attr, core.local_size(&attr))),
                 Err(e) => reply.error(e),
             }
         });

@@ -5,6 +5,8 @@
 //! * `chunkio.rs`: chain writes and verified, failing-over reads on chunkservers.
 //! * `layout.rs`: chunk arithmetic and the per-file write buffer (pure).
 //! * `attr.rs`: protobuf ↔ FUSE conversions and caller credentials.
+//! * `cache.rs`: what the client answers itself within the attribute TTL (directory attributes
+//!   after its own changes, the absence of file capabilities).
 //! * `core.rs`: every operation's logic over the two services; `fs.rs`: the fuser adapter that
 //!   runs each request on its own Tokio task.
 //!
@@ -14,6 +16,7 @@
 //! the configured timeout).
 
 mod attr;
+mod cache;
 mod chunkio;
 mod core;
 mod fs;
@@ -89,7 +92,7 @@ pub fn serve(options: &MountOptions) -> anyhow::Result<()> {
     // Channels are created inside the runtime (tonic spawns their connection tasks there).
     let _entered = runtime.enter();
     let meta = meta::MetaClient::new(&options.metaservers, options.timeout)?;
-    let core = core::Core::new(meta);
+    let core = core::Core::new(meta, options.attr_ttl);
     runtime
         .block_on(core.start())
         .map_err(|e| anyhow::anyhow!("open a session on the metaservers {:?}: {e:?}", options.metaservers))?;
