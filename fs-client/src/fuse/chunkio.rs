@@ -1,6 +1,7 @@
 //! Talking to chunkservers for the data path, straight over the generated `cairn.chunk.v1`
-//! client: chain writes to the primary (replicas[0]) with the rest as its chain, and reads from
-//! one replica at a time with every message's CRC verified, failing over to the next replica.
+//! client: chain writes to the primary (replicas[0]) with the rest as its chain, and reads with
+//! every message's CRC verified, failing over to the next replica; large reads are striped over
+//! the replicas.
 //!
 //! Channels are cached per address and reconnect by themselves.
 
@@ -13,7 +14,9 @@ use cairn_proto::chunk::{ReadChunkRequest, WriteChunkRequest, WriteHeader};
 use cairn_proto::meta::ChunkEntry;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::limits::{CHUNK_GRPC_MESSAGE_BYTES_MAX, CHUNK_RPC_TIMEOUT, MOUNT_CONNECT_TIMEOUT, WRITE_MESSAGE_BYTES};
+use crate::limits::{
+    CHUNK_GRPC_MESSAGE_BYTES_MAX, CHUNK_RPC_TIMEOUT, MOUNT_CONNECT_TIMEOUT, READ_STRIPE_BYTES_MIN, WRITE_MESSAGE_BYTES,
+};
 
 /// Status metadata naming the replica that failed in a chain write.
 pub const FAILED_REPLICA_KEY: &str = "cairn-failed-replica";
@@ -94,13 +97,18 @@ impl ChunkIo {
                 messages.push(WriteChunkRequest {
                     header: None,
                     offset: offset + (i * WRITE_MESSAGE_BYTES) as u64,
-                    data: part.to_vec(),
+                    data: bytes::Bytes::copy_from_slice(part),
                     crc32: crc32fast::hash(part),
                 });
             }
         }
         if messages.is_empty() {
-            messages.push(WriteChunkRequest { header: None, offset: 0, data: Vec::new(), crc32: crc32fast::hash(&[]) });
+            messages.push(WriteChunkRequest {
+                header: None,
+                offset: 0,
+                data: bytes::Bytes::new(),
+                crc32: crc32fast::hash(&[]),
+            });
         }
         messages[0].header = Some(header);
         let mut client = self.client(&primary.address)?;
@@ -125,13 +133,44 @@ impl ChunkIo {
         }
     }
 
-    /// Reads `[offset, offset + len)` of the chunk from the first replica that answers with
-    /// correct data. The result may be shorter than `len` (the chunk's length cuts it).
+    /// Reads `[offset, offset + len)` of the chunk. A large read is split into stripes read
+    /// from different replicas at once (each replica's disk and CPU serve a part, like a RAID-1
+    /// read), each stripe failing over to the other replicas on its own. The result may be
+    /// shorter than `len` (the chunk's length cuts it).
     pub async fn read(&self, entry: &ChunkEntry, offset: u64, len: u64) -> Result<Vec<u8>, ChunkIoError> {
+        let stripes = stripes(offset, len, entry.replicas.len());
+        if stripes.len() <= 1 {
+            return self.read_failover(entry, offset, len, 0).await;
+        }
+        let reads = stripes.iter().enumerate().map(|(i, &(at, n))| self.read_failover(entry, at, n, i));
+        let parts = futures::future::try_join_all(reads).await?;
+        let mut out = Vec::with_capacity(len as usize);
+        for ((_, asked), part) in stripes.iter().zip(parts) {
+            let short = (part.len() as u64) < *asked;
+            out.extend_from_slice(&part);
+            // The chunk ends inside this stripe: whatever a later stripe saw was written after
+            // this one was read, so the read ends here, as one sequential read would have.
+            if short {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads `[offset, offset + len)` from the first replica that answers with correct data,
+    /// starting with replica `first` (modulo their number).
+    async fn read_failover(
+        &self,
+        entry: &ChunkEntry,
+        offset: u64,
+        len: u64,
+        first: usize,
+    ) -> Result<Vec<u8>, ChunkIoError> {
         let mut errors = Vec::new();
         let mut corrupt = Vec::new();
         let mut missing = 0;
-        for replica in &entry.replicas {
+        let n = entry.replicas.len();
+        for replica in entry.replicas.iter().cycle().skip(first % n.max(1)).take(n) {
             let attempt = tokio::time::timeout(CHUNK_RPC_TIMEOUT, self.read_one(&replica.address, entry, offset, len));
             match attempt.await.unwrap_or_else(|_| Err(("read timed out".to_owned(), false, false))) {
                 Ok(data) => return Ok(data),
@@ -185,7 +224,44 @@ impl ChunkIo {
     }
 }
 
+/// `[offset, offset + len)` cut into at most `replicas` stripes of whole read stripes
+/// (READ_STRIPE_BYTES_MIN at least), in order; one stripe when the read is small.
+fn stripes(offset: u64, len: u64, replicas: usize) -> Vec<(u64, u64)> {
+    let count = (len / READ_STRIPE_BYTES_MIN).clamp(1, replicas.max(1) as u64);
+    let size = len.div_ceil(count).div_ceil(READ_STRIPE_BYTES_MIN) * READ_STRIPE_BYTES_MIN;
+    let mut out = Vec::new();
+    let mut at = offset;
+    while at < offset + len {
+        let n = size.min(offset + len - at);
+        out.push((at, n));
+        at += n;
+    }
+    out
+}
+
 /// A stored block failed its checksum on the replica.
 fn is_corrupt(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::DataLoss
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn large_reads_are_striped_over_the_replicas_in_order() {
+        assert_eq!(stripes(0, 8 * MIB, 3), vec![(0, 3 * MIB), (3 * MIB, 3 * MIB), (6 * MIB, 2 * MIB)]);
+        assert_eq!(stripes(5, 2 * MIB, 3), vec![(5, MIB), (5 + MIB, MIB)]);
+        assert_eq!(stripes(7, MIB - 1, 3), vec![(7, MIB - 1)]);
+        assert_eq!(stripes(0, 8 * MIB, 1), vec![(0, 8 * MIB)]);
+        assert_eq!(stripes(0, 8 * MIB, 0), vec![(0, 8 * MIB)]);
+        for (offset, len, replicas) in [(0, 1, 3), (3, 10 * MIB + 7, 3), (MIB, 64 * MIB, 2)] {
+            let parts = stripes(offset, len, replicas);
+            assert!(parts.len() <= replicas.max(1));
+            assert_eq!(parts.iter().map(|p| p.1).sum::<u64>(), len);
+            assert!(parts.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0));
+        }
+    }
 }
