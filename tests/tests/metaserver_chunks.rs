@@ -106,6 +106,12 @@ struct Model {
 
 impl Fixture {
     async fn start() -> anyhow::Result<Fixture> {
+        // A dead chunkserver leaves the registry within 2 s.
+        Fixture::start_with_lease_ttl("2s").await
+    }
+
+    /// `start` with the chunkservers' registry lease TTL.
+    async fn start_with_lease_ttl(lease_ttl: &str) -> anyhow::Result<Fixture> {
         let dir = tempfile::Builder::new().prefix("cairn-meta-chunks-").tempdir()?;
         let mut spec = ClusterSpec::new(dir.path());
         spec.chunkservers = 4;
@@ -114,8 +120,7 @@ impl Fixture {
         let calm = ["--heartbeat-interval", "100ms", "--election-timeout", "1s"];
         spec.coordinator_args = calm.iter().map(OsString::from).collect();
         spec.metaserver_args = calm.iter().chain(&["--orphan-scan-interval", "2s"]).map(OsString::from).collect();
-        // A dead chunkserver leaves the registry within 2 s.
-        spec.chunkserver_args = ["--lease-ttl", "2s"].iter().map(OsString::from).collect();
+        spec.chunkserver_args = ["--lease-ttl", lease_ttl].iter().map(OsString::from).collect();
         let cluster = match Cluster::start(spec).await {
             Ok(c) => c,
             Err(e) => {
@@ -406,8 +411,14 @@ impl Fixture {
         .await
     }
 
-    fn finish(mut self) -> anyhow::Result<()> {
-        let found = self.cluster.unexpected_errors(ALLOWED_ERRORS)?;
+    fn finish(self) -> anyhow::Result<()> {
+        self.finish_allowing(&[])
+    }
+
+    /// `finish`, also allowing ERROR lines that contain one of `more`.
+    fn finish_allowing(mut self, more: &[&str]) -> anyhow::Result<()> {
+        let allowed: Vec<&str> = ALLOWED_ERRORS.iter().chain(more).copied().collect();
+        let found = self.cluster.unexpected_errors(&allowed)?;
         if !found.is_empty() {
             let lines: Vec<String> = found.iter().take(20).map(ToString::to_string).collect();
             bail!("unexpected ERROR lines:\n{}", lines.join("\n"));
@@ -790,4 +801,54 @@ async fn chunk_map_gc_and_healing() -> anyhow::Result<()> {
     ensure!(again.errno == 0 && again.chunk.as_ref() == Some(&now), "a report with nothing ahead: {again:?}");
     eprintln!("phase 7: a report naming no replica caught the map up to version {ahead} (errno {})", r.errno);
     fx.finish()
+}
+
+/// A replica its chunkserver found corrupt (a read failed a block's checksum) is dropped from the
+/// chunk's set by the orphan scan and deleted, and healing puts a verified copy of a good replica
+/// in its place, without any client asking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupt_replica_is_dropped_and_replaced() -> anyhow::Result<()> {
+    // A long lease: the victim's restart (to corrupt its disk) must not look like its death,
+    // which would heal the chunk elsewhere before the corruption is ever seen.
+    let mut fx = Fixture::start_with_lease_ttl("60s").await?;
+    let mut f = fx.create("c").await?;
+    fx.write(&mut f, 0, &random_bytes(3 * MIB, 7)).await?;
+    // Closed: chunks of files open for writing are not healed.
+    fx.close(f.ino).await?;
+    let entry = fx.chunks(f.ino).await?.chunks[0].clone();
+    let victim_addr = entry.replicas[1].address.clone();
+    let victim = fx.chunkserver_addrs()?.into_iter().find(|(_, a)| *a == victim_addr).context("victim")?.0;
+
+    // Flip a byte of block 2 on the victim's disk (through RocksDB, while it is down). Killed,
+    // not stopped: a clean stop withdraws its registry entry, which would look like its death.
+    fx.cluster.kill(cs(victim), Signal::SIGKILL)?;
+    let deadline = tokio::time::Instant::now() + RPC_TIMEOUT;
+    while fx.cluster.is_running(cs(victim)) {
+        ensure!(tokio::time::Instant::now() < deadline, "chunkserver {victim} still running after SIGKILL");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let data_dir = fx.cluster.node(cs(victim))?.data_dir;
+    cairn_chunkserver::debug::corrupt_block(&data_dir, cairn_chunkserver::ids::ChunkId(entry.chunk_id), 2)?;
+    fx.cluster.restart(cs(victim)).await?;
+    fx.cluster.wait_node_ready(cs(victim), READY_TIMEOUT).await?;
+
+    // A read there fails its checksum; the chunkserver flags the replica as corrupt.
+    let victim_client = ChunkClient::connect_lazy(&victim_addr)?;
+    let err = victim_client.read(entry.chunk_id, entry.version, 0, 3 * MIB as u64).await.expect_err("checksum");
+    ensure!(err.status().map(|s| s.code()) == Some(tonic::Code::DataLoss), "read of the corrupt replica: {err}");
+
+    let deadline = tokio::time::Instant::now() + HEAL_TIMEOUT;
+    loop {
+        let now = fx.chunks(f.ino).await?.chunks[0].clone();
+        let flagged = victim_client.list(0, 0).await?.chunks.iter().any(|c| c.chunk_id == entry.chunk_id && c.corrupt);
+        if now.replicas.len() == 3 && now.version > entry.version && !flagged {
+            break;
+        }
+        ensure!(tokio::time::Instant::now() < deadline, "not healed: {now:?}, still flagged corrupt: {flagged}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    fx.verify(&f, &[(0, 3 * MIB as u64)]).await?;
+    let dropped = fx.metric_sum("cairn_metaserver_chunk_events_total{kind=\"corrupt_replica_dropped\"}").await?;
+    ensure!(dropped >= 1.0, "corrupt_replica_dropped events: {dropped}");
+    fx.finish_allowing(&["corrupt chunk replica"])
 }

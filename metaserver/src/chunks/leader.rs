@@ -449,7 +449,7 @@ impl ChunkManager {
                 for info in &page.chunks {
                     let id = ChunkId(info.chunk_id);
                     let rep = Replica { server: server.server(), addr: server.addr.clone() };
-                    if let Some(orphan) = self.check_replica(&rep, id, info.version, grace_below).await? {
+                    if let Some(orphan) = self.check_replica(&rep, id, info.version, info.corrupt, grace_below).await? {
                         orphans.push(orphan);
                     }
                 }
@@ -469,11 +469,13 @@ impl ChunkManager {
     }
 
     /// Checks one replica a chunkserver listed; deletes it if it is garbage, answering it.
+    /// `corrupt`: the chunkserver found a block of it failing its checksum (scrubber or read).
     async fn check_replica(
         &self,
         rep: &Replica,
         id: ChunkId,
         version: u64,
+        corrupt: bool,
         grace_below: Option<ChunkId>,
     ) -> Result<Option<FsckChunk>, RsmError> {
         let Some(_guard) = self.locks.try_lock(id) else { return Ok(None) };
@@ -500,11 +502,19 @@ impl ChunkManager {
             self.catch_up(place.ino, place.index, &c, version).await?;
             return Ok(None);
         }
-        if version >= c.version || pending.is_some() || c.replicas.len() < 2 {
+        let stale = version < c.version;
+        if !(stale || corrupt) || pending.is_some() {
             return Ok(None);
         }
-        // A stale replica in the set (it missed a version bump): drop it from the set, then
-        // delete it; healing restores the count.
+        if c.replicas.len() < 2 {
+            if corrupt {
+                tracing::error!(chunk = %id, replica = %rep.addr, "the only replica of the chunk is corrupt; kept (readers get the blocks that still verify)");
+            }
+            return Ok(None);
+        }
+        let why = if stale { "stale replica" } else { "corrupt replica" };
+        // A stale replica in the set (it missed a version bump) or a corrupt one: drop it from
+        // the set, then delete it; healing restores the count from the good replicas.
         let replicas: Vec<Replica> = c.replicas.iter().filter(|r| r.server != rep.server).cloned().collect();
         let op = Op::SetChunkReplicas {
             ino: place.ino,
@@ -515,7 +525,10 @@ impl ChunkManager {
             replicas,
         };
         if self.propose(op).await?.is_ok() {
-            self.delete_orphan(rep, id, version, "stale replica").await;
+            if corrupt {
+                self.node.metrics().chunk_event("corrupt_replica_dropped");
+            }
+            self.delete_orphan(rep, id, version, why).await;
             return Ok(Some(orphan(place.ino, place.index)));
         }
         Ok(None)
