@@ -5,10 +5,15 @@
 //! its entries (unsynced, immediately readable) and queues the flush callback for the syncer
 //! thread, which syncs the WAL once for everything queued so far and then completes every
 //! callback. RocksDB writes are sequential in the WAL, so one sync covers all earlier writes.
+//! (openraft 0.9 awaits each append's flush before its core does anything else, so in practice
+//! the queue holds one append at a time; group commit comes from batching proposals, see `node`.
+//! Syncing inline instead saves two thread wake-ups per write but cost throughput at 64 clients
+//! in measurements; see docs/benchmarks.md.)
 //!
 //! Layout (column families of the node's single RocksDB instance):
 //! - `raft_log`: big-endian log index -> bincode(Entry)
-//! - `raft_meta`: `vote`, `committed`, `last_purged` -> bincode values
+//! - `raft_meta`: `vote`, `last_purged` -> bincode values (older stores also hold an unused
+//!   `committed`)
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -25,7 +30,6 @@ pub(crate) const LOG_TABLE: &str = "raft_log";
 pub(crate) const META_TABLE: &str = "raft_meta";
 
 const KEY_VOTE: &[u8] = b"vote";
-const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -170,14 +174,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.get_meta(KEY_VOTE)
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not synced: losing it only means re-learning the commit index from the leader.
-        self.put_meta(KEY_COMMITTED, &committed, false)
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
-    }
+    // The commit index is not stored (openraft's default `save_committed` does nothing): writing
+    // it cost a RocksDB write on every commit, on the leader between the quorum's answer and the
+    // apply. Without it a restarted node applies the entries committed but not yet applied when
+    // it stopped once a leader tells it the commit index, as a new node would.
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where

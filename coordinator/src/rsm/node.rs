@@ -6,22 +6,24 @@
 //!   (on the leader) or on the leader (when forwarded). On `Timeout` the outcome is unknown, as
 //!   with etcd; on `NotLeader`/`NoLeader` the command was not proposed.
 //! - After [`Rsm::read_barrier`] returns, this node's state includes every write committed
-//!   before the call began (read-index; followers ask the leader for the index).
+//!   before the call began (read-index; followers ask the leader for the index). The leader
+//!   answers from a lease when it has one (see [`ReadLease`]), else after a heartbeat round.
 //! - Proposals are batched: every command waiting when a batch is cut shares one log entry,
 //!   one fsync and one replication round; up to `BATCHES_IN_FLIGHT_MAX` batches are pipelined.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use cairn_proto::raft::raft_service_client::RaftServiceClient;
 use cairn_proto::raft::{AppRpcRequest, ForwardRequest, ReadIndexRequest};
 use futures::future::BoxFuture;
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::ClientWriteResult;
 use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tonic::transport::Channel;
 
 use super::app::App;
@@ -30,7 +32,7 @@ use super::log_store::{LogStore, LOG_TABLE, META_TABLE};
 use super::network::{peer_client, NetworkFactory};
 use super::state_machine::{StateMachine, SM_TABLE};
 use super::store::RocksStore;
-use super::types::{decode, encode, CommandBatch, Member, NodeId, Raft, RaftMetrics};
+use super::types::{decode, encode, CommandBatch, LogId, Member, NodeId, Raft, RaftMetrics, TypeConfig, Vote};
 use crate::limits;
 
 /// Header carrying the leader's id on a "not leader" answer from a peer.
@@ -56,6 +58,19 @@ pub struct RsmConfig {
 }
 
 impl RsmConfig {
+    /// How long a leader serves read indexes after a quorum confirmed its leadership, without
+    /// another heartbeat round: a quarter of the minimum election timeout (see [`ReadLease`]).
+    pub fn read_lease(&self) -> Duration {
+        Duration::from_millis(self.election_timeout_min_ms / 4)
+    }
+
+    /// How long a restarted member neither votes nor campaigns: it may have acknowledged a
+    /// leader's lease round just before it stopped, and openraft forgets on restart when it last
+    /// heard from the leader. Twice the read lease.
+    pub fn restart_quiet(&self) -> Duration {
+        self.read_lease() * 2
+    }
+
     pub fn new(node_id: NodeId, data_dir: PathBuf) -> Self {
         Self {
             node_id,
@@ -94,7 +109,100 @@ pub trait AppRpcHandler: Send + Sync + 'static {
 
 struct Proposal {
     command: Vec<u8>,
-    reply: oneshot::Sender<Result<Vec<u8>, RsmError>>,
+    reply: oneshot::Sender<Reply>,
+}
+
+type CommandResult = Result<Vec<u8>, RsmError>;
+
+/// What the batcher hands a proposer: its result, or (to the first proposer of a batch) the
+/// batch in Raft to wait for itself. The first proposer waiting on openraft's answer directly
+/// saves the hop through a separate waiter task on the path of every write.
+enum Reply {
+    Done(CommandResult),
+    Lead(InRaft),
+}
+
+/// A batch proposed to Raft: openraft's answer to wait for, the other proposers' replies (in
+/// batch order, after the first), and the batch's in-flight permit.
+struct InRaft {
+    rx: Option<oneshot::Receiver<ClientWriteResult<TypeConfig>>>,
+    others: Vec<oneshot::Sender<Reply>>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl InRaft {
+    /// Waits for the batch and answers every proposer; returns the first proposer's result.
+    async fn finish(mut self) -> CommandResult {
+        let Some(rx) = self.rx.take() else { return Err(RsmError::ShuttingDown) };
+        let result = batch_result(rx.await);
+        self.permit = None;
+        let others = std::mem::take(&mut self.others);
+        match result {
+            Ok(results) => {
+                let mut results = results.into_iter();
+                let mine = results.next().ok_or_else(|| internal("missing result in batch response"));
+                for reply in others {
+                    let r = results.next().ok_or_else(|| internal("missing result in batch response"));
+                    let _ = reply.send(Reply::Done(r));
+                }
+                mine
+            }
+            Err(e) => {
+                for reply in others {
+                    let _ = reply.send(Reply::Done(Err(e.clone())));
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for InRaft {
+    /// The first proposer gave up (timeout, or its client went away) before the batch was
+    /// answered: a task takes over, so the others still get their results and the in-flight
+    /// permit is held until Raft is done with the batch.
+    fn drop(&mut self) {
+        let Some(rx) = self.rx.take() else { return };
+        let rest = InRaft { rx: Some(rx), others: std::mem::take(&mut self.others), permit: self.permit.take() };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = rest.finish().await;
+            });
+        }
+    }
+}
+
+fn batch_result(
+    answer: Result<ClientWriteResult<TypeConfig>, oneshot::error::RecvError>,
+) -> Result<Vec<Vec<u8>>, RsmError> {
+    match answer {
+        Err(_) => Err(RsmError::ShuttingDown),
+        Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(RsmError::NotLeader { leader: f.leader_id }),
+        Ok(Err(e)) => Err(internal(e)),
+        Ok(Ok(resp)) => Ok(resp.data.0),
+    }
+}
+
+/// A leader's read lease: a quorum of the membership logged at `membership` acknowledged this
+/// node as leader under `vote` in a read-index heartbeat round that started one lease duration
+/// ([`RsmConfig::read_lease`]) before `expires`. Until then the leader serves read indexes
+/// without a round.
+///
+/// Why no other leader can commit anything meanwhile: a new leader needs votes from a majority,
+/// which includes a member of that quorum. A follower that acknowledged the round refuses to vote
+/// for `election_timeout_max` after it did, and does not campaign itself for longer than that
+/// (openraft's leader lease on followers); a follower that restarts since refuses to vote and to
+/// campaign for [`RsmConfig::restart_quiet`] (see `voting_paused`); this node itself has not
+/// voted for anyone else as long as it is still leader under `vote`, which is checked inside the
+/// Raft core at the instant the commit index is read. The lease is a quarter of the election
+/// timeout minimum (at most a quarter of what a follower waits), so it holds as long as the
+/// monotonic clocks of different nodes run at rates within 4× of each other (wall-clock jumps do
+/// not matter) and no membership change happened since the round (checked too).
+#[derive(Clone, Debug)]
+struct ReadLease {
+    vote: Vote,
+    membership: Option<LogId>,
+    expires: Instant,
 }
 
 type ReadWaiter = oneshot::Sender<Result<u64, RsmError>>;
@@ -111,6 +219,10 @@ struct Inner<A: App> {
     /// a change while another is in progress.
     membership_lock: tokio::sync::Mutex<()>,
     app_rpc: OnceLock<Arc<dyn AppRpcHandler>>,
+    read_lease: Mutex<Option<ReadLease>>,
+    read_lease_duration: Duration,
+    /// Until then this node neither votes nor campaigns (see [`RsmConfig::restart_quiet`]).
+    voting_paused_until: Instant,
 }
 
 /// A replica of a replicated state machine. Cheap to clone.
@@ -158,6 +270,20 @@ impl<A: App> Rsm<A> {
             .await
             .map_err(internal)?;
 
+        // A member restarting with state may have acknowledged a leader's read-lease round before
+        // it stopped; it keeps out of elections until any such lease has run out.
+        let mut voting_paused_until = Instant::now();
+        if raft.is_initialized().await.map_err(internal)? {
+            let quiet = config.restart_quiet();
+            voting_paused_until += quiet;
+            raft.runtime_config().elect(false);
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(quiet).await;
+                raft.runtime_config().elect(true);
+            });
+        }
+
         let (proposals, proposal_rx) = mpsc::channel(limits::PROPOSAL_QUEUE_MAX);
         let (reads, read_rx) = mpsc::channel(limits::READ_INDEX_QUEUE_MAX);
         let inner = Arc::new(Inner {
@@ -170,6 +296,9 @@ impl<A: App> Rsm<A> {
             network,
             membership_lock: tokio::sync::Mutex::new(()),
             app_rpc: OnceLock::new(),
+            read_lease: Mutex::new(None),
+            read_lease_duration: config.read_lease(),
+            voting_paused_until,
         });
         tokio::spawn(batch_proposals(inner.raft.clone(), proposal_rx));
         tokio::spawn(coalesce_read_index(Arc::downgrade(&inner), read_rx));
@@ -203,10 +332,18 @@ impl<A: App> Rsm<A> {
 
     /// The leader as this node currently knows it, with its peer address.
     pub fn leader(&self) -> Option<(NodeId, String)> {
-        let m = self.inner.raft.metrics().borrow().clone();
+        // Borrowed, not cloned: this runs for every proposal and read round.
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
         let id = m.current_leader?;
         let addr = m.membership_config.membership().get_node(&id).map(|n| n.peer_addr.clone())?;
         Some((id, addr))
+    }
+
+    /// Whether this member still keeps out of elections after a restart (its peer service then
+    /// refuses vote requests).
+    pub fn voting_paused(&self) -> bool {
+        Instant::now() < self.inner.voting_paused_until
     }
 
     pub fn is_leader(&self) -> bool {
@@ -273,10 +410,16 @@ impl<A: App> Rsm<A> {
     pub(crate) async fn propose_local_within(&self, command: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, RsmError> {
         let (reply, rx) = oneshot::channel();
         self.inner.proposals.send(Proposal { command, reply }).await.map_err(|_| RsmError::ShuttingDown)?;
-        match tokio::time::timeout(timeout.min(limits::PROPOSE_TIMEOUT_MAX), rx).await {
+        let outcome = async {
+            match rx.await {
+                Err(_) => Err(RsmError::ShuttingDown),
+                Ok(Reply::Done(result)) => result,
+                Ok(Reply::Lead(batch)) => batch.finish().await,
+            }
+        };
+        match tokio::time::timeout(timeout.min(limits::PROPOSE_TIMEOUT_MAX), outcome).await {
             Err(_) => Err(RsmError::Timeout),
-            Ok(Err(_)) => Err(RsmError::ShuttingDown),
-            Ok(Ok(result)) => result,
+            Ok(result) => result,
         }
     }
 
@@ -345,24 +488,52 @@ impl<A: App> Rsm<A> {
         self.wait_applied(index).await
     }
 
+    /// Waits until the entry at `index` is applied here. Usually it already is: that is checked
+    /// on the borrowed metrics first (openraft's `Wait` clones the metrics on every look and arms
+    /// a timer even when there is nothing to wait for, on every linearizable read).
     async fn wait_applied(&self, index: u64) -> Result<(), RsmError> {
-        self.inner
-            .raft
-            .wait(Some(limits::READ_INDEX_TIMEOUT))
-            .applied_index_at_least(Some(index), "read barrier")
-            .await
-            .map(|_| ())
-            .map_err(|e| match e {
-                openraft::metrics::WaitError::Timeout(..) => RsmError::Timeout,
-                openraft::metrics::WaitError::ShuttingDown => RsmError::ShuttingDown,
-            })
+        let mut metrics = self.inner.raft.metrics();
+        let applied = |m: &RaftMetrics| m.last_applied.map(|l| l.index) >= Some(index);
+        if applied(&metrics.borrow_and_update()) {
+            return Ok(());
+        }
+        let wait = async {
+            loop {
+                metrics.changed().await.map_err(|_| RsmError::ShuttingDown)?;
+                if applied(&metrics.borrow_and_update()) {
+                    return Ok(());
+                }
+            }
+        };
+        tokio::time::timeout(limits::READ_INDEX_TIMEOUT, wait).await.map_err(|_| RsmError::Timeout)?
     }
 
     /// On the leader: the index a linearizable read must wait for (leadership confirmed by a
     /// quorum). Followers call this through `RaftService.ReadIndex`.
     pub async fn leader_read_index(&self) -> Result<u64, RsmError> {
+        if let Some(index) = self.read_index_under_lease().await? {
+            return Ok(index);
+        }
+        let started = Instant::now();
+        let (vote, membership) = self
+            .inner
+            .raft
+            .with_raft_state(|st| (*st.vote_ref(), *st.membership_state.effective().log_id()))
+            .await
+            .map_err(internal)?;
         match self.inner.raft.get_read_log_id().await {
-            Ok((read_log_id, _)) => Ok(read_log_id.map(|l| l.index).unwrap_or(0)),
+            Ok((read_log_id, _)) => {
+                // The round confirmed the leadership under the vote of that moment; a lease
+                // recorded under an older vote never matches the current one and goes unused.
+                if vote.is_committed() && vote.leader_id().voted_for() == Some(self.inner.node_id) {
+                    let expires = started + self.inner.read_lease_duration;
+                    let lease = ReadLease { vote, membership, expires };
+                    if let Ok(mut slot) = self.inner.read_lease.lock() {
+                        *slot = Some(lease);
+                    }
+                }
+                Ok(read_log_id.map(|l| l.index).unwrap_or(0))
+            }
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
                 Err(RsmError::NotLeader { leader: f.leader_id })
             }
@@ -373,6 +544,34 @@ impl<A: App> Rsm<A> {
             }
             Err(e) => Err(internal(e)),
         }
+    }
+
+    /// The read index from the lease (see [`ReadLease`]), or `None` when there is no valid lease.
+    async fn read_index_under_lease(&self) -> Result<Option<u64>, RsmError> {
+        let lease = match self.inner.read_lease.lock() {
+            Ok(slot) => slot.clone(),
+            Err(_) => None,
+        };
+        let Some(lease) = lease.filter(|l| Instant::now() < l.expires) else { return Ok(None) };
+        self.inner
+            .raft
+            .with_raft_state(move |st| {
+                // Everything is checked here, inside the Raft core, so that the leadership and
+                // the commit index are read at one instant, and that instant is in the lease.
+                if Instant::now() >= lease.expires
+                    || st.server_state != ServerState::Leader
+                    || *st.vote_ref() != lease.vote
+                    || *st.membership_state.effective().log_id() != lease.membership
+                {
+                    return None;
+                }
+                // Until an entry of this term is committed (the leader's first, blank entry),
+                // the commit index may lag writes the previous leader committed.
+                let committed = st.committed?;
+                (committed.leader_id == *lease.vote.leader_id()).then_some(committed.index)
+            })
+            .await
+            .map_err(internal)
     }
 
     /// Adds `id` as a learner (it starts receiving the log) and waits until it has caught up.
@@ -534,33 +733,23 @@ async fn batch_proposals(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
                 Err(_) => break,
             }
         }
-        let submitted = raft.client_write_ff(CommandBatch(commands)).await;
-        tokio::spawn(async move {
-            let _permit = permit;
-            let result = match submitted {
-                Err(e) => Err(internal(e)),
-                Ok(rx) => match rx.await {
-                    Err(_) => Err(RsmError::ShuttingDown),
-                    Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(RsmError::NotLeader { leader: f.leader_id }),
-                    Ok(Err(e)) => Err(internal(e)),
-                    Ok(Ok(resp)) => Ok(resp.data.0),
-                },
-            };
-            match result {
-                Ok(results) => {
-                    let mut results = results.into_iter();
-                    for reply in replies {
-                        let r = results.next().ok_or_else(|| internal("missing result in batch response"));
-                        let _ = reply.send(r);
-                    }
-                }
-                Err(e) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
+        let mut replies = replies.into_iter();
+        let Some(lead) = replies.next() else { continue };
+        let others: Vec<_> = replies.collect();
+        match raft.client_write_ff(CommandBatch(commands)).await {
+            Err(e) => {
+                let e = internal(e);
+                for reply in std::iter::once(lead).chain(others) {
+                    let _ = reply.send(Reply::Done(Err(e.clone())));
                 }
             }
-        });
+            Ok(answer) => {
+                let batch = InRaft { rx: Some(answer), others, permit: Some(permit) };
+                // A first proposer already gone hands the batch back; dropping it starts the
+                // task that answers the others.
+                let _ = lead.send(Reply::Lead(batch));
+            }
+        }
     }
 }
 

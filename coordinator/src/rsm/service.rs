@@ -68,6 +68,10 @@ impl<A: App> RaftService for PeerService<A> {
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        if self.rsm.voting_paused() {
+            // Answered like an unreachable node: the candidate counts no vote from here.
+            return Err(Status::unavailable("restarted moments ago; not voting yet"));
+        }
         let req: VoteRequest<NodeId> = decode(&request.into_inner().data).map_err(bad_payload)?;
         reply(&self.rsm.raft().vote(req).await)
     }

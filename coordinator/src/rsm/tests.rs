@@ -156,6 +156,7 @@ async fn three_nodes_forward_read_failover_and_snapshot_catch_up() {
     // Bootstrapping again (a restart) is harmless.
     nodes[0].rsm.bootstrap(members.clone()).await.expect("bootstrap again");
     let leader = wait_leader(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+    assert!(nodes.iter().all(|n| !n.rsm.voting_paused()), "fresh nodes vote at once");
     let follower = nodes.iter().position(|n| n.rsm.node_id() != leader).expect("a follower");
 
     // A follower forwards writes to the leader and gets the state machine's answer.
@@ -167,6 +168,17 @@ async fn three_nodes_forward_read_failover_and_snapshot_catch_up() {
     for n in &nodes {
         n.rsm.read_barrier().await.expect("read barrier");
         assert_eq!(read(n, "a").as_deref(), Some("2"));
+    }
+
+    // Writes and linearizable reads alternating over the nodes: the leader answers most read
+    // indexes from its lease, and every read must still see the write acknowledged just before
+    // it (through whichever node proposed it).
+    for i in 0..60u32 {
+        let writer = &nodes[(i % 3) as usize];
+        writer.rsm.propose(format!("lease={i}").into_bytes()).await.expect("propose");
+        let reader = &nodes[((i + 1) % 3) as usize];
+        reader.rsm.read_barrier().await.expect("read barrier");
+        assert_eq!(read(reader, "lease"), Some(i.to_string()), "read on node {} after write {i}", reader.rsm.node_id());
     }
 
     // Many concurrent proposals: all answered, batched into fewer log entries.
@@ -207,7 +219,14 @@ async fn three_nodes_forward_read_failover_and_snapshot_catch_up() {
     // The old instance must be gone entirely (it holds the RocksDB lock) before the new opens.
     drop(nodes.remove(lagging));
     let listener = tokio::net::TcpListener::bind(&lagging_addr).await.expect("rebind");
+    let restarting = std::time::Instant::now();
     nodes.insert(lagging, start_node(lagging_id, dir.path(), listener).await);
+    // A restarted member stays out of elections for a while (it may have backed a read lease
+    // just before it stopped); members started fresh never do.
+    let quiet = config(lagging_id, dir.path()).restart_quiet();
+    if restarting.elapsed() < quiet {
+        assert!(nodes[lagging].rsm.voting_paused(), "restarted node votes at once");
+    }
     nodes[lagging].rsm.read_barrier().await.expect("barrier on restarted node");
     assert_eq!(read(&nodes[lagging], "late").as_deref(), Some("299"));
     assert_eq!(read(&nodes[lagging], "k7").as_deref(), Some("7"));
