@@ -21,6 +21,11 @@
 //! * `tests/fault.rs`: SIGKILL a leader or a follower under load; no acknowledged write is lost
 //!   and the killed node catches up (by snapshot, or from the log).
 //!
+//! # The metaserver tests (`tests/tests/metaserver_*.rs`)
+//! * [`meta::MetaCluster`] starts three coordinators and three metaservers (no chunkservers)
+//!   and hands out gRPC clients of each metaserver; the chunk-map test builds its own cluster
+//!   with chunkservers.
+//!
 //! # The FUSE tests (`tests/tests/fuse_*.rs`)
 //! * [`FuseCluster`] starts a whole cluster with the launcher and mounts it (`DIR/mnt`, more
 //!   mounts with `add_mount`); [`sh`] runs real tools (cp, tar, git, sqlite3, flock, python3)
@@ -35,6 +40,7 @@ mod cluster;
 mod etcdctl;
 mod fuse;
 pub mod limits;
+pub mod meta;
 mod poll;
 pub mod posix;
 

@@ -56,3 +56,9 @@ pub const SHELL_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Unexpected server log lines quoted in a [`crate::TestCluster::finish`] failure.
 pub const LOG_LINES_QUOTED_MAX: usize = 40;
+
+/// The metaserver tests' group ([`crate::meta::MetaCluster`]): start-up (3 coordinators, then 3
+/// metaservers), convergence (leader, identical digests), and one gRPC call.
+pub const META_READY_TIMEOUT: Duration = Duration::from_secs(120);
+pub const META_CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const META_RPC_TIMEOUT: Duration = Duration::from_secs(15);

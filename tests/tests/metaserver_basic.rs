@@ -5,21 +5,15 @@
 //! the restarted node catches up.
 
 use std::collections::BTreeSet;
-use std::ffi::OsString;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use cairn_fs_client::dev::{Cluster, ClusterSpec, NodeId, NodeRef, Signal};
+use cairn_fs_client::dev::Signal;
 use cairn_proto::meta as pb;
-use cairn_proto::meta::meta_service_client::MetaServiceClient;
-use cairn_tests::poll_until;
-use tonic::transport::Channel;
-
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
-const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
-const RPC_TIMEOUT: Duration = Duration::from_secs(15);
+use cairn_tests::limits::META_READY_TIMEOUT as READY_TIMEOUT;
+use cairn_tests::meta::{root, MetaClient as Client, MetaCluster};
 const ROOT: u64 = 1;
 const ENOENT: u32 = 2;
 const EEXIST: u32 = 17;
@@ -29,20 +23,6 @@ const EACCES: u32 = 13;
 /// ERROR lines these tests tolerate: openraft's reports of unreachable or slow peers (peers
 /// start one by one, and one is killed on purpose).
 const ALLOWED_ERRORS: &[&str] = &[" ERROR openraft::", "Unreachable node", "timeout after "];
-
-type Client = MetaServiceClient<Channel>;
-
-fn client(addr: &str) -> anyhow::Result<Client> {
-    let channel = Channel::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(RPC_TIMEOUT)
-        .connect_lazy();
-    Ok(MetaServiceClient::new(channel))
-}
-
-fn root() -> Option<pb::Credentials> {
-    Some(pb::Credentials { uid: 0, gid: 0, groups: Vec::new() })
-}
 
 fn user(uid: u32) -> Option<pb::Credentials> {
     Some(pb::Credentials { uid, gid: uid, groups: Vec::new() })
@@ -101,102 +81,6 @@ async fn list(c: &mut Client, dir: u64) -> anyhow::Result<Vec<String>> {
     }
     names.sort();
     Ok(names)
-}
-
-/// A metaserver group in a temporary directory (with coordinators, no chunkservers).
-struct MetaCluster {
-    cluster: Cluster,
-    dir: Option<tempfile::TempDir>,
-}
-
-impl MetaCluster {
-    async fn start(name: &str) -> anyhow::Result<MetaCluster> {
-        let dir = tempfile::Builder::new().prefix(&format!("cairn-{name}-")).tempdir()?;
-        let mut spec = ClusterSpec::new(dir.path());
-        spec.chunkservers = 0;
-        spec.metaservers = 3;
-        spec.ready_timeout = READY_TIMEOUT;
-        let calm: Vec<OsString> =
-            ["--heartbeat-interval", "100ms", "--election-timeout", "1s"].iter().map(OsString::from).collect();
-        spec.coordinator_args = calm.clone();
-        spec.metaserver_args = calm;
-        match Cluster::start(spec).await {
-            Ok(cluster) => Ok(MetaCluster { cluster, dir: Some(dir) }),
-            Err(e) => {
-                let kept = dir.keep();
-                Err(anyhow::Error::new(e).context(format!("start cluster (kept {})", kept.display())))
-            }
-        }
-    }
-
-    fn ms(id: u64) -> NodeRef {
-        NodeRef::metaserver(NodeId(id))
-    }
-
-    fn client(&self, id: u64) -> anyhow::Result<Client> {
-        client(&self.cluster.node(Self::ms(id))?.addrs.client.to_string())
-    }
-
-    async fn status(&self, id: u64) -> anyhow::Result<serde_json::Value> {
-        let addr = self.cluster.node(Self::ms(id))?.addrs.http;
-        let response = cairn_fs_client::http::get(addr, "/status", Duration::from_secs(5)).await?;
-        Ok(serde_json::from_slice(&response.body)?)
-    }
-
-    /// The metaserver leader, as the leader itself confirms.
-    async fn leader(&self, not: Option<u64>) -> anyhow::Result<u64> {
-        poll_until("a metaserver leader", CONVERGE_TIMEOUT, || async {
-            for id in self.cluster.metaserver_ids() {
-                if Some(id.0) == not || !self.cluster.is_running(Self::ms(id.0)) {
-                    continue;
-                }
-                let Ok(status) = self.status(id.0).await else { continue };
-                if status["state"] == "Leader" {
-                    return Ok(id.0);
-                }
-            }
-            Err("no node says it leads")
-        })
-        .await
-    }
-
-    /// Digests of every running metaserver, once they agree.
-    async fn converged_digest(&self) -> anyhow::Result<Vec<u8>> {
-        poll_until("identical namespaces on every metaserver", CONVERGE_TIMEOUT, || async {
-            let mut digests = BTreeSet::new();
-            let mut report = Vec::new();
-            for id in self.cluster.metaserver_ids() {
-                let mut c = self.client(id.0).map_err(|e| e.to_string())?;
-                let d = c.digest(pb::DigestRequest {}).await.map_err(|e| e.to_string())?.into_inner();
-                report.push(format!("node {} applied {} rows {}", d.node_id, d.applied_index, d.rows));
-                digests.insert(d.digest);
-            }
-            if digests.len() == 1 {
-                Ok(digests.into_iter().next().unwrap_or_default())
-            } else {
-                Err(report.join("; "))
-            }
-        })
-        .await
-    }
-
-    fn finish(mut self) -> anyhow::Result<()> {
-        let found = self.cluster.unexpected_errors(ALLOWED_ERRORS)?;
-        if !found.is_empty() {
-            let lines: Vec<String> = found.iter().take(20).map(ToString::to_string).collect();
-            bail!("unexpected ERROR lines:\n{}", lines.join("\n"));
-        }
-        self.dir.take();
-        Ok(())
-    }
-}
-
-impl Drop for MetaCluster {
-    fn drop(&mut self) {
-        if let Some(dir) = self.dir.take() {
-            eprintln!("test did not finish: cluster kept in {}", dir.keep().display());
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -261,7 +145,7 @@ async fn namespace_over_grpc_on_every_node() -> anyhow::Result<()> {
     assert_eq!(two.open(open).await?.into_inner().errno, EACCES);
 
     cluster.converged_digest().await?;
-    cluster.finish()
+    cluster.finish(ALLOWED_ERRORS)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -347,5 +231,5 @@ async fn leader_kill_during_creates_and_renames_loses_nothing() -> anyhow::Resul
     let relisted: BTreeSet<String> = list(&mut back, stream_dir).await?.into_iter().collect();
     assert_eq!(relisted, expected);
     eprintln!("{} entries survived the leader kill", expected.len());
-    cluster.finish()
+    cluster.finish(ALLOWED_ERRORS)
 }

@@ -6,19 +6,13 @@
 //! - A blocking F_SETLKW waiter (on a follower) is granted when the holder unlocks; a waiter
 //!   whose call is cancelled leaves nothing queued and never gets the lock.
 
-use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context as _};
-use cairn_fs_client::dev::{Cluster, ClusterSpec, NodeId, NodeRef};
+use anyhow::{ensure, Context as _};
 use cairn_proto::meta as pb;
-use cairn_proto::meta::meta_service_client::MetaServiceClient;
+use cairn_tests::limits::META_CONVERGE_TIMEOUT as CONVERGE_TIMEOUT;
+use cairn_tests::meta::{root, MetaClient as Client, MetaCluster};
 use cairn_tests::poll_until;
-use tonic::transport::Channel;
-
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
-const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
-const RPC_TIMEOUT: Duration = Duration::from_secs(15);
 const ROOT: u64 = 1;
 const EAGAIN: u32 = 11;
 const EBADF: u32 = 9;
@@ -29,93 +23,6 @@ const TTL: Duration = Duration::from_secs(2);
 const EXPIRY_SLACK: Duration = Duration::from_millis(1500);
 
 const ALLOWED_ERRORS: &[&str] = &[" ERROR openraft::", "Unreachable node", "timeout after "];
-
-type Client = MetaServiceClient<Channel>;
-
-fn client(addr: &str, timeout: Duration) -> anyhow::Result<Client> {
-    let channel = Channel::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(timeout)
-        .connect_lazy();
-    Ok(MetaServiceClient::new(channel))
-}
-
-fn root() -> Option<pb::Credentials> {
-    Some(pb::Credentials { uid: 0, gid: 0, groups: Vec::new() })
-}
-
-struct MetaCluster {
-    cluster: Cluster,
-    dir: Option<tempfile::TempDir>,
-}
-
-impl MetaCluster {
-    async fn start(name: &str) -> anyhow::Result<MetaCluster> {
-        let dir = tempfile::Builder::new().prefix(&format!("cairn-{name}-")).tempdir()?;
-        let mut spec = ClusterSpec::new(dir.path());
-        spec.chunkservers = 0;
-        spec.metaservers = 3;
-        spec.ready_timeout = READY_TIMEOUT;
-        let calm: Vec<OsString> =
-            ["--heartbeat-interval", "100ms", "--election-timeout", "1s"].iter().map(OsString::from).collect();
-        spec.coordinator_args = calm.clone();
-        spec.metaserver_args = calm;
-        match Cluster::start(spec).await {
-            Ok(cluster) => Ok(MetaCluster { cluster, dir: Some(dir) }),
-            Err(e) => {
-                let kept = dir.keep();
-                Err(anyhow::Error::new(e).context(format!("start cluster (kept {})", kept.display())))
-            }
-        }
-    }
-
-    fn ms(id: u64) -> NodeRef {
-        NodeRef::metaserver(NodeId(id))
-    }
-
-    fn client_with(&self, id: u64, timeout: Duration) -> anyhow::Result<Client> {
-        client(&self.cluster.node(Self::ms(id))?.addrs.client.to_string(), timeout)
-    }
-
-    fn client(&self, id: u64) -> anyhow::Result<Client> {
-        self.client_with(id, RPC_TIMEOUT)
-    }
-
-    async fn leader(&self) -> anyhow::Result<u64> {
-        poll_until("a metaserver leader", CONVERGE_TIMEOUT, || async {
-            for id in self.cluster.metaserver_ids() {
-                let addr = self.cluster.node(Self::ms(id.0)).map_err(|e| e.to_string())?.addrs.http;
-                let Ok(r) = cairn_fs_client::http::get(addr, "/status", Duration::from_secs(5)).await else {
-                    continue;
-                };
-                let Ok(status) = serde_json::from_slice::<serde_json::Value>(&r.body) else { continue };
-                if status["state"] == "Leader" {
-                    return Ok(id.0);
-                }
-            }
-            Err("no node says it leads".to_string())
-        })
-        .await
-    }
-
-    fn finish(mut self) -> anyhow::Result<()> {
-        let found = self.cluster.unexpected_errors(ALLOWED_ERRORS)?;
-        if !found.is_empty() {
-            let lines: Vec<String> = found.iter().take(20).map(ToString::to_string).collect();
-            bail!("unexpected ERROR lines:\n{}", lines.join("\n"));
-        }
-        self.dir.take();
-        Ok(())
-    }
-}
-
-impl Drop for MetaCluster {
-    fn drop(&mut self) {
-        if let Some(dir) = self.dir.take() {
-            eprintln!("test did not finish: cluster kept in {}", dir.keep().display());
-        }
-    }
-}
 
 async fn open_session(c: &mut Client, name: &str, ttl: Duration) -> anyhow::Result<(u64, u64)> {
     let r = pb::OpenSessionRequest {
@@ -194,7 +101,7 @@ fn setlk(ino: u64, session: u64, owner: u64, kind: pb::LockType, wait: bool) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sessions_and_locks_across_the_cluster() -> anyhow::Result<()> {
     let cluster = MetaCluster::start("meta-sessions").await?;
-    let leader = cluster.leader().await?;
+    let leader = cluster.leader(None).await?;
     let follower = cluster.cluster.metaserver_ids().iter().map(|n| n.0).find(|&n| n != leader).context("follower")?;
     eprintln!("metaserver leader {leader}, follower {follower}");
     let mut a = cluster.client(follower)?;
@@ -308,5 +215,5 @@ async fn sessions_and_locks_across_the_cluster() -> anyhow::Result<()> {
     for task in [b_alive, c_alive, d_alive] {
         task.abort();
     }
-    cluster.finish()
+    cluster.finish(ALLOWED_ERRORS)
 }
