@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use cairn_proto::meta::*;
 use fuser::Errno;
 use tokio::task::JoinHandle;
@@ -89,7 +90,7 @@ struct FileIo {
     chunks: HashMap<u64, Option<ChunkEntry>>,
     /// The file size as committed on the metaserver, as far as this client knows.
     size: u64,
-    readahead: Option<(u64, Arc<Vec<u8>>)>,
+    readahead: Option<(u64, Bytes)>,
     /// The next readahead window, being fetched.
     prefetch: Option<Prefetch>,
     last_read_end: u64,
@@ -1145,13 +1146,14 @@ impl Core {
         Ok(io.chunks.get(&index).cloned().flatten())
     }
 
-    pub async fn read(self: &Arc<Self>, ino: u64, offset: u64, size: u32) -> OpResult<Vec<u8>> {
+    /// Reads from the file; an answer served from the readahead window shares its memory.
+    pub async fn read(self: &Arc<Self>, ino: u64, offset: u64, size: u32) -> OpResult<Bytes> {
         let inode = self.inode(ino);
         let mut io = inode.io.lock().await;
         self.settle(&inode, &mut io).await?;
         let end_of_file = io.size;
         if offset >= end_of_file || size == 0 {
-            return Ok(Vec::new());
+            return Ok(Bytes::new());
         }
         let want = u64::from(size).min(end_of_file - offset);
         // A prefetch covering this read becomes the readahead window.
@@ -1159,14 +1161,14 @@ impl Core {
             if let Some(mut p) = io.prefetch.take() {
                 if let Ok(Ok(fetched)) = (&mut p.task).await {
                     apply_refreshed(&mut io, fetched.refreshed);
-                    io.readahead = Some((p.start, Arc::new(fetched.data)));
+                    io.readahead = Some((p.start, Bytes::from(fetched.data)));
                 }
             }
         }
         if let Some((ra_offset, data)) = &io.readahead {
             if offset >= *ra_offset && offset + want <= ra_offset + data.len() as u64 {
                 let from = (offset - ra_offset) as usize;
-                let out = data[from..from + want as usize].to_vec();
+                let out = data.slice(from..from + want as usize);
                 io.last_read_end = offset + want;
                 self.maybe_prefetch(ino, &mut io).await;
                 return Ok(out);
@@ -1184,7 +1186,8 @@ impl Core {
             drop(io);
             None
         };
-        let Fetched { mut data, refreshed } = self.fetch(ino, fetch, pieces).await?;
+        let Fetched { data, refreshed } = self.fetch(ino, fetch, pieces).await?;
+        let mut data = Bytes::from(data);
         let mut io = match guard {
             Some(io) => io,
             None => inode.io.lock().await,
@@ -1193,8 +1196,8 @@ impl Core {
         if io.generation == generation {
             io.last_read_end = offset + want;
             if fetch > want {
-                let out = data[..want as usize].to_vec();
-                io.readahead = Some((offset, Arc::new(data)));
+                let out = data.slice(..want as usize);
+                io.readahead = Some((offset, data));
                 self.maybe_prefetch(ino, &mut io).await;
                 return Ok(out);
             }
@@ -1221,6 +1224,13 @@ impl Core {
     /// Reads the pieces in parallel into one buffer of `len` bytes (holes and bytes past a
     /// chunk's length are zeros).
     async fn fetch(&self, ino: u64, len: u64, pieces: Vec<(ChunkSpan, Option<ChunkEntry>)>) -> OpResult<Fetched> {
+        if let [(span, Some(entry))] = pieces.as_slice() {
+            // The whole range inside one chunk (the usual readahead window): its read is the
+            // answer, zero-filled past the chunk's length, without a copy.
+            let (mut data, fresh) = self.read_span(ino, entry, span.offset_in_chunk, span.len).await?;
+            data.resize(len as usize, 0);
+            return Ok(Fetched { data, refreshed: fresh.map(|e| (span.index, e)).into_iter().collect() });
+        }
         let mut data = vec![0u8; len as usize];
         let reads = pieces.iter().map(|(span, entry)| async move {
             match entry {
