@@ -11,7 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context as _};
 use cairn_tests::limits::{CLUSTER_READY_TIMEOUT, CONVERGE_TIMEOUT};
-use cairn_tests::{connect, poll_until, AllowedError, ClusterOptions, NodeId, Signal, TestCluster, PEER_UNREACHABLE};
+use cairn_tests::{
+    connect, poll_until, AllowedError, ClusterOptions, NodeId, Signal, TestCluster, PEER_RPC_TIMEOUT, PEER_UNREACHABLE,
+};
 use etcd_client::GetOptions;
 use lock_support::Contender;
 
@@ -214,6 +216,7 @@ async fn a_standby_takes_over_when_the_leader_process_dies() -> anyhow::Result<(
     c3.kill()?;
     cluster.finish(&[
         PEER_UNREACHABLE,
+        PEER_RPC_TIMEOUT,
         AllowedError::new(
             "undergoing a configuration change",
             "start-up member publication races another membership change and is retried",

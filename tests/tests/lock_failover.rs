@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use cairn_tests::limits::CLUSTER_READY_TIMEOUT;
-use cairn_tests::{poll_until, AllowedError, ClusterOptions, NodeId, Signal, TestCluster, PEER_UNREACHABLE};
+use cairn_tests::{
+    poll_until, AllowedError, ClusterOptions, NodeId, Signal, TestCluster, PEER_RPC_TIMEOUT, PEER_UNREACHABLE,
+};
 use lock_support::resource::Resource;
 use lock_support::{read_kv_counter, wait_all_done, Contender, LockArgs, Outcome, CONTENDERS_EXIT_TIMEOUT};
 
@@ -120,7 +122,7 @@ async fn no_two_holders_when_coordinators_die_during_handoff() -> anyhow::Result
     outcome.check_kv_counter()?;
     ensure!(outcome.kv_increments_reported == CONTENDERS * ITERATIONS as usize, "{}", outcome.summary());
 
-    let mut allowed = vec![PEER_UNREACHABLE, concurrent_membership_change()];
+    let mut allowed = vec![PEER_UNREACHABLE, PEER_RPC_TIMEOUT, concurrent_membership_change()];
     allowed.extend(killed.iter().copied().map(rpc_to_killed_node));
     allowed.extend(killed.iter().copied().map(append_to_restarted_node));
     cluster.finish(&allowed)
