@@ -132,6 +132,10 @@ pub const FUSE_MAX_WRITE_BYTES: u32 = 1024 * 1024;
 pub const FUSE_MAX_READAHEAD_BYTES: u32 = 1024 * 1024;
 /// FUSE requests the kernel keeps in flight in the background (readahead, async writes).
 pub const FUSE_MAX_BACKGROUND: u16 = 64;
+/// How often a blocking lock wait looks whether its caller has a signal to take (fuser does
+/// not pass FUSE_INTERRUPT on, see `fuse/signals.rs`): the delay before Ctrl-C or SIGKILL
+/// ends a process stuck in F_SETLKW or flock.
+pub const FUSE_LOCK_SIGNAL_POLL: Duration = Duration::from_millis(100);
 /// Threads reading /dev/fuse; each request is then handed to a Tokio task.
 pub const FUSE_READER_THREADS: usize = 2;
 /// st_blksize reported for every file: `cp` and friends size their buffers by it.

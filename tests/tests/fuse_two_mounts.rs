@@ -1,7 +1,8 @@
 //! Two mounts of one cluster (two `cairn mount` processes, as on two machines): a file closed
 //! on one is read correctly on the other (close-to-open, including overwrites, truncation,
 //! appends, renames and deletes); flock(2) locks (util-linux `flock`) and POSIX fcntl locks
-//! (python3) conflict across the mounts; SIGKILL of the process holding a lock frees it.
+//! (python3) conflict across the mounts; SIGKILL of the process holding a lock frees it; a
+//! blocked waiter ends on a signal (a handler's exception, SIGKILL).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -17,6 +18,8 @@ use cairn_tests::{poll_until, run_bounded, run_checks, sh, Check, FuseCluster};
 const LOCK_FREE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Deadline of one non-blocking lock attempt (a hung request fails the check).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a blocking waiter is left to queue its request before it is killed.
+const WAITER_SETTLE: Duration = Duration::from_secs(1);
 
 /// A python3 process on `path` holding a lock (`kind`: `flock` or `fcntl`) until killed; it
 /// prints `locked` once it holds the lock.
@@ -89,6 +92,62 @@ fn flock_try(path: &Path) -> anyhow::Result<bool> {
     }
 }
 
+/// A blocked lock wait on `path` (`kind`: `flock` or `fcntl`, on a lock someone else holds)
+/// ends when its caller takes a signal: a SIGALRM handler's exception reaches the caller, and
+/// a SIGKILLed waiter exits. FUSE does not let a caller go while the filesystem has its
+/// request, so both depend on the mount noticing the signal.
+fn blocked_waits_end_on_signals(path: &Path, kind: &str) -> anyhow::Result<()> {
+    let script = r#"
+import fcntl, signal, sys
+kind, path, alarm = sys.argv[1], sys.argv[2], sys.argv[3] == "alarm"
+class Alarm(Exception):
+    pass
+def on_alarm(*_):
+    raise Alarm()
+signal.signal(signal.SIGALRM, on_alarm)
+f = open(path, "r+")
+if alarm:
+    signal.alarm(1)
+print("waiting", flush=True)
+try:
+    if kind == "flock":
+        fcntl.flock(f, fcntl.LOCK_EX)
+    else:
+        fcntl.lockf(f, fcntl.LOCK_EX, 1, 0)
+    print("granted", flush=True)
+except Alarm:
+    print("interrupted", flush=True)
+"#;
+    let out = run_bounded(Command::new("python3").args(["-c", script, kind]).arg(path).arg("alarm"), PROBE_TIMEOUT)?;
+    if out.stdout.split_whitespace().collect::<Vec<_>>() != ["waiting", "interrupted"] {
+        bail!("a {kind} wait with a SIGALRM handler: {:?} {:?} {}", out.status, out.stdout, out.stderr);
+    }
+    let mut waiter = Command::new("python3")
+        .args(["-c", script, kind])
+        .arg(path)
+        .arg("no-alarm")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("start the python3 waiter")?;
+    let mut line = String::new();
+    BufReader::new(waiter.stdout.take().context("waiter stdout")?).read_line(&mut line).context("read the waiter")?;
+    std::thread::sleep(WAITER_SETTLE);
+    if let Some(status) = waiter.try_wait().context("poll the waiter")? {
+        bail!("the {kind} waiter ended while the lock was held: {status:?} after {line:?}");
+    }
+    waiter.kill().context("SIGKILL the waiter")?;
+    let deadline = std::time::Instant::now() + PROBE_TIMEOUT;
+    while waiter.try_wait().context("poll the killed waiter")?.is_none() {
+        if std::time::Instant::now() >= deadline {
+            bail!("a SIGKILLed {kind} waiter was still there after {PROBE_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 fn kill_holder(mut holder: Child) -> anyhow::Result<()> {
     holder.kill().context("SIGKILL the holder")?;
     holder.wait().context("reap the holder")?;
@@ -141,7 +200,9 @@ async fn two_mounts_share_files_and_locks() -> anyhow::Result<()> {
                 let holder = spawn_holder(&a.join("flock-file"), "flock")?;
                 let conflict_b = flock_try(&b.join("flock-file"));
                 let conflict_a = flock_try(&a.join("flock-file"));
+                let signals = blocked_waits_end_on_signals(&b.join("flock-file"), "flock");
                 kill_holder(holder)?;
+                signals?;
                 if conflict_b? {
                     bail!("flock on mount 2 was granted while mount 1 held it");
                 }
@@ -166,7 +227,9 @@ async fn two_mounts_share_files_and_locks() -> anyhow::Result<()> {
                 let overlapping = fcntl_try(&b.join("fcntl-file"), 50, 10);
                 let disjoint = fcntl_try(&b.join("fcntl-file"), 100, 10);
                 let same_mount = fcntl_try(&a.join("fcntl-file"), 0, 1);
+                let signals = blocked_waits_end_on_signals(&b.join("fcntl-file"), "fcntl");
                 kill_holder(holder)?;
+                signals?;
                 if overlapping? {
                     bail!("an overlapping fcntl lock on mount 2 was granted");
                 }

@@ -638,15 +638,12 @@ impl Core {
     }
 
     /// Opens a file; the answer says whether the kernel may keep its cached pages (the file is
-    /// unchanged since this client last saw it).
+    /// unchanged since this client last saw it). O_TRUNC never arrives here: the mount does not
+    /// ask for FUSE_ATOMIC_O_TRUNC (see `init`), so the kernel truncates with a setattr.
     pub async fn open(&self, cred: Credentials, ino: u64, flags: i32) -> OpResult<(u64, Attr, bool)> {
         let (read, write) = access_mode(flags);
-        let truncate = flags & libc::O_TRUNC != 0 && write;
         let inode = self.inode(ino);
         let mut io = inode.io.lock().await;
-        if truncate {
-            self.settle(&inode, &mut io).await?;
-        }
         let r = self
             .with_session(|session| {
                 let request = OpenRequest {
@@ -654,13 +651,13 @@ impl Core {
                     time: Some(now()),
                     ino,
                     session,
-                    open: Some(OpenMode { read, write, truncate }),
+                    open: Some(OpenMode { read, write, truncate: false }),
                 };
                 self.meta.rpc("open", request, |mut c, r| async move { c.open(r).await })
             })
             .await?;
         let attr = r.attr.ok_or(Errno::EIO)?;
-        let keep_cache = self.note_open(&inode, &mut io, &attr, truncate);
+        let keep_cache = self.note_open(&inode, &mut io, &attr, false);
         io.cred = cred;
         Ok((self.add_handle(ino, flags), attr, keep_cache))
     }

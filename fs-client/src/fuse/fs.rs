@@ -18,7 +18,10 @@ use tokio::runtime::Handle as Runtime;
 
 use super::attr::{credentials, file_attr, timespec, type_from_mode};
 use super::core::{lock_end, Core};
-use crate::limits::{FUSE_BLKSIZE_BYTES, FUSE_MAX_BACKGROUND, FUSE_MAX_READAHEAD_BYTES, FUSE_MAX_WRITE_BYTES};
+use super::signals;
+use crate::limits::{
+    FUSE_BLKSIZE_BYTES, FUSE_LOCK_SIGNAL_POLL, FUSE_MAX_BACKGROUND, FUSE_MAX_READAHEAD_BYTES, FUSE_MAX_WRITE_BYTES,
+};
 
 /// Capacity reported by statfs: the metaserver does not track free space, so the filesystem
 /// reports a nominal 1 PiB of which the used bytes are taken.
@@ -100,10 +103,13 @@ impl CairnFs {
 
 impl Filesystem for CairnFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Not FUSE_ATOMIC_O_TRUNC: with it the kernel sets the size to 0 and drops the cached
+        // pages on every open with O_TRUNC, before it checks write access for O_RDONLY|O_TRUNC.
+        // A running program's own binary then vanishes under it (SIGBUS) although the open
+        // fails with ETXTBSY. Without it the kernel checks first and truncates with a setattr.
         let wanted = [
             InitFlags::FUSE_POSIX_LOCKS,
             InitFlags::FUSE_FLOCK_LOCKS,
-            InitFlags::FUSE_ATOMIC_O_TRUNC,
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
@@ -598,9 +604,19 @@ impl Filesystem for CairnFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        let (core, cred) = (self.core.clone(), cred_of(req));
+        let (core, cred, caller) = (self.core.clone(), cred_of(req), req.pid());
         self.spawn(async move {
-            match core.setlk(cred, ino.0, lock_owner.0, start, end, typ, pid, sleep).await {
+            let set = core.setlk(cred, ino.0, lock_owner.0, start, end, typ, pid, sleep);
+            let result = if sleep {
+                // A wait may last for ever; its caller must stay killable (see signals.rs).
+                tokio::select! {
+                    r = set => r,
+                    () = signals::interrupted(caller, FUSE_LOCK_SIGNAL_POLL) => Err(Errno::EINTR),
+                }
+            } else {
+                set.await
+            };
+            match result {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
             }

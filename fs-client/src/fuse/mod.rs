@@ -7,6 +7,7 @@
 //! * `attr.rs`: protobuf ↔ FUSE conversions and caller credentials.
 //! * `cache.rs`: what the client answers itself within the attribute TTL (directory attributes
 //!   after its own changes, the absence of file capabilities).
+//! * `signals.rs`: whether a caller has a signal pending (ends blocking lock waits).
 //! * `core.rs`: every operation's logic over the two services; `fs.rs`: the fuser adapter that
 //!   runs each request on its own Tokio task.
 //!
@@ -23,6 +24,7 @@ mod fs;
 mod layout;
 mod meta;
 mod options;
+mod signals;
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
