@@ -13,14 +13,29 @@ use etcd_client::{Client, LeaderKey, LockOptions, ProclaimOptions, ResignOptions
 use lock_support::Etcd;
 use tonic::Code;
 
-/// Long enough for a Lock call to have queued its key.
+/// How long a waiter stays queued before the test looks whether it was (wrongly) granted.
 const SETTLE: Duration = Duration::from_millis(500);
+/// Bounds for a queued key to appear or disappear and for a grant, generous because CI runs
+/// this beside other tests on 2 cores (a fixed pause once failed there).
 const GRANT_TIMEOUT: Duration = Duration::from_secs(20);
+const POLL: Duration = Duration::from_millis(50);
 const ETCD_ELECTION_TIMEOUT_MS: u64 = 1000;
 
 async fn create_revision(client: &mut Client, key: &[u8]) -> anyhow::Result<Option<i64>> {
     let got = client.get(key, None).await.context("get")?;
     Ok(got.kvs().first().map(|kv| kv.create_revision()))
+}
+
+/// Waits until `key` exists (`present`) or is gone; false if that did not happen in time.
+async fn await_key(client: &mut Client, key: &str, present: bool) -> anyhow::Result<bool> {
+    let deadline = tokio::time::Instant::now() + GRANT_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        if create_revision(client, key.as_bytes()).await?.is_some() == present {
+            return Ok(true);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(false)
 }
 
 /// Checks Cairn and etcd share. Returns nothing; fails on the first difference from etcd.
@@ -51,19 +66,11 @@ async fn common_behaviour(endpoint: &str) -> anyhow::Result<()> {
         tokio::spawn(
             async move { waiter_client.lock("api-lock", Some(LockOptions::new().with_lease(waiter_lease))).await },
         );
+    ensure!(await_key(&mut client, &waiter_key, true).await?, "the waiter's key {waiter_key} never appeared");
     tokio::time::sleep(SETTLE).await;
     ensure!(!waiting.is_finished(), "the waiter was granted a held lock");
-    ensure!(create_revision(&mut client, waiter_key.as_bytes()).await?.is_some(), "the waiter queued");
     waiting.abort();
-    let mut withdrawn = false;
-    for _ in 0..100 {
-        if create_revision(&mut client, waiter_key.as_bytes()).await?.is_none() {
-            withdrawn = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    ensure!(withdrawn, "the cancelled waiter's key {waiter_key} stayed");
+    ensure!(await_key(&mut client, &waiter_key, false).await?, "the cancelled waiter's key {waiter_key} stayed");
     client.unlock(held.key()).await?;
     ensure!(create_revision(&mut client, held.key()).await?.is_none(), "unlock deletes the key");
 
@@ -124,7 +131,8 @@ async fn revoked_waiter(endpoint: &str) -> anyhow::Result<Result<Vec<u8>, etcd_c
     let waiting = tokio::spawn(async move {
         waiter_client.lock("api-revoked", Some(LockOptions::new().with_lease(waiter_lease))).await
     });
-    tokio::time::sleep(SETTLE).await;
+    let waiter_key = format!("api-revoked/{waiter_lease:x}");
+    ensure!(await_key(&mut client, &waiter_key, true).await?, "the waiter's key {waiter_key} never appeared");
     client.lease_revoke(waiter_lease).await?;
     tokio::time::sleep(SETTLE).await;
     client.unlock(held.key()).await?;
