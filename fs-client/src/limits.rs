@@ -193,3 +193,8 @@ const _: () = assert!(WRITE_MESSAGE_BYTES <= 4 * 1024 * 1024);
 /// with them (doubling from the first to the second, until the operation timeout).
 pub const CHUNK_READ_RETRY_BACKOFF_MIN: Duration = Duration::from_millis(50);
 pub const CHUNK_READ_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Backoff while a chunk's replicas refuse a write's version and the map still shows it: a
+/// repair (healing) has bumped the replicas and not yet committed (until the operation
+/// timeout; a 64 MiB copy on loopback takes well under a second).
+pub const CHUNK_STALE_BACKOFF_MIN: Duration = Duration::from_millis(20);
+pub const CHUNK_STALE_BACKOFF_MAX: Duration = Duration::from_millis(500);

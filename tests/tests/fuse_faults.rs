@@ -1,14 +1,20 @@
 //! Faults under a running application: while `cp` copies a large file into the mount, SIGKILL a
 //! chunkserver, then the metaserver leader. The copy must succeed, and the file read back
-//! through a fresh second mount must have the source's sha256.
+//! through a fresh second mount must have the source's sha256. And a writer that keeps its file
+//! open (a log, a database) while one of its chunk's replicas dies: the metaserver heals the
+//! chunk while the file is open, and the writer goes on appending and fsyncing through it.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use std::io::{BufRead as _, BufReader};
+
+use anyhow::{bail, ensure, Context as _};
 use cairn_fs_client::dev::NodeRef;
-use cairn_tests::{sh, AllowedError, FuseCluster, FuseOptions, NodeId, Signal};
+use cairn_proto::meta as pb;
+use cairn_tests::meta::{meta_client, root};
+use cairn_tests::{poll_until, sh, AllowedError, FuseCluster, FuseOptions, NodeId, Signal};
 
 /// Size of the copied file: several 64 MiB chunks, long enough to inject two faults mid-copy.
 const FILE_MIB: u64 = 300;
@@ -115,5 +121,126 @@ async fn copy_survives_chunkserver_and_metaserver_leader_kills() -> anyhow::Resu
     if size != FILE_MIB << 20 {
         bail!("size {size}, expected {}", FILE_MIB << 20);
     }
+    cluster.finish(ALLOWED)
+}
+
+/// How long the chunk of an open file may take to be healed: the dead chunkserver's lease must
+/// expire first, then a healing round must copy the chunk.
+const HEAL_TIMEOUT: Duration = Duration::from_secs(120);
+const META_RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A python3 writer that keeps `path` open: writes and fsyncs `FIRST` bytes, says `ready`, then
+/// appends and fsyncs 64 KiB every 50 ms until its stdin closes; then closes the file and
+/// prints the sha256 and length of everything it wrote. Any error ends it with a traceback.
+const OPEN_WRITER: &str = r#"
+import hashlib, os, select, sys
+path = sys.argv[1]
+h = hashlib.sha256()
+total = 0
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+def put(n):
+    global total
+    data = os.urandom(n)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
+    h.update(data)
+    total += n
+put(3 << 20)
+print("ready", flush=True)
+while True:
+    readable, _, _ = select.select([sys.stdin], [], [], 0.05)
+    if readable and not sys.stdin.readline():
+        break
+    put(64 << 10)
+os.close(fd)
+print(h.hexdigest(), total, flush=True)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_writer_survives_healing_of_its_chunk() -> anyhow::Result<()> {
+    let options = FuseOptions { chunkservers: 4, ..FuseOptions::default() };
+    let mut cluster = FuseCluster::start_with("fuse-open-writer", options).await?;
+    let path = cluster.mnt().join("log");
+    let mut writer = Command::new("python3")
+        .args(["-c", OPEN_WRITER])
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("start the python3 writer")?;
+    let mut lines = BufReader::new(writer.stdout.take().context("writer stdout")?).lines();
+    let ready = lines.next().transpose().context("read the writer")?;
+    ensure!(ready.as_deref() == Some("ready"), "the writer said {ready:?}");
+
+    // Kill a chunkserver that holds chunk 0 of the open file.
+    let meta_addr = cluster.node(NodeRef::metaserver(NodeId(1)))?.addrs.client.to_string();
+    let mut meta = meta_client(&meta_addr, META_RPC_TIMEOUT)?;
+    let looked = meta.lookup(pb::LookupRequest { cred: root(), parent: 1, name: b"log".to_vec() }).await?.into_inner();
+    let ino = looked.attr.context("the file's attributes")?.ino;
+    let chunks =
+        meta.get_chunks(pb::GetChunksRequest { cred: root(), ino, first_index: 0, count: 1 }).await?.into_inner();
+    let chunk = chunks.chunks.first().context("chunk 0")?.clone();
+    let mut victim = None;
+    for id in 1..=4 {
+        let node = NodeRef::chunkserver(NodeId(id));
+        let address = cluster.node(node)?.addrs.client.to_string();
+        if chunk.replicas.iter().any(|r| r.address == address) {
+            victim = Some(node);
+            break;
+        }
+    }
+    let victim = victim.context("a chunkserver holding chunk 0")?;
+    let victim_address = cluster.node(victim)?.addrs.client.to_string();
+    eprintln!("SIGKILL {victim}, a replica of chunk {} (version {})", chunk.chunk_id, chunk.version);
+    cluster.kill(victim, Signal::SIGKILL)?;
+
+    // Healed while the writer keeps the file open and appends.
+    let healed = poll_until("chunk 0 healed while its file is open", HEAL_TIMEOUT, || {
+        let mut meta = meta.clone();
+        let victim_address = victim_address.clone();
+        async move {
+            let r = meta
+                .get_chunks(pb::GetChunksRequest { cred: root(), ino, first_index: 0, count: 1 })
+                .await
+                .map_err(|s| s.to_string())?
+                .into_inner();
+            let c = r.chunks.first().cloned().ok_or("no chunk 0")?;
+            let fsck = meta.fsck(pb::FsckRequest { limit: 10 }).await.map_err(|s| s.to_string())?.into_inner();
+            let registered = fsck.chunkservers.iter().any(|s| s.address == victim_address);
+            let listed = c.replicas.iter().any(|r| r.address == victim_address);
+            if registered || listed || c.replicas.len() < 3 || fsck.under_replicated_count > 0 {
+                return Err(format!("victim registered {registered}, listed {listed}; chunk 0 {c:?}; fsck {fsck:?}"));
+            }
+            Ok(c)
+        }
+    })
+    .await?;
+    ensure!(healed.version > chunk.version, "the healed chunk's version {} (was {})", healed.version, chunk.version);
+    if let Some(status) = writer.try_wait().context("poll the writer")? {
+        bail!("the writer ended before healing finished: {status}");
+    }
+    eprintln!("chunk 0 healed at version {} while open; the writer goes on", healed.version);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    drop(writer.stdin.take());
+    let summary = lines.next().transpose().context("read the writer's summary")?.unwrap_or_default();
+    let status = writer.wait().context("reap the writer")?;
+    ensure!(status.success(), "the writer failed ({status}): {summary:?}");
+    let mut fields = summary.split_whitespace();
+    let (sha, len) = (fields.next().unwrap_or_default().to_owned(), fields.next().unwrap_or_default().to_owned());
+    let verify = cluster.add_mount("verify", &["allow_other".to_owned()]).await?;
+    let local = cluster.scratch("local")?;
+    let got = sh(
+        &local,
+        &format!("sha256sum < '{}'; stat -c %s '{}'", verify.join("log").display(), verify.join("log").display()),
+    )?
+    .stdout;
+    ensure!(
+        got.split_whitespace().collect::<Vec<_>>() == [sha.as_str(), "-", len.as_str()],
+        "read back {got:?}, the writer wrote {summary:?}"
+    );
     cluster.finish(ALLOWED)
 }

@@ -562,7 +562,7 @@ async fn chunk_map_gc_and_healing() -> anyhow::Result<()> {
 
     // 5. A chain write fails on a dead replica while the file is open for writing: the client
     //    reports it, gets the chunk at a new version without the dead replica, writes again.
-    //    Healing waits for the file to be closed.
+    //    Healing then restores the third replica while the file is still open.
     fx.open(h.ino).await?;
     let entry = fx.chunks(h.ino).await?.chunks[1].clone();
     let dead_addr = entry.replicas[1].address.clone();
@@ -604,27 +604,16 @@ async fn chunk_map_gc_and_healing() -> anyhow::Result<()> {
     };
     ensure!(fx.meta.commit_write(r).await?.get_ref().errno == 0, "commit after repair");
     h.bytes[CHUNK as usize..CHUNK as usize + patch.len()].copy_from_slice(&patch);
-    // Open for writing: the chunk stays under-replicated (once the server's lease is gone).
-    poll_until("the dead server out of the registry", HEAL_TIMEOUT, || {
+    // Still open for writing: healing restores 3 replicas anyway (once the server's lease is
+    // gone), at a new version, and the writer's chain at the repaired version is refused.
+    poll_until("healing while the file is open for writing", HEAL_TIMEOUT, || {
         let mut m = fx.meta.clone();
         let dead_addr = dead_addr.clone();
         async move {
             let r = m.fsck(pb::FsckRequest { limit: 10 }).await.map_err(|s| s.to_string())?.into_inner();
             if r.chunkservers.iter().any(|c| c.address == dead_addr) {
-                return Err("still registered".to_string());
+                return Err("the dead server is still registered".to_string());
             }
-            Ok(())
-        }
-    })
-    .await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let r = fx.meta.fsck(pb::FsckRequest { limit: 10 }).await?.into_inner();
-    ensure!(r.under_replicated.iter().any(|c| c.chunk_id == entry.chunk_id), "chunk healed while open: {r:?}");
-    fx.close(h.ino).await?;
-    poll_until("healing after close", HEAL_TIMEOUT, || {
-        let mut m = fx.meta.clone();
-        async move {
-            let r = m.fsck(pb::FsckRequest { limit: 10 }).await.map_err(|s| s.to_string())?.into_inner();
             if r.under_replicated_count > 0 || r.unavailable_count > 0 {
                 return Err(format!(
                     "{} under-replicated, {} unavailable",
@@ -635,8 +624,33 @@ async fn chunk_map_gc_and_healing() -> anyhow::Result<()> {
         }
     })
     .await?;
+    let healed = fx.chunks(h.ino).await?.chunks[1].clone();
+    ensure!(healed.version > repaired.version && healed.replicas.len() == 3, "healed entry: {healed:?}");
+    let late = random_bytes(4096, 21);
+    let refused =
+        ChunkClient::connect_lazy(&kept[0])?.write(header(&repaired, kept[1..].to_vec()), 8192, &late, MIB).await;
+    let code = refused.err().context("a write at the pre-heal version must be refused")?.status().map(|s| s.code());
+    ensure!(code == Some(tonic::Code::FailedPrecondition), "the refused write answered {code:?}");
+    // The writer fetches the entry again and writes through the healed chain.
+    let current = fx.allocate(h.ino, 1).await?;
+    ensure!(current == healed, "AllocateChunk answers the healed entry: {current:?}");
+    let chain: Vec<String> = current.replicas.iter().map(|r| r.address.clone()).collect();
+    let ack =
+        ChunkClient::connect_lazy(&chain[0])?.write(header(&current, chain[1..].to_vec()), 8192, &late, MIB).await?;
+    ensure!(ack.replicas == 3, "{} replicas acknowledged the write after healing", ack.replicas);
+    let r = pb::CommitWriteRequest {
+        cred: root(),
+        time: None,
+        ino: h.ino,
+        session: fx.session,
+        size: h.bytes.len() as u64,
+        chunk_indexes: vec![1],
+    };
+    ensure!(fx.meta.commit_write(r).await?.get_ref().errno == 0, "commit after healing");
+    h.bytes[CHUNK as usize + 8192..CHUNK as usize + 8192 + late.len()].copy_from_slice(&late);
+    fx.close(h.ino).await?;
     fx.verify(&h, &[(0, 300_000), (CHUNK, 300_000), (2 * CHUNK, h_len - 2 * CHUNK)]).await?;
-    eprintln!("phase 5: failure report, rewrite, healing after close; data identical on every replica");
+    eprintln!("phase 5: failure report, rewrite, healing while open, rewrite; data identical on every replica");
 
     // 6. The leader dies between committing a truncation and cutting the replicas (they are
     //    frozen, so it cannot cut them): its successor does it, and an extension never shows

@@ -25,8 +25,9 @@ use super::chunkio::{ChunkIo, ChunkIoError};
 use super::layout::{split_range, ChunkSpan, WriteBuffer};
 use super::meta::{Client, MetaClient};
 use crate::limits::{
-    CHUNK_MAP_BATCH, CHUNK_READ_RETRY_BACKOFF_MAX, CHUNK_READ_RETRY_BACKOFF_MIN, CHUNK_WRITE_ATTEMPTS, READAHEAD_BYTES,
-    READDIR_BATCH, SESSION_TTL_MS, WRITE_BUFFER_BYTES_MAX, WRITE_FLUSHES_IN_FLIGHT,
+    CHUNK_MAP_BATCH, CHUNK_READ_RETRY_BACKOFF_MAX, CHUNK_READ_RETRY_BACKOFF_MIN, CHUNK_STALE_BACKOFF_MAX,
+    CHUNK_STALE_BACKOFF_MIN, CHUNK_WRITE_ATTEMPTS, READAHEAD_BYTES, READDIR_BATCH, SESSION_TTL_MS,
+    WRITE_BUFFER_BYTES_MAX, WRITE_FLUSHES_IN_FLIGHT,
 };
 
 pub type OpResult<T> = Result<T, Errno>;
@@ -935,6 +936,7 @@ impl Core {
     async fn sync_chunk(&self, cred: &Credentials, ino: u64, mut entry: ChunkEntry) -> OpResult<()> {
         let deadline = tokio::time::Instant::now() + self.meta.timeout();
         let mut attempts = 0;
+        let mut stale = Backoff::new(CHUNK_STALE_BACKOFF_MIN, CHUNK_STALE_BACKOFF_MAX);
         loop {
             let failed = match self.chunks.write(&entry, self.chunk_size(), &[], true).await {
                 Ok(()) => return Ok(()),
@@ -951,15 +953,21 @@ impl Core {
                     return Err(Errno::EIO);
                 }
             };
-            attempts += 1;
+            if failed.is_some() {
+                attempts += 1;
+            }
             if attempts >= CHUNK_WRITE_ATTEMPTS || tokio::time::Instant::now() >= deadline {
                 return Err(Errno::EIO);
             }
             let current = self.current_entry(cred, ino, entry.index).await?;
             entry = match current {
-                Some(c) if c.chunk_id == entry.chunk_id && c.version == entry.version => match failed {
+                Some(c) if same_version(&c, &entry) => match failed {
                     Some(failed) => self.report_failure(cred, ino, &entry, vec![failed], false).await?,
-                    None => c,
+                    None => {
+                        // A repair between its version bump and its commit: wait for it.
+                        stale.wait().await;
+                        c
+                    }
                 },
                 Some(c) if c.chunk_id == entry.chunk_id => c,
                 // Cut away or replaced: the data written there is gone anyway.
@@ -1063,6 +1071,7 @@ impl Core {
         };
         let deadline = tokio::time::Instant::now() + self.meta.timeout();
         let mut attempts = 0;
+        let mut stale = Backoff::new(CHUNK_STALE_BACKOFF_MIN, CHUNK_STALE_BACKOFF_MAX);
         loop {
             match self.chunks.write(&entry, self.chunk_size(), pieces, sync).await {
                 Ok(()) => return Ok(entry),
@@ -1077,12 +1086,22 @@ impl Core {
                 Err(ChunkIoError::Stale { message }) => {
                     // The chunk's version moved on (a repair or a concurrent writer's report):
                     // nothing failed, write again with the current entry.
-                    attempts += 1;
                     tracing::debug!(ino, index, chunk_id = entry.chunk_id, %message, "stale chunk version; refetching");
-                    if attempts >= CHUNK_WRITE_ATTEMPTS || tokio::time::Instant::now() >= deadline {
+                    if tokio::time::Instant::now() >= deadline {
                         return Err(Errno::EIO);
                     }
-                    entry = self.allocate(&cred, ino, index).await?;
+                    let current = self.allocate(&cred, ino, index).await?;
+                    if same_version(&current, &entry) {
+                        // The replicas are ahead of the map: a repair is between its version
+                        // bump and its commit. Wait for it (until the operation timeout).
+                        stale.wait().await;
+                    } else {
+                        attempts += 1;
+                        if attempts >= CHUNK_WRITE_ATTEMPTS {
+                            return Err(Errno::EIO);
+                        }
+                    }
+                    entry = current;
                 }
                 Err(e) => {
                     tracing::warn!(ino, index, error = %e, "chunk write failed");
@@ -1279,7 +1298,7 @@ impl Core {
         len: u64,
     ) -> OpResult<(Vec<u8>, Option<Option<ChunkEntry>>)> {
         let deadline = std::time::Instant::now() + self.meta.timeout();
-        let mut backoff = CHUNK_READ_RETRY_BACKOFF_MIN;
+        let mut backoff = Backoff::new(CHUNK_READ_RETRY_BACKOFF_MIN, CHUNK_READ_RETRY_BACKOFF_MAX);
         let mut current = entry.clone();
         let mut changed = false;
         loop {
@@ -1323,8 +1342,7 @@ impl Core {
                 current = latest;
             }
             changed = true;
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(CHUNK_READ_RETRY_BACKOFF_MAX);
+            backoff.wait().await;
         }
     }
 
@@ -1494,6 +1512,28 @@ fn apply_flushed(io: &mut FileIo, flushed: Flushed) {
             io.unsynced.insert(e.index, e.clone());
         }
         io.chunks.insert(e.index, Some(e));
+    }
+}
+
+/// Whether two entries of one chunk index name the same chunk at the same version.
+fn same_version(a: &ChunkEntry, b: &ChunkEntry) -> bool {
+    a.chunk_id == b.chunk_id && a.version == b.version
+}
+
+/// Doubling waits, from `min` up to `max`.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff { next: min, max }
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(self.max);
     }
 }
 

@@ -11,8 +11,14 @@
 //! - A replica left out of the map (failed, lost with its server, stale) is never trusted
 //!   again: the map's version moves past it, and the orphan scan deletes it when its server
 //!   shows up.
-//! - Healing copies only chunks of files that nobody has open for writing (a copy racing a
-//!   client's chain write could install a mix of old and new bytes).
+//! - Healing works on chunks of files open for writing too: the version bump comes first, so
+//!   from then on every replica refuses the writer's chain writes (StaleVersion) and the copy
+//!   reads a replica no writer can change; the writer fetches the entry again and, while the
+//!   map still shows the old version, waits for the heal to commit (fs-client `write_chunk`).
+//!   A write that reached some replicas before the bump failed, so its writer rewrites it on
+//!   the new set. Fresh chunks of such files are left alone: their data may be on the
+//!   chunkservers before the commit that marks them written, and a replacement added without
+//!   a copy would lack it.
 //! - A crash anywhere leaves either the old map (chunkservers maybe already at a newer version,
 //!   which the next bump treats as done — UpdateVersion is idempotent) or the new one. When no
 //!   bump comes (nobody reports a failure, the chunk is not under-replicated), the orphan scan
@@ -614,7 +620,8 @@ impl ChunkManager {
                 break;
             }
             let busy = self.local(|s| {
-                Ok(map::has_writers(s, entry.ino)? || map::pending_truncate(s, entry.ino, entry.index)?.is_some())
+                Ok((entry.chunk.fresh && map::has_writers(s, entry.ino)?)
+                    || map::pending_truncate(s, entry.ino, entry.index)?.is_some())
             })?;
             if !busy {
                 chosen.push(entry);
@@ -647,7 +654,7 @@ impl ChunkManager {
             Some(c) if c == entry.chunk => c,
             _ => return Ok(Heal::Skipped),
         };
-        if self.local(|s| map::has_writers(s, entry.ino))? {
+        if c.fresh && self.local(|s| map::has_writers(s, entry.ino))? {
             return Ok(Heal::Skipped);
         }
         let live: Vec<Replica> = c.replicas.iter().filter(|r| self.registry.is_live(r.server)).cloned().collect();
