@@ -136,6 +136,8 @@ pub const FUSE_MAX_BACKGROUND: u16 = 64;
 /// not pass FUSE_INTERRUPT on, see `fuse/signals.rs`): the delay before Ctrl-C or SIGKILL
 /// ends a process stuck in F_SETLKW or flock.
 pub const FUSE_LOCK_SIGNAL_POLL: Duration = Duration::from_millis(100);
+/// First read of /proc/PID/status for a caller's groups: the whole file (about 1.5 KiB) at once.
+pub const PROC_STATUS_READ_BYTES: usize = 4096;
 /// Threads reading /dev/fuse; each request is then handed to a Tokio task.
 pub const FUSE_READER_THREADS: usize = 2;
 /// st_blksize reported for every file: `cp` and friends size their buffers by it.

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use cairn_proto::meta::{self, Credentials, FileType as PbFileType, Timespec};
 use fuser::{FileAttr, FileType, INodeNo};
 
-use crate::limits::FUSE_BLKSIZE_BYTES;
+use crate::limits::{FUSE_BLKSIZE_BYTES, PROC_STATUS_READ_BYTES};
 
 pub fn file_type(t: i32) -> FileType {
     match PbFileType::try_from(t).unwrap_or(PbFileType::Regular) {
@@ -97,12 +97,29 @@ pub fn parse_groups(status: &str) -> Vec<u32> {
 /// The caller's credentials: uid and gid from the request, supplementary groups from /proc
 /// (empty when the process is gone).
 pub fn credentials(uid: u32, gid: u32, pid: u32) -> Credentials {
-    let groups = if pid == 0 {
-        Vec::new()
-    } else {
-        std::fs::read_to_string(format!("/proc/{pid}/status")).map(|s| parse_groups(&s)).unwrap_or_default()
-    };
+    let groups = if pid == 0 { Vec::new() } else { proc_status(pid).map(|s| parse_groups(&s)).unwrap_or_default() };
     Credentials { uid, gid, groups }
+}
+
+/// /proc/PID/status in one read. It is read on every FUSE request, on the thread that reads
+/// /dev/fuse; `read_to_string` knows no size for /proc files and reads it in nine growing
+/// pieces.
+fn proc_status(pid: u32) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(format!("/proc/{pid}/status"))?;
+    let mut buf = vec![0u8; PROC_STATUS_READ_BYTES];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match file.read(&mut buf[len..])? {
+            0 => break,
+            n => len += n,
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 #[cfg(test)]
@@ -119,6 +136,14 @@ mod tests {
         ] {
             assert_eq!(timespec(system_time(Some(&ts))), ts);
         }
+    }
+
+    #[test]
+    fn proc_status_is_read_whole() {
+        let me = std::process::id();
+        let status = proc_status(me).expect("own status");
+        assert!(status.contains("\nGroups:") && status.ends_with('\n'), "{status}");
+        assert!(proc_status(u32::MAX).is_err(), "no such process");
     }
 
     #[test]
