@@ -106,10 +106,11 @@ def on_alarm(*_):
     raise Alarm()
 signal.signal(signal.SIGALRM, on_alarm)
 f = open(path, "r+")
-if alarm:
-    signal.alarm(1)
 print("waiting", flush=True)
 try:
+    # Armed right before the call, so the signal arrives while the call waits in the mount.
+    if alarm:
+        signal.alarm(1)
     if kind == "flock":
         fcntl.flock(f, fcntl.LOCK_EX)
     else:

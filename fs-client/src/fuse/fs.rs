@@ -610,6 +610,8 @@ impl Filesystem for CairnFs {
             let result = if sleep {
                 // A wait may last for ever; its caller must stay killable (see signals.rs).
                 tokio::select! {
+                    // A grant that is ready wins over a signal seen in the same poll.
+                    biased;
                     r = set => r,
                     () = signals::interrupted(caller, FUSE_LOCK_SIGNAL_POLL) => Err(Errno::EINTR),
                 }
