@@ -15,6 +15,10 @@ pub const DEV_METASERVERS_MAX: usize = 9;
 /// ephemeral port range, trying this many before letting the kernel choose.
 pub const DEV_PORT_MIN: u16 = 10_000;
 pub const DEV_PORT_PICK_ATTEMPTS: usize = 64;
+/// A port this process handed out is not handed out again for this long: the first cluster's
+/// servers bind their ports only after the picking ends, one after another, and a second
+/// cluster started meanwhile (tests run in parallel threads) must not pick them.
+pub const DEV_PORT_REUSE_AFTER: Duration = Duration::from_secs(600);
 
 /// Default overall deadline for a dev cluster to report healthy.
 pub const DEV_READY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);

@@ -7,14 +7,35 @@
 //! ephemeral range (`ip_local_port_range`), because the kernel hands ephemeral ports to every
 //! outgoing connection (clients, Raft peers, other tests) and a released ephemeral port is soon
 //! reused as some connection's source port. Only if no such port can be bound does the kernel
-//! pick one (port 0).
+//! pick one (port 0). Within one process (parallel tests starting clusters at once) the race
+//! is closed: a port handed out is not handed out again for `DEV_PORT_REUSE_AFTER`, while its
+//! server may still be starting.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::sync::Mutex;
+use std::time::Instant;
 
 use rand::Rng;
 
 use super::DevError;
-use crate::limits::{DEV_PORT_MIN, DEV_PORT_PICK_ATTEMPTS};
+use crate::limits::{DEV_PORT_MIN, DEV_PORT_PICK_ATTEMPTS, DEV_PORT_REUSE_AFTER};
+
+/// Ports this process handed out, and when.
+static HANDED_OUT: Mutex<Option<HashMap<u16, Instant>>> = Mutex::new(None);
+
+/// Records `port` as handed out; false if it was handed out within `DEV_PORT_REUSE_AFTER`.
+fn hand_out(port: u16) -> bool {
+    let mut guard = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let recent = guard.get_or_insert_with(HashMap::new);
+    let now = Instant::now();
+    recent.retain(|_, at| now.duration_since(*at) < DEV_PORT_REUSE_AFTER);
+    if recent.contains_key(&port) {
+        return false;
+    }
+    recent.insert(port, now);
+    true
+}
 
 /// Hands out distinct free ports, holding each bound until released.
 #[derive(Debug, Default)]
@@ -41,14 +62,17 @@ impl PortAllocator {
             for _ in 0..DEV_PORT_PICK_ATTEMPTS {
                 let port = rng.gen_range(DEV_PORT_MIN..low);
                 if let Ok(listener) = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))) {
-                    self.held.push(listener);
-                    return Ok(port);
+                    if hand_out(port) {
+                        self.held.push(listener);
+                        return Ok(port);
+                    }
                 }
             }
         }
         let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
             .map_err(|e| DevError::io("bind a free port on 127.0.0.1", e))?;
         let port = listener.local_addr().map_err(|e| DevError::io("read a bound port", e))?.port();
+        hand_out(port);
         self.held.push(listener);
         Ok(port)
     }
@@ -88,6 +112,15 @@ mod tests {
         for port in ports {
             assert!((DEV_PORT_MIN..low).contains(&port), "{port}");
         }
+    }
+
+    #[test]
+    fn released_ports_are_not_handed_out_again() {
+        // Two clusters picking one after the other, the first not yet bound: no port twice.
+        let first: HashSet<u16> = pick_free_ports(200).expect("pick").into_iter().collect();
+        let second: HashSet<u16> = pick_free_ports(200).expect("pick").into_iter().collect();
+        assert_eq!((first.len(), second.len()), (200, 200));
+        assert!(first.is_disjoint(&second), "{:?}", first.intersection(&second).collect::<Vec<_>>());
     }
 
     #[test]
