@@ -48,17 +48,39 @@ fn read_err(e: impl std::error::Error + 'static) -> StorageError {
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<rocksdb::DB>,
-    sync_tx: mpsc::Sender<LogFlushed<TypeConfig>>,
+    syncer: Arc<Syncer>,
+}
+
+/// The syncer thread's queue, and the thread, joined when the last clone of the store goes.
+/// The thread holds the database: left detached, it could still be closing it when the process
+/// exits, racing RocksDB's static destructors ("pthread lock: Invalid argument" and SIGABRT at
+/// the end of a test binary).
+struct Syncer {
+    tx: Option<mpsc::Sender<LogFlushed<TypeConfig>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread once it has synced what was queued.
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the raft log syncer thread panicked");
+            }
+        }
+    }
 }
 
 impl LogStore {
     /// Opens the log store over `db`, which must have the [`LOG_TABLE`] and [`META_TABLE`]
-    /// column families, and starts its syncer thread (it stops when every clone is dropped).
+    /// column families, and starts its syncer thread (joined when every clone is dropped).
     pub fn new(db: Arc<rocksdb::DB>) -> std::io::Result<Self> {
         let (sync_tx, sync_rx) = mpsc::channel(limits::LOG_SYNC_QUEUE_MAX);
         let sync_db = db.clone();
-        std::thread::Builder::new().name("raft-log-sync".into()).spawn(move || sync_loop(sync_db, sync_rx))?;
-        Ok(Self { db, sync_tx })
+        let thread =
+            std::thread::Builder::new().name("raft-log-sync".into()).spawn(move || sync_loop(sync_db, sync_rx))?;
+        Ok(Self { db, syncer: Arc::new(Syncer { tx: Some(sync_tx), thread: Some(thread) }) })
     }
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StorageError> {
@@ -190,7 +212,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put_cf(cf, index_key(entry.log_id.index), encode(&entry).map_err(write_err)?);
         }
         self.db.write(batch).map_err(write_err)?;
-        self.sync_tx.send(callback).await.map_err(|_| write_err(std::io::Error::other("log syncer stopped")))
+        let stopped = || write_err(std::io::Error::other("log syncer stopped"));
+        self.syncer.tx.as_ref().ok_or_else(stopped)?.send(callback).await.map_err(|_| stopped())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
