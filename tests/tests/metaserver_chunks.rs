@@ -261,15 +261,7 @@ impl Fixture {
             done += n;
         }
         let end = offset + data.len() as u64;
-        let r = pb::CommitWriteRequest {
-            cred: root(),
-            time: None,
-            ino: file.ino,
-            session: self.session,
-            size: end,
-            chunk_indexes: indexes,
-        };
-        let r = self.meta.commit_write(r).await?.into_inner();
+        let r = self.commit(file.ino, end, indexes).await?;
         ensure!(r.errno == 0, "commit: errno {}", r.errno);
         ensure!(r.attr.context("attr")?.size == (end).max(file.bytes.len() as u64), "size after commit");
         if file.bytes.len() < end as usize {
@@ -277,6 +269,12 @@ impl Fixture {
         }
         file.bytes[offset as usize..end as usize].copy_from_slice(data);
         Ok(())
+    }
+
+    /// CommitWrite of `size` after writes to `chunk_indexes`, by this fixture's session.
+    async fn commit(&mut self, ino: u64, size: u64, chunk_indexes: Vec<u64>) -> anyhow::Result<pb::AttrResponse> {
+        let r = pb::CommitWriteRequest { cred: root(), time: None, ino, session: self.session, size, chunk_indexes };
+        Ok(self.meta.commit_write(r).await?.into_inner())
     }
 
     async fn chunks(&mut self, ino: u64) -> anyhow::Result<pb::GetChunksResponse> {
@@ -594,15 +592,7 @@ async fn chunk_map_gc_and_healing() -> anyhow::Result<()> {
     ensure!(stale.errno == 116, "a report at the old version: errno {} (want ESTALE)", stale.errno);
     let ack = ChunkClient::connect_lazy(&kept[0])?.write(header(&repaired, kept[1..].to_vec()), 0, &patch, MIB).await?;
     ensure!(ack.replicas == 2, "{} replicas acknowledged", ack.replicas);
-    let r = pb::CommitWriteRequest {
-        cred: root(),
-        time: None,
-        ino: h.ino,
-        session: fx.session,
-        size: CHUNK + patch.len() as u64,
-        chunk_indexes: vec![1],
-    };
-    ensure!(fx.meta.commit_write(r).await?.get_ref().errno == 0, "commit after repair");
+    ensure!(fx.commit(h.ino, CHUNK + patch.len() as u64, vec![1]).await?.errno == 0, "commit after repair");
     h.bytes[CHUNK as usize..CHUNK as usize + patch.len()].copy_from_slice(&patch);
     // Still open for writing: healing restores 3 replicas anyway (once the server's lease is
     // gone), at a new version, and the writer's chain at the repaired version is refused.
@@ -638,15 +628,7 @@ async fn chunk_map_gc_and_healing() -> anyhow::Result<()> {
     let ack =
         ChunkClient::connect_lazy(&chain[0])?.write(header(&current, chain[1..].to_vec()), 8192, &late, MIB).await?;
     ensure!(ack.replicas == 3, "{} replicas acknowledged the write after healing", ack.replicas);
-    let r = pb::CommitWriteRequest {
-        cred: root(),
-        time: None,
-        ino: h.ino,
-        session: fx.session,
-        size: h.bytes.len() as u64,
-        chunk_indexes: vec![1],
-    };
-    ensure!(fx.meta.commit_write(r).await?.get_ref().errno == 0, "commit after healing");
+    ensure!(fx.commit(h.ino, h.bytes.len() as u64, vec![1]).await?.errno == 0, "commit after healing");
     h.bytes[CHUNK as usize + 8192..CHUNK as usize + 8192 + late.len()].copy_from_slice(&late);
     fx.close(h.ino).await?;
     fx.verify(&h, &[(0, 300_000), (CHUNK, 300_000), (2 * CHUNK, h_len - 2 * CHUNK)]).await?;
@@ -708,15 +690,7 @@ async fn chunk_map_gc_and_healing() -> anyhow::Result<()> {
     })
     .await?;
     eprintln!("phase 6: the new leader cut the replicas ({attempts} write attempts)");
-    let r = pb::CommitWriteRequest {
-        cred: root(),
-        time: None,
-        ino: f.ino,
-        session: fx.session,
-        size: 300_010,
-        chunk_indexes: vec![0],
-    };
-    ensure!(fx.meta.commit_write(r).await?.get_ref().errno == 0, "commit after the cut");
+    ensure!(fx.commit(f.ino, 300_010, vec![0]).await?.errno == 0, "commit after the cut");
     f.bytes.resize(300_010, 0);
     f.bytes[300_000..].copy_from_slice(&tail);
     ensure!(f.bytes[120_000..300_000].iter().all(|b| *b == 0), "model: the cut range is zeros");
