@@ -19,6 +19,12 @@ pub const APPEND_ENTRIES_MAX: u64 = 16;
 pub const APPEND_ENTRIES_TIMEOUT_MIN: Duration = Duration::from_secs(2);
 /// Batches proposed to Raft but not yet committed, per leader.
 pub const BATCHES_IN_FLIGHT_MAX: usize = 2;
+/// Block cache shared by the state store's tables (data, index and filter blocks).
+pub const STATE_BLOCK_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Bloom filter bits per key in the state store's SST files (about 1 % false positives).
+pub const STATE_BLOOM_BITS_PER_KEY: f64 = 10.0;
+/// Share of each memtable's size given to its whole-key Bloom filter.
+pub const STATE_MEMTABLE_BLOOM_RATIO: f64 = 0.1;
 /// Log appends whose fsync is pending; appenders wait when it is full.
 pub const LOG_SYNC_QUEUE_MAX: usize = 1024;
 /// Largest gRPC message on the peer (Raft) transport.

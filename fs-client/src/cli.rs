@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::bench::kv::{KvBenchConfig, KvOp};
 use crate::bench::lock::{LockBenchConfig, LockOp};
-use crate::bench::meta::{MetaBenchConfig, MetaOp};
+use crate::bench::meta::{MetaBenchConfig, MetaOp, Route};
 use crate::fuse::MountOptions;
 use crate::limits::BENCH_CLIENTS_MAX;
 
@@ -272,6 +272,11 @@ pub struct BenchMetaArgs {
     /// Keep the benchmark's directories and files instead of removing them at the end.
     #[arg(long)]
     pub keep: bool,
+    /// Which metaserver each request goes to: `leader` follows the leader a follower names, as
+    /// the FUSE client does; `rotate` spreads requests over every endpoint (two thirds reach a
+    /// follower, which forwards changes and asks the leader before reads).
+    #[arg(long, value_enum, default_value_t = Route::Leader)]
+    pub route: Route,
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
@@ -290,6 +295,7 @@ impl BenchMetaArgs {
             readdir_plus: self.readdir_plus,
             min_files: self.min_files,
             keep: self.keep,
+            route: self.route,
         }
     }
 }

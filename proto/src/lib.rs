@@ -88,6 +88,11 @@ pub use cairn::coordinator::v1 as coordinator;
 pub use cairn::meta::v1 as meta;
 pub use cairn::raft::v1 as raft;
 
+/// gRPC response metadata a metaserver follower adds to every answer: the client address of the
+/// leader it knows. A client that follows it sends its next calls to the leader directly,
+/// saving the follower's forwarding hop on changes and its read-index round on reads.
+pub const META_LEADER_HEADER: &str = "cairn-meta-leader";
+
 /// Encoded `google.protobuf.FileDescriptorSet` of every `.proto` file in this crate.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("cairn_descriptor");
 

@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use cairn_fs_client::bench::meta::{self, MetaBenchConfig, MetaOp};
+use cairn_fs_client::bench::meta::{self, MetaBenchConfig, MetaOp, Route};
 use cairn_fs_client::dev::{Cluster, ClusterSpec, NodeId, NodeRef};
 use cairn_proto::meta as pb;
 use cairn_proto::meta::meta_service_client::MetaServiceClient;
@@ -69,6 +69,7 @@ async fn every_operation_runs_cleanly_and_leaves_nothing_behind() -> anyhow::Res
         readdir_plus: true,
         min_files: 20,
         keep: false,
+        route: Route::Leader,
     };
     let mut reported = 0;
     let results = meta::run(&config, |_| reported += 1).await?;
@@ -82,7 +83,18 @@ async fn every_operation_runs_cleanly_and_leaves_nothing_behind() -> anyhow::Res
         assert!(result.p50_ms > 0.0 && result.p50_ms <= result.p99_ms, "{result:?}");
     }
 
-    // Everything under the run directory was removed again.
+    // Spread over every node instead of following the leader.
+    let rotating = MetaBenchConfig {
+        clients: vec![2],
+        ops: vec![MetaOp::Create, MetaOp::Stat],
+        route: Route::Rotate,
+        ..config.clone()
+    };
+    for result in meta::run(&rotating, |_| {}).await? {
+        assert!(result.ops > 0 && result.errors == 0, "{result:?}");
+    }
+
+    // Everything under the run directories was removed again.
     assert_eq!(root_names(&endpoints[1]).await?, before);
     Ok(())
 }

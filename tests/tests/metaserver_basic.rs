@@ -144,6 +144,19 @@ async fn namespace_over_grpc_on_every_node() -> anyhow::Result<()> {
     };
     assert_eq!(two.open(open).await?.into_inner().errno, EACCES);
 
+    // Followers name the leader's client address in every answer; the leader names nobody.
+    let leader = cluster.leader(None).await?;
+    let leader_addr = cluster.cluster.node(MetaCluster::ms(leader))?.addrs.client.to_string();
+    for (id, client) in [(1, &mut one), (2, &mut two), (3, &mut three)] {
+        let answer = client.stat_fs(pb::StatFsRequest { cred: root() }).await?;
+        let hint = answer.metadata().get(cairn_proto::META_LEADER_HEADER).map(|v| v.to_str().map(str::to_owned));
+        if id == leader {
+            assert!(hint.is_none(), "the leader answered with a leader hint: {hint:?}");
+        } else {
+            assert_eq!(hint.transpose()?.as_deref(), Some(leader_addr.as_str()), "hint from follower {id}");
+        }
+    }
+
     cluster.converged_digest().await?;
     cluster.finish(ALLOWED_ERRORS)
 }

@@ -340,6 +340,16 @@ impl<A: App> Rsm<A> {
         Some((id, addr))
     }
 
+    /// The client address the leader published, when this node knows a leader that is not
+    /// itself: what a follower tells clients so that they can call the leader directly.
+    pub fn leader_client_addr(&self) -> Option<String> {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        let id = m.current_leader.filter(|id| *id != self.inner.node_id)?;
+        let addr = &m.membership_config.membership().get_node(&id)?.client_addr;
+        (!addr.is_empty()).then(|| addr.clone())
+    }
+
     /// Whether this member still keeps out of elections after a restart (its peer service then
     /// refuses vote requests).
     pub fn voting_paused(&self) -> bool {

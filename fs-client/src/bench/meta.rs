@@ -17,7 +17,9 @@
 //!   (the measured window is cut there, so throughput is never that of fewer clients).
 //!
 //! Before `stat`, `lookup`, `rename` and `unlink` each worker tops its pool up to `min_files`
-//! (untimed). Requests rotate over the endpoints, as in `bench kv`, so two thirds of them reach a
+//! (untimed). With `route` = leader (the default) every worker follows the leader that a
+//! follower names in its answers, as the FUSE client does; with `rotate`, requests rotate over
+//! the endpoints, as in `bench kv`, so two thirds of them reach a
 //! follower that forwards changes and asks the leader for a read index. Failures (gRPC errors
 //! and non-zero errno) are counted, never fatal; the first one's message is kept. Everything
 //! lives under `/cairn-bench-meta-<random run id>/` and is removed at the end unless `keep`.
@@ -39,6 +41,7 @@ use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
 use super::kv::{describe_status, endpoint_uri, new_histogram};
+use crate::fuse::leader_hint;
 use crate::limits::{
     BENCH_CLIENTS_MAX, BENCH_CLIENTS_PER_CHANNEL, BENCH_CONNECT_TIMEOUT, BENCH_ERROR_BACKOFF, BENCH_META_MIN_FILES_MAX,
     BENCH_META_READDIR_ENTRIES_MAX, BENCH_META_READDIR_PAGE_MAX, BENCH_META_RPC_TIMEOUT, BENCH_META_SETUP_TASKS,
@@ -110,6 +113,8 @@ pub struct MetaBenchConfig {
     pub min_files: usize,
     /// Leave the benchmark's files in place.
     pub keep: bool,
+    /// Which metaserver each request goes to.
+    pub route: Route,
 }
 
 impl MetaBenchConfig {
@@ -225,22 +230,74 @@ fn check(errno: u32) -> Result<(), OpError> {
     }
 }
 
-/// The metaserver clients of one worker: one per endpoint, used in rotation.
+/// Which metaserver each request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Route {
+    /// Like the FUSE client: start anywhere, then follow the leader that a follower names in
+    /// its answer, so that changes and reads reach the leader directly.
+    Leader,
+    /// Rotate over every endpoint, so two thirds of the requests reach a follower that
+    /// forwards changes to the leader and asks it for a read index before reads.
+    Rotate,
+}
+
+/// The metaserver clients of one worker: one per endpoint, used in rotation or following the
+/// leader.
 #[derive(Clone)]
 struct Clients {
     meta: Vec<MetaServiceClient<Channel>>,
     next: usize,
+    /// The endpoint of the last request.
+    last: usize,
+    /// With [`Route::Leader`], the endpoints (to place the leader a follower names).
+    follow: Option<Arc<Vec<String>>>,
 }
 
 impl Clients {
     fn new(channels: &[Channel], first: usize) -> Self {
-        Self { meta: channels.iter().cloned().map(MetaServiceClient::new).collect(), next: first % channels.len() }
+        let meta: Vec<_> = channels.iter().cloned().map(MetaServiceClient::new).collect();
+        Self { next: first % meta.len(), last: 0, meta, follow: None }
+    }
+
+    /// Sends every request to the leader once an answer names it.
+    fn following(mut self, endpoints: Arc<Vec<String>>) -> Self {
+        self.follow = Some(endpoints);
+        self
     }
 
     fn next(&mut self) -> &mut MetaServiceClient<Channel> {
         let i = self.next;
-        self.next = (self.next + 1) % self.meta.len();
+        self.last = i;
+        if self.follow.is_none() {
+            self.next = (self.next + 1) % self.meta.len();
+        }
         &mut self.meta[i]
+    }
+
+    /// The message of an answer to the last request, after moving to the leader it names.
+    fn answer<T>(&mut self, response: tonic::Response<T>) -> T {
+        if let Some(endpoints) = &self.follow {
+            if let Some(leader) = leader_hint(endpoints, response.metadata()) {
+                self.next = leader;
+            }
+        }
+        response.into_inner()
+    }
+
+    /// The outcome of the last request. With [`Route::Leader`], a failure moves the next
+    /// request to the next endpoint (the leader may have changed or died) unless the error
+    /// names the leader.
+    fn settle<T>(&mut self, outcome: Result<tonic::Response<T>, tonic::Status>) -> Result<T, tonic::Status> {
+        match outcome {
+            Ok(response) => Ok(self.answer(response)),
+            Err(status) => {
+                if let Some(endpoints) = &self.follow {
+                    self.next = leader_hint(endpoints, status.metadata()).unwrap_or((self.last + 1) % self.meta.len());
+                }
+                Err(status)
+            }
+        }
     }
 
     async fn mkdir(&mut self, parent: u64, name: &str) -> Result<u64, OpError> {
@@ -252,7 +309,8 @@ impl Clients {
             mode: DIR_MODE,
             umask: 0,
         };
-        let resp = self.next().mkdir(request).await?.into_inner();
+        let outcome = self.next().mkdir(request).await;
+        let resp = self.settle(outcome)?;
         check(resp.errno)?;
         resp.attr.map(|a| a.ino).ok_or_else(|| OpError::Other("mkdir answered no attributes".into()))
     }
@@ -270,26 +328,30 @@ impl Clients {
             open: None,
             allocate_first_chunk: false,
         };
-        let resp = self.next().create(request).await?.into_inner();
+        let outcome = self.next().create(request).await;
+        let resp = self.settle(outcome)?;
         check(resp.errno)?;
         resp.attr.map(|a| a.ino).ok_or_else(|| OpError::Other("create answered no attributes".into()))
     }
 
     async fn lookup(&mut self, parent: u64, name: &str) -> Result<u64, OpError> {
         let request = LookupRequest { cred: Some(root()), parent, name: name.as_bytes().to_vec() };
-        let resp = self.next().lookup(request).await?.into_inner();
+        let outcome = self.next().lookup(request).await;
+        let resp = self.settle(outcome)?;
         check(resp.errno)?;
         resp.attr.map(|a| a.ino).ok_or_else(|| OpError::Other("lookup answered no attributes".into()))
     }
 
     async fn unlink(&mut self, parent: u64, name: &[u8]) -> Result<(), OpError> {
         let request = RemoveRequest { cred: Some(root()), time: None, parent, name: name.to_vec() };
-        check(self.next().unlink(request).await?.into_inner().errno)
+        let outcome = self.next().unlink(request).await;
+        check(self.settle(outcome)?.errno)
     }
 
     async fn rmdir(&mut self, parent: u64, name: &str) -> Result<(), OpError> {
         let request = RemoveRequest { cred: Some(root()), time: None, parent, name: name.as_bytes().to_vec() };
-        check(self.next().rmdir(request).await?.into_inner().errno)
+        let outcome = self.next().rmdir(request).await;
+        check(self.settle(outcome)?.errno)
     }
 
     /// Every name in directory `ino`, page by page.
@@ -298,7 +360,8 @@ impl Clients {
         let mut cookie = 0;
         loop {
             let request = ReadDirRequest { cred: Some(root()), ino, cookie, limit: page, plus };
-            let resp = self.next().read_dir(request).await?.into_inner();
+            let outcome = self.next().read_dir(request).await;
+            let resp = self.settle(outcome)?;
             check(resp.errno)?;
             if let Some(last) = resp.entries.last() {
                 cookie = last.cookie;
@@ -468,16 +531,18 @@ impl Worker {
             MetaOp::Stat => {
                 let file = *self.random_file()?;
                 let request = GetAttrRequest { cred: Some(root()), ino: file.ino };
-                match self.clients.next().get_attr(request).await {
-                    Ok(resp) => check(resp.into_inner().errno),
+                let outcome = self.clients.next().get_attr(request).await;
+                match self.clients.settle(outcome) {
+                    Ok(resp) => check(resp.errno),
                     Err(status) => Err(status.into()),
                 }
             }
             MetaOp::Lookup => {
                 let file = *self.random_file()?;
                 let request = LookupRequest { cred: Some(root()), parent: dir, name: file.name().into_bytes() };
-                match self.clients.next().lookup(request).await {
-                    Ok(resp) => check(resp.into_inner().errno),
+                let outcome = self.clients.next().lookup(request).await;
+                match self.clients.settle(outcome) {
+                    Ok(resp) => check(resp.errno),
                     Err(status) => Err(status.into()),
                 }
             }
@@ -508,8 +573,9 @@ impl Worker {
                     new_name: to.name().into_bytes(),
                     flags: 0,
                 };
-                match self.clients.next().rename(request).await {
-                    Ok(resp) => check(resp.into_inner().errno).map(|()| self.pool[i] = to),
+                let outcome = self.clients.next().rename(request).await;
+                match self.clients.settle(outcome) {
+                    Ok(resp) => check(resp.errno).map(|()| self.pool[i] = to),
                     Err(status) => {
                         // Outcome unknown: the file may carry either name now; stop using it.
                         self.pool.swap_remove(i);
@@ -563,6 +629,7 @@ pub async fn run(
     config.validate()?;
     let setup_channels = channels(config, BENCH_META_SETUP_TASKS)?;
     let mut setup = Clients::new(&setup_channels[0], 0);
+    let endpoints = Arc::new(config.endpoints.clone());
     let run_name = format!("cairn-bench-meta-{:016x}", rand::random::<u64>());
     let run_ino =
         setup.mkdir(ROOT_INO, &run_name).await.map_err(|e| anyhow::anyhow!(e.describe("create the run directory")))?;
@@ -583,6 +650,9 @@ pub async fn run(
         let mut workers = Vec::with_capacity(clients);
         for index in 0..clients {
             let mut worker_clients = Clients::new(&channels[index / BENCH_CLIENTS_PER_CHANNEL], index);
+            if config.route == Route::Leader {
+                worker_clients = worker_clients.following(endpoints.clone());
+            }
             let ino = worker_clients
                 .mkdir(dir_ino, &format!("w{index}"))
                 .await
@@ -779,6 +849,7 @@ mod tests {
             readdir_plus: false,
             min_files: 1000,
             keep: false,
+            route: Route::Leader,
         }
     }
 

@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use cairn_proto::meta::meta_service_client::MetaServiceClient;
 use cairn_proto::meta::*;
+use cairn_proto::META_LEADER_HEADER;
 use fuser::Errno;
 use tokio::time::Instant;
+use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
@@ -46,6 +48,17 @@ has_errno!(
 );
 
 pub type Client = MetaServiceClient<Channel>;
+
+/// The position in `endpoints` of the leader that a metaserver follower named in an answer's
+/// metadata ([`META_LEADER_HEADER`]); `None` without a hint or for an address not in the list.
+/// Endpoints may be written with or without `http://`.
+pub fn leader_hint(endpoints: &[String], metadata: &MetadataMap) -> Option<usize> {
+    let leader = metadata.get(META_LEADER_HEADER)?.to_str().ok()?;
+    let bare =
+        |e: &str| e.trim_start_matches("http://").trim_start_matches("https://").trim_end_matches('/').to_owned();
+    let leader = bare(leader);
+    endpoints.iter().position(|e| bare(e) == leader)
+}
 
 #[derive(Debug)]
 pub struct MetaClient {
@@ -123,6 +136,15 @@ impl MetaClient {
         self.call_unbounded(op, |c| f(c, request.clone())).await
     }
 
+    /// Moves later calls to the leader that the follower at `i` named in its answer.
+    fn follow_leader(&self, i: usize, metadata: &MetadataMap) {
+        if let Some(leader) = leader_hint(&self.endpoints, metadata).filter(|l| *l != i) {
+            if self.current.compare_exchange(i, leader, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+                tracing::debug!(from = %self.endpoints[i], to = %self.endpoints[leader], "following the metaserver leader");
+            }
+        }
+    }
+
     async fn call_inner<T, F, Fut>(&self, op: &'static str, mut f: F, attempt: Option<Duration>) -> Result<T, Errno>
     where
         T: HasErrno,
@@ -136,6 +158,7 @@ impl MetaClient {
         loop {
             let i = self.current.load(Ordering::Relaxed) % n;
             let client = self.clients[i].clone();
+            let mut hinted = None;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let outcome = match attempt {
                 Some(t) => tokio::time::timeout(t.min(remaining.max(Duration::from_millis(1))), f(client)).await,
@@ -143,43 +166,48 @@ impl MetaClient {
             };
             let error = match outcome {
                 Ok(Ok(response)) => {
+                    self.follow_leader(i, response.metadata());
                     let response = response.into_inner();
                     return match response.errno() {
                         0 => Ok(response),
                         e => Err(Errno::from_i32(e as i32)),
                     };
                 }
-                Ok(Err(status)) => match status.code() {
-                    Code::Unavailable
-                    | Code::Unknown
-                    | Code::Cancelled
-                    | Code::DeadlineExceeded
-                    | Code::Aborted
-                    | Code::ResourceExhausted => status.to_string(),
-                    // A transient cluster condition (a read barrier without a quorum) surfaces
-                    // as INTERNAL too: retry a few times, but a persistent one is a real error.
-                    Code::Internal if internal_failures < META_INTERNAL_RETRIES => {
-                        internal_failures += 1;
-                        status.to_string()
+                Ok(Err(status)) => {
+                    hinted = leader_hint(&self.endpoints, status.metadata()).filter(|h| *h != i);
+                    match status.code() {
+                        Code::Unavailable
+                        | Code::Unknown
+                        | Code::Cancelled
+                        | Code::DeadlineExceeded
+                        | Code::Aborted
+                        | Code::ResourceExhausted => status.to_string(),
+                        // A transient cluster condition (a read barrier without a quorum) surfaces
+                        // as INTERNAL too: retry a few times, but a persistent one is a real error.
+                        Code::Internal if internal_failures < META_INTERNAL_RETRIES => {
+                            internal_failures += 1;
+                            status.to_string()
+                        }
+                        Code::InvalidArgument => {
+                            tracing::warn!(op, endpoint = %self.endpoints[i], %status, "metaserver rejected a request");
+                            return Err(Errno::EINVAL);
+                        }
+                        Code::Unimplemented => {
+                            tracing::warn!(op, endpoint = %self.endpoints[i], %status, "metaserver lacks an RPC");
+                            return Err(Errno::ENOSYS);
+                        }
+                        _ => {
+                            tracing::warn!(op, endpoint = %self.endpoints[i], %status, "metaserver call failed");
+                            return Err(Errno::EIO);
+                        }
                     }
-                    Code::InvalidArgument => {
-                        tracing::warn!(op, endpoint = %self.endpoints[i], %status, "metaserver rejected a request");
-                        return Err(Errno::EINVAL);
-                    }
-                    Code::Unimplemented => {
-                        tracing::warn!(op, endpoint = %self.endpoints[i], %status, "metaserver lacks an RPC");
-                        return Err(Errno::ENOSYS);
-                    }
-                    _ => {
-                        tracing::warn!(op, endpoint = %self.endpoints[i], %status, "metaserver call failed");
-                        return Err(Errno::EIO);
-                    }
-                },
+                }
                 Err(_) => "attempt timed out".to_owned(),
             };
             failures += 1;
             tracing::debug!(op, endpoint = %self.endpoints[i], error, "metaserver call failed; trying the next endpoint");
-            let _ = self.current.compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
+            let next = hinted.unwrap_or((i + 1) % n);
+            let _ = self.current.compare_exchange(i, next, Ordering::Relaxed, Ordering::Relaxed);
             if Instant::now() >= deadline {
                 tracing::warn!(op, error, "metaserver unreachable; failing with EIO");
                 return Err(Errno::EIO);
@@ -188,5 +216,26 @@ impl MetaClient {
                 tokio::time::sleep(META_RETRY_BACKOFF.min(deadline.saturating_duration_since(Instant::now()))).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hinted(value: &str) -> MetadataMap {
+        let mut metadata = MetadataMap::new();
+        metadata.insert(META_LEADER_HEADER, value.parse().expect("ascii"));
+        metadata
+    }
+
+    #[test]
+    fn leader_hint_places_the_named_endpoint() {
+        let endpoints = vec!["127.0.0.1:7001".to_owned(), "http://127.0.0.1:7002/".to_owned(), "h:3".to_owned()];
+        assert_eq!(leader_hint(&endpoints, &hinted("127.0.0.1:7002")), Some(1));
+        assert_eq!(leader_hint(&endpoints, &hinted("http://127.0.0.1:7001")), Some(0));
+        // An address the client was not given, and no hint at all, change nothing.
+        assert_eq!(leader_hint(&endpoints, &hinted("10.0.0.9:7001")), None);
+        assert_eq!(leader_hint(&endpoints, &MetadataMap::new()), None);
     }
 }

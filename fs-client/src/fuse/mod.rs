@@ -33,6 +33,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 
+pub use meta::leader_hint;
 pub use options::{parse_helper_args, parse_source, MountOptions};
 
 use crate::limits::{FUSE_READER_THREADS, MOUNT_READY_TIMEOUT, UNMOUNT_GRACE};

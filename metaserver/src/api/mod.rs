@@ -4,6 +4,7 @@
 
 pub mod convert;
 pub mod error;
+pub mod leader_hint;
 
 use cairn_proto::meta as pb;
 use cairn_proto::meta::meta_service_server::{MetaService, MetaServiceServer};

@@ -116,9 +116,11 @@ pub async fn run(config: MetaConfig, shutdown: CancellationToken) -> Result<(), 
     });
 
     let api = MetaApi::server(node.clone(), chunks.clone());
+    let hint = crate::api::leader_hint::layer(rsm.clone());
     let stop = shutdown.clone();
     tasks.spawn(async move {
         tonic::transport::Server::builder()
+            .layer(hint)
             .add_service(api)
             .serve_with_incoming_shutdown(incoming_nodelay(client_listener), stop.cancelled())
             .await
