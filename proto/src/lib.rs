@@ -93,6 +93,12 @@ pub use cairn::raft::v1 as raft;
 /// saving the follower's forwarding hop on changes and its read-index round on reads.
 pub const META_LEADER_HEADER: &str = "cairn-meta-leader";
 
+/// gRPC request metadata that makes a metaserver change apply once: `SESSION:SEQ:DONE_BELOW`
+/// in decimal — the client's session, the request's number within it (the same on every retry)
+/// and the lowest number still waiting for its answer. A retry of a change that was applied
+/// gets the first reply instead of applying again.
+pub const META_REQUEST_HEADER: &str = "cairn-request";
+
 /// Encoded `google.protobuf.FileDescriptorSet` of every `.proto` file in this crate.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("cairn_descriptor");
 

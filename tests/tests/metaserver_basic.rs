@@ -144,6 +144,39 @@ async fn namespace_over_grpc_on_every_node() -> anyhow::Result<()> {
     };
     assert_eq!(two.open(open).await?.into_inner().errno, EACCES);
 
+    // A change sent again with the same request id (a retry after a lost answer, here on
+    // another node) gets the first answer; a new request id is a new change.
+    let session = one
+        .open_session(pb::OpenSessionRequest {
+            cred: root(),
+            client_name: "test".into(),
+            ttl_ms: 30_000,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(session.errno, 0);
+    let numbered = |seq: u64| -> anyhow::Result<tonic::Request<pb::CreateRequest>> {
+        let message = pb::CreateRequest {
+            cred: root(),
+            parent: home,
+            name: b"once".to_vec(),
+            mode: 0o644,
+            exclusive: true,
+            ..Default::default()
+        };
+        let mut request = tonic::Request::new(message);
+        let id = format!("{}:{seq}:{seq}", session.session).parse()?;
+        request.metadata_mut().insert(cairn_proto::META_REQUEST_HEADER, id);
+        Ok(request)
+    };
+    let first = two.create(numbered(1)?).await?.into_inner();
+    assert!(first.created && first.errno == 0, "{first:?}");
+    let retried = three.create(numbered(1)?).await?.into_inner();
+    assert_eq!((retried.errno, retried.created), (0, true), "the retry answers as the first attempt");
+    assert_eq!(retried.attr.map(|a| a.ino), first.attr.map(|a| a.ino));
+    assert_eq!(one.create(numbered(2)?).await?.into_inner().errno, EEXIST);
+
     // Followers name the leader's client address in every answer; the leader names nobody.
     let leader = cluster.leader(None).await?;
     let leader_addr = cluster.cluster.node(MetaCluster::ms(leader))?.addrs.client.to_string();

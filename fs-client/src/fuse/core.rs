@@ -193,6 +193,7 @@ impl Core {
         };
         let r = self.meta.rpc("open_session", request, |mut c, r| async move { c.open_session(r).await }).await?;
         self.session.store(r.session, Ordering::Relaxed);
+        self.meta.set_session(r.session);
         self.session_ttl_ms.store(r.ttl_ms.max(1000), Ordering::Relaxed);
         tracing::info!(session = r.session, ttl_ms = r.ttl_ms, "session open");
         Ok(())
@@ -1481,7 +1482,7 @@ impl Core {
                 len: lock_len(start, end),
                 wait,
             };
-            let call = |mut c: Client, r: SetLockRequest| async move { c.set_lock(r).await };
+            let call = |mut c: Client, r: tonic::Request<SetLockRequest>| async move { c.set_lock(r).await };
             let r = if wait {
                 self.meta.rpc_unbounded("setlkw", request, call).await
             } else {

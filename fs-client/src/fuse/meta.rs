@@ -5,16 +5,18 @@
 //! POSIX failures come back in each response's `errno` (Linux numbering) and are returned to
 //! the kernel unchanged.
 
+use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use cairn_proto::meta::meta_service_client::MetaServiceClient;
 use cairn_proto::meta::*;
-use cairn_proto::META_LEADER_HEADER;
+use cairn_proto::{META_LEADER_HEADER, META_REQUEST_HEADER};
 use fuser::Errno;
 use tokio::time::Instant;
-use tonic::metadata::MetadataMap;
+use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
@@ -49,6 +51,17 @@ has_errno!(
 
 pub type Client = MetaServiceClient<Channel>;
 
+impl RequestTicket<'_> {
+    /// `message` as a gRPC request carrying this ticket's request id.
+    fn request<R>(&self, message: R) -> tonic::Request<R> {
+        let mut request = tonic::Request::new(message);
+        if let Some((_, value)) = &self.header {
+            request.metadata_mut().insert(META_REQUEST_HEADER, value.clone());
+        }
+        request
+    }
+}
+
 /// The position in `endpoints` of the leader that a metaserver follower named in an answer's
 /// metadata ([`META_LEADER_HEADER`]); `None` without a hint or for an address not in the list.
 /// Endpoints may be written with or without `http://`.
@@ -67,6 +80,31 @@ pub struct MetaClient {
     current: AtomicUsize,
     /// How long one operation retries an unreachable cluster.
     timeout: Duration,
+    /// The mount's session (0 before it is open): calls carry a request id within it.
+    session: AtomicU64,
+    requests: Mutex<Requests>,
+}
+
+/// Request numbering within the session ([`META_REQUEST_HEADER`]).
+#[derive(Debug, Default)]
+struct Requests {
+    next_seq: u64,
+    /// Requests sent and not yet answered.
+    waiting: BTreeSet<u64>,
+}
+
+/// A numbered request; its number stops being "waiting" when this is dropped.
+struct RequestTicket<'a> {
+    client: &'a MetaClient,
+    header: Option<(u64, MetadataValue<Ascii>)>,
+}
+
+impl Drop for RequestTicket<'_> {
+    fn drop(&mut self) {
+        if let Some((seq, _)) = &self.header {
+            self.client.requests().waiting.remove(seq);
+        }
+    }
 }
 
 impl MetaClient {
@@ -84,7 +122,39 @@ impl MetaClient {
                 .connect_lazy();
             clients.push(MetaServiceClient::new(channel));
         }
-        Ok(MetaClient { endpoints: endpoints.to_vec(), clients, current: AtomicUsize::new(0), timeout })
+        Ok(MetaClient {
+            endpoints: endpoints.to_vec(),
+            clients,
+            current: AtomicUsize::new(0),
+            timeout,
+            session: AtomicU64::new(0),
+            requests: Mutex::new(Requests::default()),
+        })
+    }
+
+    /// Numbers the calls made from now on within `session`, so the metaserver applies each
+    /// change once however often a failover makes the client send it.
+    pub fn set_session(&self, session: u64) {
+        self.session.store(session, Ordering::Relaxed);
+    }
+
+    fn requests(&self) -> std::sync::MutexGuard<'_, Requests> {
+        self.requests.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A number for the next request (none before the session is open).
+    fn ticket(&self) -> RequestTicket<'_> {
+        let session = self.session.load(Ordering::Relaxed);
+        if session == 0 {
+            return RequestTicket { client: self, header: None };
+        }
+        let mut requests = self.requests();
+        requests.next_seq += 1;
+        let seq = requests.next_seq;
+        let done_below = requests.waiting.first().copied().unwrap_or(seq).min(seq);
+        requests.waiting.insert(seq);
+        let header = format!("{session}:{seq}:{done_below}").parse().ok().map(|value| (seq, value));
+        RequestTicket { client: self, header }
     }
 
     pub fn timeout(&self) -> Duration {
@@ -115,14 +185,18 @@ impl MetaClient {
 
     /// [`MetaClient::call`] with the request built once and cloned for each attempt: `f` is
     /// the RPC, e.g. `|mut c, r| async move { c.open(r).await }`.
+    ///
+    /// Every attempt carries the same request id, so a change whose answer was lost (the
+    /// leader died after committing it, the attempt timed out) is not applied twice.
     pub async fn rpc<R, T, F, Fut>(&self, op: &'static str, request: R, mut f: F) -> Result<T, Errno>
     where
         R: Clone,
         T: HasErrno,
-        F: FnMut(Client, R) -> Fut,
+        F: FnMut(Client, tonic::Request<R>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        self.call(op, |c| f(c, request.clone())).await
+        let ticket = self.ticket();
+        self.call(op, |c| f(c, ticket.request(request.clone()))).await
     }
 
     /// [`MetaClient::rpc`] without a bound on one attempt, as [`MetaClient::call_unbounded`].
@@ -130,10 +204,13 @@ impl MetaClient {
     where
         R: Clone,
         T: HasErrno,
-        F: FnMut(Client, R) -> Fut,
+        F: FnMut(Client, tonic::Request<R>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        self.call_unbounded(op, |c| f(c, request.clone())).await
+        // Not numbered: a wait may last hours, and the metaserver keeps every reply of the
+        // session from the oldest unanswered request on (lock calls are not replayed anyway:
+        // a retried grant or release is a no-op for its owner).
+        self.call_unbounded(op, |c| f(c, tonic::Request::new(request.clone()))).await
     }
 
     /// Moves later calls to the leader that the follower at `i` named in its answer.
@@ -227,6 +304,25 @@ mod tests {
         let mut metadata = MetadataMap::new();
         metadata.insert(META_LEADER_HEADER, value.parse().expect("ascii"));
         metadata
+    }
+
+    fn header(ticket: &RequestTicket<'_>) -> Option<String> {
+        ticket.request(()).metadata().get(META_REQUEST_HEADER).map(|v| v.to_str().expect("ascii").to_owned())
+    }
+
+    #[tokio::test]
+    async fn requests_are_numbered_within_the_session() {
+        let client = MetaClient::new(&["127.0.0.1:1".to_owned()], Duration::from_secs(1)).expect("client");
+        assert_eq!(header(&client.ticket()), None, "no session, no number");
+        client.set_session(7);
+        let first = client.ticket();
+        let second = client.ticket();
+        assert_eq!(header(&first).as_deref(), Some("7:1:1"));
+        assert_eq!(header(&second).as_deref(), Some("7:2:1"), "1 is still waiting");
+        drop(first);
+        assert_eq!(header(&client.ticket()).as_deref(), Some("7:3:2"), "2 is the oldest waiting");
+        drop(second);
+        assert_eq!(header(&client.ticket()).as_deref(), Some("7:4:4"));
     }
 
     #[test]

@@ -8,6 +8,8 @@ pub mod leader_hint;
 
 use cairn_proto::meta as pb;
 use cairn_proto::meta::meta_service_server::{MetaService, MetaServiceServer};
+use cairn_proto::META_REQUEST_HEADER;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use crate::chunks::leader::{FsckReport, RPC_FLUSH_TRUNCATES, RPC_FSCK, RPC_REPOR
 use crate::chunks::placement::place;
 use crate::chunks::{ChunkManager, FailureReport};
 use crate::limits::{GRPC_MESSAGE_BYTES_MAX, REQUEST_TIMEOUT};
-use crate::namespace::command::decode_outcome;
+use crate::namespace::command::{decode_outcome, RequestId};
 use crate::namespace::{
     chunks as chunk_map, locks, read, ChunkId, Errno, InodeId, LockKind, LockOwner, Op, Outcome, Replica, Reply,
     SessionId, SetAttr, Timespec,
@@ -39,6 +41,17 @@ impl MetaApi {
 }
 
 type Answer<T> = Result<Response<T>, Status>;
+
+/// The request id a client sent in [`META_REQUEST_HEADER`]; none when absent or malformed (the
+/// change then applies as often as it is sent, as for clients without sessions).
+fn request_id(metadata: &MetadataMap) -> Option<RequestId> {
+    let value = metadata.get(META_REQUEST_HEADER)?.to_str().ok()?;
+    let mut fields = value.splitn(3, ':').map(str::parse::<u64>);
+    let (Some(Ok(session)), Some(Ok(seq)), Some(Ok(done_below))) = (fields.next(), fields.next(), fields.next()) else {
+        return None;
+    };
+    (session != 0).then_some(RequestId { session: SessionId(session), seq, done_below })
+}
 
 fn attr_response(outcome: Outcome) -> Answer<pb::AttrResponse> {
     Ok(Response::new(match outcome {
@@ -112,9 +125,20 @@ impl MetaApi {
         }
     }
 
-    async fn change(&self, cred: Option<pb::Credentials>, t: Option<pb::Timespec>, op: Op) -> Result<Outcome, Status> {
+    /// Proposes `op`, applied once per client request when the call carries a request id.
+    async fn change(
+        &self,
+        once: Option<RequestId>,
+        cred: Option<pb::Credentials>,
+        t: Option<pb::Timespec>,
+        op: Op,
+    ) -> Result<Outcome, Status> {
         let caller = caller(cred)?;
         let time = time(t)?;
+        let op = match once {
+            Some(request) => Op::Once { request, op: Box::new(op) },
+            None => op,
+        };
         self.node.change(caller, time, op).await.map_err(status)
     }
 }
@@ -122,9 +146,9 @@ impl MetaApi {
 #[tonic::async_trait]
 impl MetaService for MetaApi {
     async fn format(&self, request: Request<pb::FormatRequest>) -> Answer<pb::FormatResponse> {
-        let r = request.into_inner();
+        let (once, r) = (request_id(request.metadata()), request.into_inner());
         let op = Op::Format { chunk_size_bytes: r.chunk_size_bytes, replication_factor: r.replication_factor };
-        let outcome = self.change(r.cred, r.time, op).await?;
+        let outcome = self.change(once, r.cred, r.time, op).await?;
         Ok(Response::new(match outcome {
             Ok(Reply::Formatted(p)) => pb::FormatResponse {
                 errno: 0,
@@ -161,21 +185,21 @@ impl MetaService for MetaApi {
     }
 
     async fn mknod(&self, request: Request<pb::MknodRequest>) -> Answer<pb::AttrResponse> {
-        let r = request.into_inner();
+        let (once, r) = (request_id(request.metadata()), request.into_inner());
         let kind = convert::file_kind(r.r#type)?;
         let op =
             Op::Mknod { parent: InodeId(r.parent), name: r.name, kind, mode: r.mode, umask: r.umask, rdev: r.rdev };
-        attr_response(self.change(r.cred, r.time, op).await?)
+        attr_response(self.change(once, r.cred, r.time, op).await?)
     }
 
     async fn mkdir(&self, request: Request<pb::MkdirRequest>) -> Answer<pb::AttrResponse> {
-        let r = request.into_inner();
+        let (once, r) = (request_id(request.metadata()), request.into_inner());
         let op = Op::Mkdir { parent: InodeId(r.parent), name: r.name, mode: r.mode, umask: r.umask };
-        attr_response(self.change(r.cred, r.time, op).await?)
+        attr_response(self.change(once, r.cred, r.time, op).await?)
     }
 
     async fn create(&self, request: Request<pb::CreateRequest>) -> Answer<pb::CreateResponse> {
-        let r = request.into_inner();
+        let (once, r) = (request_id(request.metadata()), request.into_inner());
         let flags = convert::open_flags(r.open);
         let (parent, name, mode, umask, exclusive) = (InodeId(r.parent), r.name, r.mode, r.umask, r.exclusive);
         let with_chunk = r.allocate_first_chunk && r.session != 0 && (flags.write || flags.truncate);
@@ -197,7 +221,7 @@ impl MetaService for MetaApi {
         } else {
             Op::Create { parent, name, mode, umask, exclusive, session: session(r.session), flags }
         };
-        let outcome = self.change(r.cred, r.time, op).await?;
+        let outcome = self.change(once, r.cred, r.time, op).await?;
         let created_ino = match &outcome {
             Ok(Reply::Created { attr: a, .. } | Reply::CreatedWithChunk { attr: a, .. }) => Some(a.ino.0),
             _ => None,
@@ -222,10 +246,10 @@ impl MetaService for MetaApi {
     }
 
     async fn open(&self, request: Request<pb::OpenRequest>) -> Answer<pb::AttrResponse> {
-        let r = request.into_inner();
+        let (once, r) = (request_id(request.metadata()), request.into_inner());
         let flags = convert::open_flags(r.open);
         let op = Op::Open { ino: InodeId(r.ino), session: SessionId(r.session), flags };
-        let outcome = self.change(r.cred, r.time, op).await?;
+        let outcome = self.change(once, r.cred, r.time, op).await?;
         if flags.truncate && outcome.is_ok() {
             self.flush_truncates(r.ino).await;
         }
@@ -233,37 +257,37 @@ impl MetaService for MetaApi {
     }
 
     async fn close(&self, request: Request<pb::CloseRequest>) -> Answer<pb::ErrnoResponse> {
-        let r = request.into_inner();
+        let (once, r) = (request_id(request.metadata()), request.into_inner());
         let (ino, session) = (InodeId(r.ino), SessionId(r.session));
         let op = match r.open {
             Some(m) => Op::CloseHandle { ino, session, write: m.write || m.truncate },
             None => Op::Close { ino, session },
         };
-        errno_response(self.change(r.cred, r.time, op).await?)
+        errno_response(self.change(once, r.cred, r.time, op).await?)
     }
 
     async fn unlink(&self, request: Request<pb::RemoveRequest>) -> Answer<pb::ErrnoResponse> {
-        let r = request.into_inner();
+        let (once, r) = (request_id(request.metadata()), request.into_inner());
         let op = Op::Unlink { parent: InodeId(r.parent), name: r.name };
-        errno_response(self.change(r.cred, r.time, op).await?)
+        errno_response(self.change(once, r.cred, r.time, op).await?)
     }
 
     async fn rmdir(&self, request: Request<pb::RemoveRequest>) -> Answer<pb::ErrnoResponse> {
-        let r = request.into_inner();
+        let (once, r) = (request_id(request.metadata()), request.into_inner());
         let op = Op::Rmdir { parent: InodeId(r.parent), name: r.name };
-        errno_response(self.change(r.cred, r.time, op).await?)
+        errno_response(self.change(once, r.cred, r.time, op).await?)
     }
 
     async fn link(&self, request: Request<pb::LinkRequest>) -> Answer<pb::AttrResponse> {
-        let r = request.into_inner();
+        let (once, r) = (request_id(request.metadata()), request.into_inner());
         let op = Op::Link { ino: InodeId(r.ino), new_parent: InodeId(r.new_parent), new_name: r.new_name };
-        attr_response(self.change(r.cred, r.time, op).await?)
+        attr_response(self.change(once, r.cred, r.time, op).await?)
     }
 
     async fn symlink(&self, request: Request<pb::SymlinkRequest>) -> Answer<pb::AttrResponse> {
-        let r = request.into_inner();
+        let (once, r) = (request_id(request.metadata()), request.into_inner());
         let op = Op::Symlink { parent: InodeId(r.parent), name: r.name, target: r.target };
-        attr_response(self.change(r.cred, r.time, op).await?)
+        attr_response(self.change(once, r.cred, r.time, op).await?)
     }
 
     async fn readlink(&self, request: Request<pb::ReadlinkRequest>) -> Answer<pb::ReadlinkResponse> {
@@ -277,7 +301,7 @@ impl MetaService for MetaApi {
     }
 
     async fn rename(&self, request: Request<pb::RenameRequest>) -> Answer<pb::ErrnoResponse> {
-        let r = request.into_inner();
+        let (once, r) = (request_id(request.metadata()), request.into_inner());
         let op = Op::Rename {
             parent: InodeId(r.parent),
             name: r.name,
@@ -285,11 +309,11 @@ impl MetaService for MetaApi {
             new_name: r.new_name,
             flags: convert::rename_flags(r.flags),
         };
-        errno_response(self.change(r.cred, r.time, op).await?)
+        errno_response(self.change(once, r.cred, r.time, op).await?)
     }
 
     async fn set_attr(&self, request: Request<pb::SetAttrRequest>) -> Answer<pb::AttrResponse> {
-        let r = request.into_inner();
+        let (once, r) = (request_id(request.metadata()), request.into_inner());
         let attr = SetAttr {
             mode: r.mode,
             uid: r.uid,
@@ -300,7 +324,7 @@ impl MetaService for MetaApi {
             through_write_handle: r.through_write_handle,
         };
         let resizes = attr.size.is_some();
-        let outcome = self.change(r.cred, r.time, Op::SetAttr { ino: InodeId(r.ino), attr }).await?;
+        let outcome = self.change(once, r.cred, r.time, Op::SetAttr { ino: InodeId(r.ino), attr }).await?;
         if resizes && outcome.is_ok() {
             self.flush_truncates(r.ino).await;
         }
@@ -308,12 +332,12 @@ impl MetaService for MetaApi {
     }
 
     async fn set_xattr(&self, request: Request<pb::SetXattrRequest>) -> Answer<pb::ErrnoResponse> {
-        let r = request.into_inner();
+        let (once, r) = (request_id(request.metadata()), request.into_inner());
         let Some(mode) = convert::xattr_mode(r.flags) else {
             return Ok(Response::new(pb::ErrnoResponse { errno: Errno::Inval.code() }));
         };
         let op = Op::SetXattr { ino: InodeId(r.ino), name: r.name, value: r.value, mode };
-        errno_response(self.change(r.cred, r.time, op).await?)
+        errno_response(self.change(once, r.cred, r.time, op).await?)
     }
 
     async fn get_xattr(&self, request: Request<pb::GetXattrRequest>) -> Answer<pb::GetXattrResponse> {
@@ -338,9 +362,9 @@ impl MetaService for MetaApi {
     }
 
     async fn remove_xattr(&self, request: Request<pb::RemoveXattrRequest>) -> Answer<pb::ErrnoResponse> {
-        let r = request.into_inner();
+        let (once, r) = (request_id(request.metadata()), request.into_inner());
         let op = Op::RemoveXattr { ino: InodeId(r.ino), name: r.name };
-        errno_response(self.change(r.cred, r.time, op).await?)
+        errno_response(self.change(once, r.cred, r.time, op).await?)
     }
 
     async fn read_dir(&self, request: Request<pb::ReadDirRequest>) -> Answer<pb::ReadDirResponse> {
@@ -395,9 +419,9 @@ impl MetaService for MetaApi {
     }
 
     async fn open_session(&self, request: Request<pb::OpenSessionRequest>) -> Answer<pb::OpenSessionResponse> {
-        let r = request.into_inner();
+        let (once, r) = (request_id(request.metadata()), request.into_inner());
         let op = Op::OpenSession { client_name: r.client_name, host: r.host, pid: r.pid, ttl_ms: r.ttl_ms };
-        Ok(Response::new(match self.change(r.cred, r.time, op).await? {
+        Ok(Response::new(match self.change(once, r.cred, r.time, op).await? {
             Ok(Reply::Session { id, ttl_ms }) => pb::OpenSessionResponse { errno: 0, session: id.0, ttl_ms },
             Ok(other) => return Err(Status::internal(format!("unexpected reply {other:?}"))),
             Err(e) => pb::OpenSessionResponse { errno: e.code(), ..Default::default() },
@@ -413,8 +437,8 @@ impl MetaService for MetaApi {
     }
 
     async fn close_session(&self, request: Request<pb::CloseSessionRequest>) -> Answer<pb::ErrnoResponse> {
-        let r = request.into_inner();
-        errno_response(self.change(r.cred, r.time, Op::CloseSession { session: SessionId(r.session) }).await?)
+        let (once, r) = (request_id(request.metadata()), request.into_inner());
+        errno_response(self.change(once, r.cred, r.time, Op::CloseSession { session: SessionId(r.session) }).await?)
     }
 
     async fn get_lock(&self, request: Request<pb::GetLockRequest>) -> Answer<pb::GetLockResponse> {
@@ -463,10 +487,10 @@ impl MetaService for MetaApi {
     }
 
     async fn release_owner(&self, request: Request<pb::ReleaseOwnerRequest>) -> Answer<pb::ErrnoResponse> {
-        let r = request.into_inner();
+        let (once, r) = (request_id(request.metadata()), request.into_inner());
         let op =
             Op::ReleaseOwner { ino: InodeId(r.ino), owner: owner(r.session, r.owner), posix: r.posix, flock: r.flock };
-        errno_response(self.change(r.cred, r.time, op).await?)
+        errno_response(self.change(once, r.cred, r.time, op).await?)
     }
 
     async fn get_chunks(&self, request: Request<pb::GetChunksRequest>) -> Answer<pb::GetChunksResponse> {
@@ -493,13 +517,11 @@ impl MetaService for MetaApi {
     }
 
     async fn allocate_chunk(&self, request: Request<pb::AllocateChunkRequest>) -> Answer<pb::ChunkResponse> {
-        let r = request.into_inner();
-        let c = caller(r.cred)?;
-        let t = time(r.time)?;
+        let (once, r) = (request_id(request.metadata()), request.into_inner());
         // Placement is chosen here, before proposing, so `apply` stays deterministic.
         let placement = self.placement()?;
         let op = Op::AllocateChunk { ino: InodeId(r.ino), session: SessionId(r.session), index: r.index, placement };
-        let outcome = self.node.change(c, t, op).await.map_err(status)?;
+        let outcome = self.change(once, r.cred, r.time, op).await?;
         chunk_response(self, outcome, self.chunk_size_bytes())
     }
 
@@ -527,14 +549,14 @@ impl MetaService for MetaApi {
     }
 
     async fn commit_write(&self, request: Request<pb::CommitWriteRequest>) -> Answer<pb::AttrResponse> {
-        let r = request.into_inner();
+        let (once, r) = (request_id(request.metadata()), request.into_inner());
         let op = Op::CommitWrite {
             ino: InodeId(r.ino),
             session: SessionId(r.session),
             size: r.size,
             chunk_indexes: r.chunk_indexes,
         };
-        attr_response(self.change(r.cred, r.time, op).await?)
+        attr_response(self.change(once, r.cred, r.time, op).await?)
     }
 
     async fn fsck(&self, request: Request<pb::FsckRequest>) -> Answer<pb::FsckResponse> {

@@ -127,6 +127,8 @@ impl<'a> Apply<'a> {
             }
             Op::ReclaimInodes { inos } => self.reclaim_inodes(inos)?,
             Op::ChunksDeleted { chunks } => self.chunks_deleted(chunks)?,
+            // Unwrapped before `run` (`apply_command_with_locks`); never nested.
+            Op::Once { .. } => return Err(Errno::Inval.into()),
         };
         self.tx.put(META, keys::META_USAGE, encode(&self.usage));
         Ok(reply)

@@ -253,6 +253,24 @@ pub enum Op {
         flags: OpenFlags,
         placement: Vec<Replica>,
     },
+    /// `op` as a client's request `request`: applied once however often the client sends it.
+    /// A retry after a lost answer (a leader killed between commit and reply, a timeout) gets
+    /// the first attempt's reply instead of applying again, which would answer EEXIST to a
+    /// create or ENOENT to an unlink that succeeded, or count a close twice.
+    Once {
+        request: RequestId,
+        op: Box<Op>,
+    },
+}
+
+/// A client's request, numbered within its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestId {
+    pub session: SessionId,
+    pub seq: u64,
+    /// Every request of the session numbered below this one has been answered to the client,
+    /// so their recorded replies can go.
+    pub done_below: u64,
 }
 
 impl Op {
@@ -287,6 +305,7 @@ impl Op {
             Op::ChunksDeleted { .. } => "chunks_deleted",
             Op::CloseHandle { .. } => "close",
             Op::CreateWithChunk { .. } => "create",
+            Op::Once { op, .. } => op.name(),
         }
     }
 }

@@ -32,6 +32,7 @@ pub const CHUNKS: &str = "ns_chunks";
 pub const CHUNK_IDS: &str = "ns_chunk_ids";
 pub const GC: &str = "ns_gc";
 pub const TRUNCATES: &str = "ns_truncates";
+pub const REQUESTS: &str = "ns_requests";
 
 /// Every table of the namespace, in digest order.
 pub const TABLES: &[&str] = &[
@@ -51,6 +52,7 @@ pub const TABLES: &[&str] = &[
     CHUNK_IDS,
     GC,
     TRUNCATES,
+    REQUESTS,
 ];
 
 pub const META_FS: &[u8] = b"fs";
@@ -146,6 +148,14 @@ pub fn split_chunk_key(key: &[u8]) -> Option<(InodeId, u64)> {
 /// `ns_sessions`: the session id.
 pub fn session_key(session: SessionId) -> [u8; 8] {
     session.0.to_be_bytes()
+}
+
+/// `ns_requests`: session ‖ request number, so a session's recorded replies are one scan.
+pub fn request_key(session: SessionId, seq: u64) -> [u8; 16] {
+    let mut key = [0; 16];
+    key[..8].copy_from_slice(&session.0.to_be_bytes());
+    key[8..].copy_from_slice(&seq.to_be_bytes());
+    key
 }
 
 /// `ns_session_open` and `ns_session_locks`: session ‖ inode, so a session's inodes are one scan.

@@ -143,7 +143,20 @@ pub fn apply_command_with_locks(
         }
     };
     let mut run = apply::Apply::new(state, &command, log_index).map_err(store_error)?;
-    match run.run(&command.op) {
+    let (request, op) = match &command.op {
+        Op::Once { request, op } => (Some(request), op.as_ref()),
+        op => (None, op),
+    };
+    let result = match request {
+        Some(request) => match run.recorded_reply(request) {
+            // Applied before: answer as then, change nothing.
+            Ok(Some(reply)) => return Ok((Ok(reply), Vec::new())),
+            Ok(None) => run.run(op).and_then(|reply| run.record_reply(request, &reply).map(|()| reply)),
+            Err(e) => Err(e),
+        },
+        None => run.run(op),
+    };
+    match result {
         Ok(reply) => {
             let changed = std::mem::take(&mut run.lock_changes);
             run.tx.commit(writes);

@@ -14,9 +14,9 @@
 //!   requests of one answer EBADF.
 
 use super::apply::Apply;
-use super::command::Reply;
+use super::command::{Reply, RequestId};
 use super::errno::Errno;
-use super::keys::{self, META, OPEN, OPEN_WRITE, SESSIONS, SESSION_LOCKS, SESSION_OPEN};
+use super::keys::{self, META, OPEN, OPEN_WRITE, REQUESTS, SESSIONS, SESSION_LOCKS, SESSION_OPEN};
 use super::rows::{decode, encode, Res};
 use super::types::{InodeId, Session, SessionId};
 use crate::limits::{SESSION_TTL_MAX, SESSION_TTL_MIN};
@@ -99,8 +99,49 @@ impl Apply<'_> {
         Ok(Reply::Done)
     }
 
+    /// The reply recorded for `request` when it was applied before.
+    pub(super) fn recorded_reply(&self, request: &RequestId) -> Res<Option<Reply>> {
+        match self.tx.get(REQUESTS, &keys::request_key(request.session, request.seq))? {
+            Some(bytes) => Ok(Some(decode("recorded reply", &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records `reply` as the answer to `request` and forgets the replies the client has had
+    /// (`done_below`). Requests of a session that is not open are not recorded: nothing would
+    /// ever forget them.
+    pub(super) fn record_reply(&mut self, request: &RequestId, reply: &Reply) -> Res<()> {
+        if session(&self.tx, request.session)?.is_none() {
+            return Ok(());
+        }
+        let start = keys::request_key(request.session, 0);
+        let end = keys::request_key(request.session, request.done_below.min(request.seq));
+        for key in self.request_keys(&start, &end)? {
+            self.tx.delete(REQUESTS, key);
+        }
+        self.tx.put(REQUESTS, keys::request_key(request.session, request.seq), encode(reply));
+        Ok(())
+    }
+
+    fn request_keys(&self, start: &[u8], end: &[u8]) -> Res<Vec<Vec<u8>>> {
+        let mut found = Vec::new();
+        self.tx.scan(REQUESTS, start, Some(end), false, &mut |k, _| {
+            found.push(k.to_vec());
+            true
+        })?;
+        Ok(found)
+    }
+
     /// Releases the session's locks, closes its handles and forgets it.
     fn end_session(&mut self, id: SessionId) -> Res<()> {
+        let start = keys::request_key(id, 0);
+        let end = match id.0.checked_add(1) {
+            Some(next) => keys::request_key(SessionId(next), 0).to_vec(),
+            None => vec![0xff; 17],
+        };
+        for key in self.request_keys(&start, &end)? {
+            self.tx.delete(REQUESTS, key);
+        }
         for ino in session_inodes(&self.tx, SESSION_LOCKS, id)? {
             self.release_session_locks(ino, id)?;
         }

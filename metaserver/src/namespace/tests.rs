@@ -1121,3 +1121,64 @@ fn lock_changes_are_reported_for_waiters() {
     ns.applied();
     assert_eq!(events.try_recv().expect("event"), super::LockEvent::Inode(f));
 }
+
+// ---- Requests applied once ----
+
+fn once(session: SessionId, seq: u64, done_below: u64, op: Op) -> Op {
+    Op::Once { request: super::command::RequestId { session, seq, done_below }, op: Box::new(op) }
+}
+
+fn request_rows(fs: &Fs) -> usize {
+    let mut rows = 0;
+    fs.store
+        .scan(keys::REQUESTS, &[], None, false, &mut |_, _| {
+            rows += 1;
+            true
+        })
+        .expect("scan");
+    rows
+}
+
+#[test]
+fn a_retried_request_gets_its_first_reply_and_changes_nothing() {
+    let mut fs = Fs::new();
+    let s = fs.open_session();
+    let create = |name: &str| Op::Create {
+        parent: ROOT,
+        name: name.as_bytes().to_vec(),
+        mode: 0o644,
+        umask: 0,
+        exclusive: true,
+        session: Some(s),
+        flags: OpenFlags { read: false, write: true, truncate: false },
+    };
+
+    // An exclusive create sent twice (its first answer lost): the same file, not EEXIST.
+    let first = fs.exec(&root(), once(s, 1, 1, create("a"))).expect("create");
+    assert_eq!(fs.exec(&root(), once(s, 1, 1, create("a"))), Ok(first.clone()));
+    let Reply::Created { attr, created: true } = first else { panic!("{first:?}") };
+    assert_eq!(read::getattr(&fs.store, attr.ino).expect("getattr").open_handles, 1, "opened once");
+    // A new request for the same name is a new create.
+    assert_eq!(fs.exec(&root(), once(s, 2, 1, create("a"))), Err(Errno::Exist));
+
+    // A close retried closes one handle only; an unlink retried still succeeds.
+    fs.attr(&root(), Op::Open { ino: attr.ino, session: s, flags: OpenFlags { read: true, ..Default::default() } })
+        .expect("second open");
+    let close = Op::Close { ino: attr.ino, session: s };
+    fs.exec(&root(), once(s, 3, 3, close.clone())).expect("close");
+    fs.exec(&root(), once(s, 3, 3, close)).expect("close again");
+    assert_eq!(read::getattr(&fs.store, attr.ino).expect("getattr").open_handles, 1);
+    let unlink = Op::Unlink { parent: ROOT, name: b"a".to_vec() };
+    fs.exec(&root(), once(s, 4, 4, unlink.clone())).expect("unlink");
+    fs.exec(&root(), once(s, 4, 4, unlink.clone())).expect("unlink again");
+    assert_eq!(fs.exec(&root(), once(s, 5, 5, unlink)), Err(Errno::NoEnt));
+
+    // Replies the client has had are forgotten: seq 1 and 3 were answered before seq 4.
+    assert_eq!(request_rows(&fs), 1, "only the newest reply is kept");
+    assert_eq!(fs.exec(&root(), once(s, 1, 5, create("a"))).map(|r| matches!(r, Reply::Created { .. })), Ok(true));
+
+    // Outside an open session nothing is recorded, and a closed session's replies go.
+    fs.exec(&root(), once(SessionId(999), 1, 1, create("b"))).expect("create without a session");
+    fs.exec(&root(), Op::CloseSession { session: s }).expect("close session");
+    assert_eq!(request_rows(&fs), 0);
+}
