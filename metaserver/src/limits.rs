@@ -78,6 +78,10 @@ pub const CHUNK_CHANNELS_MAX: usize = 4096;
 pub const CHUNK_WORK_INTERVAL: Duration = Duration::from_millis(500);
 /// Most pending truncations, queued deletions or reclaimed inodes handled per round.
 pub const CHUNK_WORK_BATCH_MAX: usize = 256;
+/// Rows removed from the leader's work queues (`ns_reclaim`, `ns_gc`, `ns_truncates`) between
+/// two compactions of those tables (which drop the deletion tombstones the queue scans would
+/// step over).
+pub const QUEUE_COMPACT_AFTER_DELETIONS: usize = 1024;
 /// Chunk-map rows read per page by the leader's scans (healing, fsck, orphan scan).
 pub const CHUNK_MAP_PAGE_ROWS: usize = 4096;
 /// Chunks listed per ListChunks page in the orphan scan.

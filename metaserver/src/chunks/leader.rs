@@ -42,11 +42,13 @@ use super::registry::RegistryView;
 use crate::limits::{
     CHUNK_CALLS_CONCURRENCY, CHUNK_MAP_PAGE_ROWS, CHUNK_WORK_BATCH_MAX, CHUNK_WORK_INTERVAL, FSCK_LIST_DEFAULT,
     FSCK_LIST_MAX, HEAL_CHUNKS_PER_ROUND, HEAL_CONCURRENCY, LIST_CHUNKS_PAGE, ORPHANS_REMEMBERED_MAX,
+    QUEUE_COMPACT_AFTER_DELETIONS,
 };
 use crate::namespace::chunks::{self as map, MapEntry};
 use crate::namespace::types::PendingTruncate;
 use crate::namespace::{
-    read, Caller, Chunk, ChunkId, ChunkserverId, Errno, Fail, InodeId, Op, Outcome, Replica, Reply, SessionId, Timespec,
+    keys, read, Caller, Chunk, ChunkId, ChunkserverId, Errno, Fail, InodeId, Op, Outcome, Replica, Reply, SessionId,
+    Timespec,
 };
 use crate::node::namespace::NamespaceNode;
 
@@ -138,6 +140,9 @@ struct Memory {
     scan_grace_below: Option<ChunkId>,
     last_scan: Option<Instant>,
     orphans: Vec<FsckChunk>,
+    /// Rows this leader removed from its work queues (`ns_reclaim`, `ns_gc`, `ns_truncates`)
+    /// since it last compacted them.
+    queue_deletions: usize,
 }
 
 /// The leader's chunk work. One per node; it works only while the node leads.
@@ -342,6 +347,7 @@ impl ChunkManager {
         match self.propose(op).await? {
             Ok(_) => {
                 self.node.metrics().chunk_event("truncate");
+                self.note_queue_deletions(1).await;
                 Ok(true)
             }
             Err(e) => {
@@ -391,9 +397,11 @@ impl ChunkManager {
     pub async fn collect_garbage(&self) -> Result<usize, RsmError> {
         let reclaim = self.local(|s| read::reclaim_queue(s, CHUNK_WORK_BATCH_MAX))?;
         if !reclaim.is_empty() {
+            let n = reclaim.len();
             if let Err(e) = self.propose(Op::ReclaimInodes { inos: reclaim }).await? {
                 tracing::warn!(errno = %e, "reclaim refused");
             }
+            self.note_queue_deletions(n).await;
         }
         let queue = self.local(|s| map::gc_queue(s, CHUNK_WORK_BATCH_MAX))?;
         if queue.is_empty() {
@@ -426,8 +434,42 @@ impl ChunkManager {
                 tracing::warn!(errno = %e, "chunks-deleted refused");
             }
             self.node.metrics().chunk_events("gc_deleted", n as u64);
+            self.note_queue_deletions(n).await;
         }
         Ok(n)
+    }
+
+    /// Counts rows removed from the work queues and compacts the queue tables every
+    /// [`QUEUE_COMPACT_AFTER_DELETIONS`]. Each round scans the queues from their start (and
+    /// every truncating setattr its file's pending truncations), and a scan steps over every
+    /// deletion tombstone still in the memtable or an SST file: after 100 000 files were
+    /// removed, an idle leader spent a sixth of a core stepping over them twice a second, until
+    /// a memtable flush that a quiet cluster may not reach for hours, and under fsx's stream of
+    /// truncations the leader spent most of its CPU there. Compacting these small tables drops
+    /// the tombstones. Local upkeep, not replicated: only the leader scans the queues.
+    async fn note_queue_deletions(&self, n: usize) {
+        let due = self.memory(|m| {
+            m.queue_deletions += n;
+            let due = m.queue_deletions >= QUEUE_COMPACT_AFTER_DELETIONS;
+            if due {
+                m.queue_deletions = 0;
+            }
+            due
+        });
+        if due {
+            self.compact_queues().await;
+        }
+    }
+
+    async fn compact_queues(&self) {
+        let store = self.node.rsm().store().clone();
+        let compacted =
+            tokio::task::spawn_blocking(move || store.compact_all(&[keys::RECLAIM, keys::GC, keys::TRUNCATES])).await;
+        match compacted {
+            Ok(Ok(())) => tracing::debug!("work queues compacted"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "compacting the work queues"),
+            Err(e) => tracing::warn!(error = %e, "compacting the work queues"),
+        }
     }
 
     // ---- orphan scan ----
@@ -827,9 +869,11 @@ impl ChunkManager {
                 continue;
             }
             if leading_term != Some(term) {
-                // A new term: what an earlier leadership remembered (scan grace) is void.
+                // A new term: what an earlier leadership remembered (scan grace) is void. The
+                // queues this node is about to scan may hold a former leader's tombstones.
                 self.memory(|m| *m = Memory::default());
                 leading_term = Some(term);
+                self.compact_queues().await;
             }
             self.locks.prune();
             if let Err(e) = self.flush_truncates(None).await {

@@ -267,6 +267,7 @@ pub enum Op {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestId {
     pub session: SessionId,
+    /// From 1 (0 is not a request: `apply` keeps its bookkeeping there).
     pub seq: u64,
     /// Every request of the session numbered below this one has been answered to the client,
     /// so their recorded replies can go.

@@ -144,7 +144,8 @@ pub fn apply_command_with_locks(
     };
     let mut run = apply::Apply::new(state, &command, log_index).map_err(store_error)?;
     let (request, op) = match &command.op {
-        Op::Once { request, op } => (Some(request), op.as_ref()),
+        // Request 0 would be the session's bookkeeping row: applied unrecorded.
+        Op::Once { request, op } => (Some(request).filter(|r| r.seq > 0), op.as_ref()),
         op => (None, op),
     };
     let result = match request {

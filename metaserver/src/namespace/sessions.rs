@@ -110,17 +110,39 @@ impl Apply<'_> {
     /// Records `reply` as the answer to `request` and forgets the replies the client has had
     /// (`done_below`). Requests of a session that is not open are not recorded: nothing would
     /// ever forget them.
+    ///
+    /// The session's row 0 holds how far replies were forgotten, so each command scans only
+    /// the rows recorded since: a scan from 0 would step over the tombstone of every reply the
+    /// session ever forgot, which made each change cost time in the number of changes before
+    /// it (fsx slowed to a crawl).
     pub(super) fn record_reply(&mut self, request: &RequestId, reply: &Reply) -> Res<()> {
         if session(&self.tx, request.session)?.is_none() {
             return Ok(());
         }
-        let start = keys::request_key(request.session, 0);
-        let end = keys::request_key(request.session, request.done_below.min(request.seq));
-        for key in self.request_keys(&start, &end)? {
-            self.tx.delete(REQUESTS, key);
+        let forgotten = self.replies_forgotten_below(request.session)?;
+        if request.seq < forgotten {
+            // The client said it had this request's answer: a stray copy, not recorded again.
+            return Ok(());
+        }
+        let done_below = request.done_below.min(request.seq);
+        if done_below > forgotten {
+            let start = keys::request_key(request.session, forgotten);
+            let end = keys::request_key(request.session, done_below);
+            for key in self.request_keys(&start, &end)? {
+                self.tx.delete(REQUESTS, key);
+            }
+            self.tx.put(REQUESTS, keys::request_key(request.session, 0), encode(&done_below));
         }
         self.tx.put(REQUESTS, keys::request_key(request.session, request.seq), encode(reply));
         Ok(())
+    }
+
+    /// Replies of `session` numbered below this are gone (request numbers start at 1).
+    fn replies_forgotten_below(&self, session: SessionId) -> Res<u64> {
+        match self.tx.get(REQUESTS, &keys::request_key(session, 0))? {
+            Some(bytes) => Ok(decode("forgotten replies mark", &bytes)?),
+            None => Ok(1),
+        }
     }
 
     fn request_keys(&self, start: &[u8], end: &[u8]) -> Res<Vec<Vec<u8>>> {
@@ -134,7 +156,7 @@ impl Apply<'_> {
 
     /// Releases the session's locks, closes its handles and forgets it.
     fn end_session(&mut self, id: SessionId) -> Res<()> {
-        let start = keys::request_key(id, 0);
+        let start = keys::request_key(id, self.replies_forgotten_below(id)?);
         let end = match id.0.checked_add(1) {
             Some(next) => keys::request_key(SessionId(next), 0).to_vec(),
             None => vec![0xff; 17],
@@ -142,6 +164,7 @@ impl Apply<'_> {
         for key in self.request_keys(&start, &end)? {
             self.tx.delete(REQUESTS, key);
         }
+        self.tx.delete(REQUESTS, keys::request_key(id, 0));
         for ino in session_inodes(&self.tx, SESSION_LOCKS, id)? {
             self.release_session_locks(ino, id)?;
         }

@@ -1173,11 +1173,19 @@ fn a_retried_request_gets_its_first_reply_and_changes_nothing() {
     fs.exec(&root(), once(s, 4, 4, unlink.clone())).expect("unlink again");
     assert_eq!(fs.exec(&root(), once(s, 5, 5, unlink)), Err(Errno::NoEnt));
 
-    // Replies the client has had are forgotten: seq 1 and 3 were answered before seq 4.
-    assert_eq!(request_rows(&fs), 1, "only the newest reply is kept");
+    // Replies the client has had are forgotten: seq 1 and 3 were answered before seq 4 (the
+    // other row is the session's "forgotten below" mark).
+    assert_eq!(request_rows(&fs), 2, "only the newest reply is kept");
     assert_eq!(fs.exec(&root(), once(s, 1, 5, create("a"))).map(|r| matches!(r, Reply::Created { .. })), Ok(true));
 
-    // Outside an open session nothing is recorded, and a closed session's replies go.
+    // Request 0 is not recorded; outside an open session nothing is recorded, and a closed
+    // session's replies go.
+    fs.exec(&root(), once(s, 0, 0, Op::Mkdir { parent: ROOT, name: b"d".to_vec(), mode: 0o755, umask: 0 }))
+        .expect("mkdir");
+    assert_eq!(
+        fs.exec(&root(), once(s, 0, 0, Op::Mkdir { parent: ROOT, name: b"d".to_vec(), mode: 0o755, umask: 0 })),
+        Err(Errno::Exist)
+    );
     fs.exec(&root(), once(SessionId(999), 1, 1, create("b"))).expect("create without a session");
     fs.exec(&root(), Op::CloseSession { session: s }).expect("close session");
     assert_eq!(request_rows(&fs), 0);
