@@ -291,35 +291,20 @@ impl ChunkEngine {
         if end - offset > WRITE_MESSAGE_BYTES_MAX as u64 {
             return Err(ChunkError::TooLarge { len: (end - offset) as usize, max: WRITE_MESSAGE_BYTES_MAX });
         }
-        // Built front to back as the store hands out each block (borrowed, verified, copied
-        // once): no zero-filled buffer to overwrite and no owned copy of every block.
-        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut out = vec![0u8; (end - offset) as usize];
         let first = geometry.block_of(offset);
         let last = geometry.block_of(end - 1);
-        let mut spans = geometry.spans(offset, end - offset);
-        let mut failed = None;
-        self.store.visit_blocks(chunk, first, last - first + 1, &mut |index, value| {
-            let Some(span) = spans.next().filter(|span| span.index == index) else { return };
-            let data = match value.map(|v| verified(chunk, index, v, geometry.block_size_bytes)) {
-                Some(Ok(data)) => data,
-                Some(Err(e)) => {
-                    failed.get_or_insert(e);
-                    return;
-                }
-                None => &[],
-            };
-            out.resize(span.start_in_range, 0);
+        let values = self.store.blocks(chunk, first, last - first + 1)?;
+        for span in geometry.spans(offset, end - offset) {
+            let Some(Some(value)) = values.get((span.index - first) as usize) else { continue };
+            let data = verified(chunk, span.index, value, geometry.block_size_bytes)?;
             let stored_end = span.end_in_block().min(data.len());
             if stored_end > span.start_in_block {
-                out.extend_from_slice(&data[span.start_in_block..stored_end]);
+                let n = stored_end - span.start_in_block;
+                out[span.start_in_range..span.start_in_range + n]
+                    .copy_from_slice(&data[span.start_in_block..stored_end]);
             }
-            // A hole, or the unwritten tail of a short block, reads as zeros.
-            out.resize(span.start_in_range + span.len, 0);
-        })?;
-        if let Some(e) = failed {
-            return Err(e);
         }
-        out.resize((end - offset) as usize, 0);
         Ok((meta, out))
     }
 

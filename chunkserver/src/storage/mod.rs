@@ -138,22 +138,6 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// blocks not stored).
     fn blocks(&self, chunk: ChunkId, first: u32, count: u32) -> Result<Vec<Option<Vec<u8>>>, StorageError>;
 
-    /// Calls `visit` with each block of `first .. first + count` in order (`None` for blocks
-    /// not stored), the value borrowed from the store: the read path copies each block once,
-    /// straight into the answer.
-    fn visit_blocks(
-        &self,
-        chunk: ChunkId,
-        first: u32,
-        count: u32,
-        visit: &mut dyn FnMut(u32, Option<&[u8]>),
-    ) -> Result<(), StorageError> {
-        for (index, value) in (first..).zip(self.blocks(chunk, first, count)?) {
-            visit(index, value.as_deref());
-        }
-        Ok(())
-    }
-
     /// Applies `batch` atomically.
     fn commit(&self, batch: StoreBatch) -> Result<(), StorageError>;
 
@@ -220,9 +204,6 @@ mod tests {
         assert_eq!(store.metas(ChunkId(0), 1).expect("metas").len(), 1);
         assert_eq!(store.blocks(ChunkId(1), 6, 3).expect("blocks"), vec![None, Some(b"b".to_vec()), None]);
         assert_eq!(store.blocks(ChunkId(1), 0, 0).expect("blocks"), Vec::<Option<Vec<u8>>>::new());
-        let mut visited = Vec::new();
-        store.visit_blocks(ChunkId(1), 6, 3, &mut |i, v| visited.push((i, v.map(<[u8]>::to_vec)))).expect("visit");
-        assert_eq!(visited, vec![(6, None), (7, Some(b"b".to_vec())), (8, None)]);
         assert_eq!(store.block_indices(ChunkId(u64::MAX)).expect("indices"), vec![u32::MAX]);
 
         let mut batch = StoreBatch::default();

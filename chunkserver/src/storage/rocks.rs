@@ -161,23 +161,6 @@ impl ChunkStore for RocksStore {
             .collect()
     }
 
-    fn visit_blocks(
-        &self,
-        chunk: ChunkId,
-        first: u32,
-        count: u32,
-        visit: &mut dyn FnMut(u32, Option<&[u8]>),
-    ) -> Result<(), StorageError> {
-        let cf = self.cf(CF_BLOCKS)?;
-        let indexes: Vec<u32> = (0..count).filter_map(|i| first.checked_add(i)).collect();
-        let keys: Vec<[u8; 12]> = indexes.iter().map(|&index| block_key(chunk, index)).collect();
-        let values = self.db.batched_multi_get_cf_opt(cf, &keys, true, &block_read_options());
-        for (index, value) in indexes.into_iter().zip(values) {
-            visit(index, value.map_err(engine)?.as_deref());
-        }
-        Ok(())
-    }
-
     fn block_indices(&self, chunk: ChunkId) -> Result<Vec<u32>, StorageError> {
         let cf = self.cf(CF_BLOCKS)?;
         let start = block_key(chunk, 0);
