@@ -442,11 +442,11 @@ impl ChunkManager {
     /// Counts rows removed from the work queues and compacts the queue tables every
     /// [`QUEUE_COMPACT_AFTER_DELETIONS`]. Each round scans the queues from their start (and
     /// every truncating setattr its file's pending truncations), and a scan steps over every
-    /// deletion tombstone still in the memtable or an SST file: after 100 000 files were
-    /// removed, an idle leader spent a sixth of a core stepping over them twice a second, until
-    /// a memtable flush that a quiet cluster may not reach for hours, and under fsx's stream of
-    /// truncations the leader spent most of its CPU there. Compacting these small tables drops
-    /// the tombstones. Local upkeep, not replicated: only the leader scans the queues.
+    /// deletion tombstone still in the memtable or an SST file: after about 300 000 files were
+    /// removed, an idle leader spent a seventh of a core stepping over them twice a second,
+    /// until a memtable flush that a quiet cluster may not reach for hours. Compacting these
+    /// small tables drops the tombstones. Local upkeep, not replicated: only the leader scans
+    /// the queues.
     async fn note_queue_deletions(&self, n: usize) {
         let due = self.memory(|m| {
             m.queue_deletions += n;
