@@ -13,11 +13,11 @@
 //!   them (before a snapshot is built, which is when the Raft log underneath may be purged).
 
 use std::collections::BTreeMap;
-
-use crate::limits::{STATE_BLOCK_CACHE_BYTES, STATE_BLOOM_BITS_PER_KEY, STATE_MEMTABLE_BLOOM_RATIO};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
+
+use crate::limits::{STATE_BLOCK_CACHE_BYTES, STATE_BLOOM_BITS_PER_KEY, STATE_MEMTABLE_BLOOM_RATIO};
 
 /// Errors from the storage engine. They are not expected in normal operation: the callers treat
 /// them as fatal for the state machine (the node stops applying rather than diverging).

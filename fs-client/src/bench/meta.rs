@@ -275,29 +275,22 @@ impl Clients {
         &mut self.meta[i]
     }
 
-    /// The message of an answer to the last request, after moving to the leader it names.
-    fn answer<T>(&mut self, response: tonic::Response<T>) -> T {
-        if let Some(endpoints) = &self.follow {
-            if let Some(leader) = leader_hint(endpoints, response.metadata()) {
-                self.next = leader;
-            }
-        }
-        response.into_inner()
-    }
-
-    /// The outcome of the last request. With [`Route::Leader`], a failure moves the next
-    /// request to the next endpoint (the leader may have changed or died) unless the error
-    /// names the leader.
+    /// The outcome of the last request. With [`Route::Leader`], the next request goes to the
+    /// leader the answer names; after a failure that names none, to the next endpoint (the
+    /// leader may have changed or died).
     fn settle<T>(&mut self, outcome: Result<tonic::Response<T>, tonic::Status>) -> Result<T, tonic::Status> {
-        match outcome {
-            Ok(response) => Ok(self.answer(response)),
-            Err(status) => {
-                if let Some(endpoints) = &self.follow {
-                    self.next = leader_hint(endpoints, status.metadata()).unwrap_or((self.last + 1) % self.meta.len());
-                }
-                Err(status)
+        if let Some(endpoints) = &self.follow {
+            let (metadata, failed) = match &outcome {
+                Ok(response) => (response.metadata(), false),
+                Err(status) => (status.metadata(), true),
+            };
+            match leader_hint(endpoints, metadata) {
+                Some(leader) => self.next = leader,
+                None if failed => self.next = (self.last + 1) % self.meta.len(),
+                None => {}
             }
         }
+        outcome.map(tonic::Response::into_inner)
     }
 
     async fn mkdir(&mut self, parent: u64, name: &str) -> Result<u64, OpError> {

@@ -235,56 +235,57 @@ impl MetaClient {
         loop {
             let i = self.current.load(Ordering::Relaxed) % n;
             let client = self.clients[i].clone();
-            let mut hinted = None;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let outcome = match attempt {
                 Some(t) => tokio::time::timeout(t.min(remaining.max(Duration::from_millis(1))), f(client)).await,
                 None => Ok(f(client).await),
             };
+            // A follower's answer, success or error, names the leader to call next.
+            match &outcome {
+                Ok(Ok(response)) => self.follow_leader(i, response.metadata()),
+                Ok(Err(status)) => self.follow_leader(i, status.metadata()),
+                Err(_) => {}
+            }
             let error = match outcome {
                 Ok(Ok(response)) => {
-                    self.follow_leader(i, response.metadata());
                     let response = response.into_inner();
                     return match response.errno() {
                         0 => Ok(response),
                         e => Err(Errno::from_i32(e as i32)),
                     };
                 }
-                Ok(Err(status)) => {
-                    hinted = leader_hint(&self.endpoints, status.metadata()).filter(|h| *h != i);
-                    match status.code() {
-                        Code::Unavailable
-                        | Code::Unknown
-                        | Code::Cancelled
-                        | Code::DeadlineExceeded
-                        | Code::Aborted
-                        | Code::ResourceExhausted => status.to_string(),
-                        // A transient cluster condition (a read barrier without a quorum) surfaces
-                        // as INTERNAL too: retry a few times, but a persistent one is a real error.
-                        Code::Internal if internal_failures < META_INTERNAL_RETRIES => {
-                            internal_failures += 1;
-                            status.to_string()
-                        }
-                        Code::InvalidArgument => {
-                            tracing::warn!(op, endpoint = %self.endpoints[i], %status, "metaserver rejected a request");
-                            return Err(Errno::EINVAL);
-                        }
-                        Code::Unimplemented => {
-                            tracing::warn!(op, endpoint = %self.endpoints[i], %status, "metaserver lacks an RPC");
-                            return Err(Errno::ENOSYS);
-                        }
-                        _ => {
-                            tracing::warn!(op, endpoint = %self.endpoints[i], %status, "metaserver call failed");
-                            return Err(Errno::EIO);
-                        }
+                Ok(Err(status)) => match status.code() {
+                    Code::Unavailable
+                    | Code::Unknown
+                    | Code::Cancelled
+                    | Code::DeadlineExceeded
+                    | Code::Aborted
+                    | Code::ResourceExhausted => status.to_string(),
+                    // A transient cluster condition (a read barrier without a quorum) surfaces
+                    // as INTERNAL too: retry a few times, but a persistent one is a real error.
+                    Code::Internal if internal_failures < META_INTERNAL_RETRIES => {
+                        internal_failures += 1;
+                        status.to_string()
                     }
-                }
+                    Code::InvalidArgument => {
+                        tracing::warn!(op, endpoint = %self.endpoints[i], %status, "metaserver rejected a request");
+                        return Err(Errno::EINVAL);
+                    }
+                    Code::Unimplemented => {
+                        tracing::warn!(op, endpoint = %self.endpoints[i], %status, "metaserver lacks an RPC");
+                        return Err(Errno::ENOSYS);
+                    }
+                    _ => {
+                        tracing::warn!(op, endpoint = %self.endpoints[i], %status, "metaserver call failed");
+                        return Err(Errno::EIO);
+                    }
+                },
                 Err(_) => "attempt timed out".to_owned(),
             };
             failures += 1;
             tracing::debug!(op, endpoint = %self.endpoints[i], error, "metaserver call failed; trying the next endpoint");
-            let next = hinted.unwrap_or((i + 1) % n);
-            let _ = self.current.compare_exchange(i, next, Ordering::Relaxed, Ordering::Relaxed);
+            // No-op when the answer already moved the client to the leader.
+            let _ = self.current.compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
             if Instant::now() >= deadline {
                 tracing::warn!(op, error, "metaserver unreachable; failing with EIO");
                 return Err(Errno::EIO);
