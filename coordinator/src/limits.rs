@@ -25,8 +25,6 @@ pub const STATE_BLOCK_CACHE_BYTES: usize = 64 * 1024 * 1024;
 pub const STATE_BLOOM_BITS_PER_KEY: f64 = 10.0;
 /// Share of each memtable's size given to its whole-key Bloom filter.
 pub const STATE_MEMTABLE_BLOOM_RATIO: f64 = 0.1;
-/// Log appends whose fsync is pending; appenders wait when it is full.
-pub const LOG_SYNC_QUEUE_MAX: usize = 1024;
 /// Largest gRPC message on the peer (Raft) transport.
 pub const RAFT_MESSAGE_BYTES_MAX: usize = 128 * 1024 * 1024;
 /// Snapshot chunk sent per InstallSnapshot RPC.

@@ -1,14 +1,15 @@
 //! The Raft log in RocksDB.
 //!
 //! Promises: an append is reported flushed to openraft only after the WAL holding it is synced;
-//! the vote is synced before `save_vote` returns. Many appends share one fsync: `append` writes
-//! its entries (unsynced, immediately readable) and queues the flush callback for the syncer
-//! thread, which syncs the WAL once for everything queued so far and then completes every
-//! callback. RocksDB writes are sequential in the WAL, so one sync covers all earlier writes.
-//! (openraft 0.9 awaits each append's flush before its core does anything else, so in practice
-//! the queue holds one append at a time; group commit comes from batching proposals, see `node`.
-//! Syncing inline instead saves two thread wake-ups per write but cost throughput at 64 clients
-//! in measurements; see docs/benchmarks.md.)
+//! the vote is synced before `save_vote` returns.
+//!
+//! `append` writes its entries with a synced write and completes the flush callback before it
+//! returns, blocking the Raft core's worker thread for the fsync. openraft 0.9 awaits each
+//! append's flush before its core does anything else, so the core waits for the fsync either way;
+//! syncing in place saves the two thread wake-ups a separate syncer thread cost (the write handed
+//! to the thread, the callback handed back), about a tenth of a 1-client Raft write on this
+//! machine. The other worker threads keep serving while one waits for the disk. Group commit
+//! comes from batching proposals (see `node`), not from here. Measurements: docs/benchmarks.md.
 //!
 //! Layout (column families of the node's single RocksDB instance):
 //! - `raft_log`: big-endian log index -> bincode(Entry)
@@ -21,10 +22,8 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError};
-use tokio::sync::mpsc;
 
 use super::types::{decode, encode, Entry, LogId, StorageError, TypeConfig, Vote};
-use crate::limits;
 
 pub(crate) const LOG_TABLE: &str = "raft_log";
 pub(crate) const META_TABLE: &str = "raft_meta";
@@ -44,43 +43,17 @@ fn read_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::read_logs(&e).into()
 }
 
-/// The RocksDB log store. Cheap to clone: clones share the database and the syncer.
+/// The RocksDB log store. Cheap to clone: clones share the database.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<rocksdb::DB>,
-    syncer: Arc<Syncer>,
-}
-
-/// The syncer thread's queue, and the thread, joined when the last clone of the store goes.
-/// The thread holds the database: left detached, it could still be closing it when the process
-/// exits, racing RocksDB's static destructors ("pthread lock: Invalid argument" and SIGABRT at
-/// the end of a test binary).
-struct Syncer {
-    tx: Option<mpsc::Sender<LogFlushed<TypeConfig>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Syncer {
-    fn drop(&mut self) {
-        // Closing the queue ends the thread once it has synced what was queued.
-        drop(self.tx.take());
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                tracing::error!("the raft log syncer thread panicked");
-            }
-        }
-    }
 }
 
 impl LogStore {
     /// Opens the log store over `db`, which must have the [`LOG_TABLE`] and [`META_TABLE`]
-    /// column families, and starts its syncer thread (joined when every clone is dropped).
-    pub fn new(db: Arc<rocksdb::DB>) -> std::io::Result<Self> {
-        let (sync_tx, sync_rx) = mpsc::channel(limits::LOG_SYNC_QUEUE_MAX);
-        let sync_db = db.clone();
-        let thread =
-            std::thread::Builder::new().name("raft-log-sync".into()).spawn(move || sync_loop(sync_db, sync_rx))?;
-        Ok(Self { db, syncer: Arc::new(Syncer { tx: Some(sync_tx), thread: Some(thread) }) })
+    /// column families.
+    pub fn new(db: Arc<rocksdb::DB>) -> Self {
+        Self { db }
     }
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StorageError> {
@@ -116,25 +89,6 @@ impl LogStore {
                 it.status().map_err(read_err)?;
                 Ok(None)
             }
-        }
-    }
-}
-
-/// Syncs the WAL for every queued append and completes their callbacks, one fsync per round.
-fn sync_loop(db: Arc<rocksdb::DB>, mut rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
-    let mut pending = Vec::new();
-    while let Some(first) = rx.blocking_recv() {
-        pending.push(first);
-        while let Ok(more) = rx.try_recv() {
-            pending.push(more);
-        }
-        let result = db.flush_wal(true);
-        for callback in pending.drain(..) {
-            let r = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(std::io::Error::other(e.to_string())),
-            };
-            callback.log_io_completed(r);
         }
     }
 }
@@ -211,9 +165,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in entries {
             batch.put_cf(cf, index_key(entry.log_id.index), encode(&entry).map_err(write_err)?);
         }
-        self.db.write(batch).map_err(write_err)?;
-        let stopped = || write_err(std::io::Error::other("log syncer stopped"));
-        self.syncer.tx.as_ref().ok_or_else(stopped)?.send(callback).await.map_err(|_| stopped())
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        let result = self.db.write_opt(batch, &opts);
+        let io_result = result.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
+        callback.log_io_completed(io_result);
+        result.map_err(write_err)
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

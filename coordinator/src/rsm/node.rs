@@ -248,7 +248,7 @@ impl<A: App> Rsm<A> {
         let mut tables: Vec<&str> = vec![LOG_TABLE, META_TABLE, SM_TABLE];
         tables.extend(app.tables().iter().copied());
         let store = Arc::new(RocksStore::open(&config.data_dir.join("db"), &tables).map_err(internal)?);
-        let log_store = LogStore::new(store.db().clone()).map_err(internal)?;
+        let log_store = LogStore::new(store.db().clone());
         let state_machine = StateMachine::new(store.clone(), app.clone(), config.data_dir.clone()).map_err(internal)?;
 
         let raft_config = openraft::Config {

@@ -53,7 +53,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine<Registers>, tempfile::TempD
         let store = Arc::new(
             RocksStore::open(&dir.path().join("db"), &tables).map_err(|e| openraft::StorageIOError::write(&e))?,
         );
-        let log = LogStore::new(store.db().clone()).map_err(|e| openraft::StorageIOError::write(&e))?;
+        let log = LogStore::new(store.db().clone());
         let sm = StateMachine::new(store, Arc::new(Registers::default()), dir.path().to_path_buf())?;
         Ok((dir, log, sm))
     }
