@@ -41,8 +41,8 @@ use super::placement::place;
 use super::registry::RegistryView;
 use crate::limits::{
     CHUNK_CALLS_CONCURRENCY, CHUNK_MAP_PAGE_ROWS, CHUNK_WORK_BATCH_MAX, CHUNK_WORK_INTERVAL, FSCK_LIST_DEFAULT,
-    FSCK_LIST_MAX, HEAL_CHUNKS_PER_ROUND, HEAL_CONCURRENCY, LIST_CHUNKS_PAGE, ORPHANS_REMEMBERED_MAX,
-    QUEUE_COMPACT_AFTER_DELETIONS,
+    FSCK_LIST_MAX, HEAL_CHUNKS_PER_ROUND, HEAL_CONCURRENCY, HEAL_IDLE_WALK_INTERVAL, LIST_CHUNKS_PAGE,
+    ORPHANS_REMEMBERED_MAX, QUEUE_COMPACT_AFTER_DELETIONS,
 };
 use crate::namespace::chunks::{self as map, MapEntry};
 use crate::namespace::types::PendingTruncate;
@@ -143,6 +143,35 @@ struct Memory {
     /// Rows this leader removed from its work queues (`ns_reclaim`, `ns_gc`, `ns_truncates`)
     /// since it last compacted them.
     queue_deletions: usize,
+    heal_walks: HealWalks,
+}
+
+/// When healing walks the chunk map. A walk reads every chunk, so an idle leader of a big
+/// filesystem must not repeat it every round: it walks when the live chunkservers changed,
+/// when asked to (the previous walk healed or skipped chunks, or the leader changed a replica
+/// set), and otherwise every `HEAL_IDLE_WALK_INTERVAL`, which bounds how late a change made
+/// any other way is noticed and how stale the chunk gauges get.
+#[derive(Debug, Default)]
+struct HealWalks {
+    /// When the map was last walked, and the live chunkservers then.
+    last: Option<(Instant, Vec<ChunkserverId>)>,
+    again: bool,
+}
+
+impl HealWalks {
+    /// Whether to walk now, with these live servers; a yes counts as the walk starting.
+    fn due(&mut self, live: Vec<ChunkserverId>, now: Instant) -> bool {
+        let due = self.again
+            || match &self.last {
+                None => true,
+                Some((at, seen)) => *seen != live || now.saturating_duration_since(*at) >= HEAL_IDLE_WALK_INTERVAL,
+            };
+        if due {
+            self.again = false;
+            self.last = Some((now, live));
+        }
+        due
+    }
 }
 
 /// The leader's chunk work. One per node; it works only while the node leads.
@@ -196,7 +225,13 @@ impl ChunkManager {
     }
 
     async fn propose(&self, op: Op) -> Result<Outcome, RsmError> {
-        self.node.change_local(Caller::root(), op).await
+        let replicas_change = matches!(op, Op::SetChunkReplicas { .. } | Op::ChunkTruncated { .. });
+        let outcome = self.node.change_local(Caller::root(), op).await;
+        if replicas_change {
+            // A replica set may have shrunk: healing looks at the map at its next round.
+            self.memory(|m| m.heal_walks.again = true);
+        }
+        outcome
     }
 
     // ---- failure reports ----
@@ -628,9 +663,12 @@ impl ChunkManager {
     // ---- healing ----
 
     /// Re-replicates under-replicated chunks, most endangered first, at most a batch per round.
-    /// Answers how many were healed. Also refreshes the chunk gauges.
+    /// Answers how many were healed. Also refreshes the chunk gauges. Walks the map only when
+    /// due (see [`HealWalks`]).
     pub async fn heal(&self) -> Result<usize, RsmError> {
-        if !self.registry.synced() {
+        let Some(live) = self.registry.live() else { return Ok(0) };
+        let live = live.iter().map(|s| s.server()).collect();
+        if !self.memory(|m| m.heal_walks.due(live, Instant::now())) {
             return Ok(0);
         }
         let rf = self.replication_factor()?;
@@ -657,6 +695,7 @@ impl ChunkManager {
         self.node.metrics().set_chunk_counts(chunks, under, unavailable);
         candidates.sort_by_key(|(live, e)| (*live, e.chunk.id));
         let mut chosen = Vec::new();
+        let mut busy_skipped = false;
         for (_, entry) in candidates {
             if chosen.len() >= HEAL_CHUNKS_PER_ROUND {
                 break;
@@ -665,7 +704,9 @@ impl ChunkManager {
                 Ok((entry.chunk.fresh && map::has_writers(s, entry.ino)?)
                     || map::pending_truncate(s, entry.ino, entry.index)?.is_some())
             })?;
-            if !busy {
+            if busy {
+                busy_skipped = true;
+            } else {
                 chosen.push(entry);
             }
         }
@@ -675,12 +716,19 @@ impl ChunkManager {
             .collect::<Vec<_>>()
             .await;
         let mut n = 0;
+        let mut again = busy_skipped;
         for result in healed {
             match result? {
                 Heal::Done => n += 1,
                 Heal::Failed => self.node.metrics().chunk_event("heal_failed"),
-                Heal::Skipped => {}
+                Heal::Skipped => again = true,
             }
+        }
+        if n > 0 || again {
+            // More may be left than one round heals, or a skipped chunk is free next round.
+            // Failed copies wait for the idle walk or a change of chunkservers instead: with
+            // fewer live servers than the replication factor they would fail every round.
+            self.memory(|m| m.heal_walks.again = true);
         }
         if n > 0 {
             self.node.metrics().chunk_events("healed", n as u64);
@@ -930,5 +978,36 @@ impl ChunkManager {
             }
             other => Err(internal(format!("unknown leader call {other}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn servers(ids: &[u64]) -> Vec<ChunkserverId> {
+        ids.iter().map(|&i| ChunkserverId(i)).collect()
+    }
+
+    #[test]
+    fn healing_walks_on_change_or_request_else_when_idle_interval_passed() {
+        let mut walks = HealWalks::default();
+        let t0 = Instant::now();
+        assert!(walks.due(servers(&[1, 2, 3]), t0), "a new leader walks at once");
+        assert!(!walks.due(servers(&[1, 2, 3]), t0 + Duration::from_millis(500)), "nothing changed");
+
+        assert!(walks.due(servers(&[1, 3]), t0 + Duration::from_secs(1)), "a server was lost");
+        assert!(!walks.due(servers(&[1, 3]), t0 + Duration::from_millis(1500)));
+        assert!(walks.due(servers(&[1, 3, 4]), t0 + Duration::from_secs(2)), "a server joined");
+
+        walks.again = true;
+        assert!(walks.due(servers(&[1, 3, 4]), t0 + Duration::from_millis(2500)), "asked to walk again");
+        assert!(!walks.due(servers(&[1, 3, 4]), t0 + Duration::from_secs(3)), "the request was used up");
+
+        let idle = t0 + Duration::from_millis(2500) + HEAL_IDLE_WALK_INTERVAL;
+        assert!(!walks.due(servers(&[1, 3, 4]), idle - Duration::from_millis(1)));
+        assert!(walks.due(servers(&[1, 3, 4]), idle), "the idle interval passed");
     }
 }
