@@ -31,6 +31,22 @@ pub enum Command {
     Mount(MountArgs),
     /// Unmount a Cairn filesystem.
     Umount(UmountArgs),
+    /// Report under-replicated, unavailable and orphan chunks (exit status 1 when any chunk
+    /// lacks replicas).
+    Fsck(FsckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FsckArgs {
+    /// Comma-separated metaserver gRPC endpoints (host:port); any of them answers.
+    #[arg(long, env = "CAIRN_METASERVER_ENDPOINTS", value_delimiter = ',', required = true)]
+    pub metaserver: Vec<String>,
+    /// Most chunks listed per category (the counts are always complete).
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    /// How long one metaserver may take to answer.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Args)]

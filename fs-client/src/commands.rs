@@ -9,7 +9,8 @@ use anyhow::Context as _;
 
 use crate::bench::{kv, lock, meta};
 use crate::cli::{
-    BenchCommand, BenchKvArgs, BenchLockArgs, BenchMetaArgs, Command, DevCommand, DevDownArgs, DevUpArgs, OutputFormat,
+    BenchCommand, BenchKvArgs, BenchLockArgs, BenchMetaArgs, Command, DevCommand, DevDownArgs, DevUpArgs, FsckArgs,
+    OutputFormat,
 };
 use crate::dev::{self, ClusterSpec, UpOutcome};
 
@@ -21,6 +22,7 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Kv(args)) => bench_kv(args).await,
         Command::Bench(BenchCommand::Lock(args)) => bench_lock(args).await,
         Command::Bench(BenchCommand::Meta(args)) => bench_meta(args).await,
+        Command::Fsck(args) => fsck(args).await,
         // Mounting runs its own runtime and blocks; lib.rs handles it before starting this one.
         Command::Mount(_) | Command::Umount(_) => unreachable!("handled by crate::run"),
     }
@@ -196,4 +198,10 @@ async fn bench_meta(args: BenchMetaArgs) -> anyhow::Result<ExitCode> {
     .await
     .context("run the metadata benchmark")?;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn fsck(args: FsckArgs) -> anyhow::Result<ExitCode> {
+    let report = crate::fsck::query(&args.metaserver, args.limit, args.timeout).await?;
+    emit(&crate::fsck::render(&report))?;
+    Ok(if crate::fsck::healthy(&report) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

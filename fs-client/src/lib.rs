@@ -2,6 +2,7 @@
 //!
 //! * [`dev`] starts and stops local multi-process clusters; `cairn dev` and the multi-process
 //!   integration tests share it.
+//! * [`fsck`] is `cairn fsck`, the chunk health report.
 //! * [`bench`] holds load generators (`cairn bench kv`).
 //! * [`http`] is the minimal HTTP/1.1 client for the servers' `/health`, `/status`, `/metrics`.
 //! * [`cli`] parses the command line; `commands` carries each subcommand out.
@@ -13,6 +14,7 @@ pub mod bench;
 pub mod cli;
 mod commands;
 pub mod dev;
+pub mod fsck;
 pub mod fuse;
 pub mod http;
 pub mod limits;

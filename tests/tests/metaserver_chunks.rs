@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context as _};
 use cairn_chunkserver::client::ChunkClient;
-use cairn_fs_client::dev::{Cluster, ClusterSpec, NodeId, NodeRef, Signal};
+use cairn_fs_client::dev::{bin_dir, Cluster, ClusterSpec, NodeId, NodeRef, Signal, MOUNT_BINARY};
 use cairn_proto::chunk::WriteHeader;
 use cairn_proto::meta as pb;
 use cairn_proto::meta::meta_service_client::MetaServiceClient;
@@ -523,6 +523,20 @@ async fn chunk_map_gc_and_healing() -> anyhow::Result<()> {
     let h_len = h.bytes.len() as u64;
     fx.verify(&h, &[(0, 300_000), (CHUNK, 300_000), (2 * CHUNK, h_len - 2 * CHUNK)]).await?;
     eprintln!("phase 4: healed; data identical on every replica");
+    // The operator's view of the same state: `cairn fsck` says healthy and exits 0.
+    let fsck = std::process::Command::new(bin_dir()?.join(MOUNT_BINARY))
+        .args(["fsck", "--limit", "5", "--metaserver", &fx.cluster.metaserver_endpoints().join(",")])
+        .output()?;
+    let text = String::from_utf8_lossy(&fsck.stdout);
+    ensure!(
+        fsck.status.success()
+            && text.contains("chunks: 4\n")
+            && text.contains("live chunkservers: 3 ")
+            && text.contains("status: healthy\n"),
+        "cairn fsck: {}\n{text}{}",
+        fsck.status,
+        String::from_utf8_lossy(&fsck.stderr)
+    );
     let healed = fx.metric_sum("cairn_metaserver_chunk_events_total{kind=\"healed\"}").await?;
     ensure!(healed >= 1.0, "healed chunks in the metaservers' metrics: {healed}");
     let gc = fx.metric_sum("cairn_metaserver_chunk_events_total{kind=\"gc_deleted\"}").await?;
