@@ -415,16 +415,17 @@ impl<'a> Apply<'a> {
             Some(bytes) => decode("open count", &bytes)?,
             None => return Err(Errno::BadF.into()),
         };
-        if count <= 1 {
+        let writers = self.write_handles(ino, session)?;
+        let last_writer = if count <= 1 {
             // The session's last handle on the file: a session without a handle holds no locks
             // there (as a process's locks go with its last descriptor of the file).
             self.tx.delete(OPEN, key.clone());
             self.tx.delete(OPEN_WRITE, key);
             self.tx.delete(SESSION_OPEN, keys::session_inode_key(session, ino));
             self.release_session_locks(ino, session)?;
+            writers > 0
         } else {
             self.tx.put(OPEN, key.clone(), encode(&(count - 1)));
-            let writers = self.write_handles(ino, session)?;
             let closes_writer = match write {
                 Some(w) => w,
                 None => writers >= count,
@@ -436,6 +437,10 @@ impl<'a> Apply<'a> {
                     self.tx.put(OPEN_WRITE, key, encode(&(writers - 1)));
                 }
             }
+            closes_writer && writers == 1
+        };
+        if last_writer {
+            self.drop_unwritten_chunks(ino)?;
         }
         self.drop_handles(ino, 1)?;
         Ok(Reply::Done)

@@ -340,6 +340,23 @@ impl Apply<'_> {
         self.tx.put(GC, c.id.0.to_be_bytes().to_vec(), encode(&GcChunk { version: c.version, replicas: c.replicas }));
     }
 
+    /// Once nobody has `ino` open for writing, drops its chunks that no committed write ever
+    /// reached (`fresh`). A file created for writing and closed unwritten (`touch`, an empty
+    /// output file) would otherwise keep its chunk 0 for good: a map row with replicas that hold
+    /// nothing, walked by healing, fsck and the orphan scan. Whatever an uncommitted write left
+    /// on those replicas goes to the deletion queue with the chunk.
+    pub(super) fn drop_unwritten_chunks(&mut self, ino: InodeId) -> Res<()> {
+        if has_writers(&self.tx, ino)? {
+            return Ok(());
+        }
+        for (index, c) in self.chunks_from(ino, 0)? {
+            if c.fresh {
+                self.drop_chunk(ino, index, c);
+            }
+        }
+        Ok(())
+    }
+
     /// The chunks of `ino` from index `first` on.
     fn chunks_from(&self, ino: InodeId, first: u64) -> Res<Vec<(u64, Chunk)>> {
         let start = keys::chunk_key(ino, first);

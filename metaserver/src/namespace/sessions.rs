@@ -174,9 +174,13 @@ impl Apply<'_> {
                 Some(bytes) => decode("open count", &bytes)?,
                 None => 0,
             };
+            let writers = self.write_handles(ino, id)?;
             self.tx.delete(OPEN, key.clone());
             self.tx.delete(OPEN_WRITE, key);
             self.tx.delete(SESSION_OPEN, keys::session_inode_key(id, ino));
+            if writers > 0 {
+                self.drop_unwritten_chunks(ino)?;
+            }
             self.drop_handles(ino, count)?;
         }
         self.tx.delete(SESSIONS, keys::session_key(id));

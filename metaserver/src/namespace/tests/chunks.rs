@@ -143,6 +143,37 @@ fn commit_write_grows_the_file_and_clears_fresh() {
 }
 
 #[test]
+fn chunks_never_written_go_with_the_last_writer() {
+    let mut fs = Fs::new();
+    let f = fs.writable("f");
+    fs.allocate(f, S1, 0, &[1, 2]).expect("allocate");
+    fs.allocate(f, S1, 1, &[1, 2]).expect("allocate");
+    fs.commit(&root(), f, 10, &[0]).expect("commit chunk 0");
+    // Session 2 writes too: session 1's close leaves its fresh chunk alone.
+    fs.attr(&root(), Op::Open { ino: f, session: SessionId(2), flags: rw() }).expect("open rw");
+    fs.exec(&root(), Op::CloseHandle { ino: f, session: S1, write: true }).expect("close");
+    assert!(fs.chunk_at(f, 1).expect("chunk 1 while session 2 writes").fresh);
+    assert!(fs.gc_ids().is_empty());
+    // The last writer goes (here by expiry): the chunk no commit reached is dropped and queued
+    // for deletion; the written one stays.
+    fs.exec(&root(), Op::ExpireSessions { ids: vec![SessionId(2)] }).expect("expire");
+    assert!(fs.chunk_at(f, 1).is_none());
+    assert!(map::place(&fs.store, ChunkId(2)).expect("place").is_none());
+    assert_eq!(fs.gc_ids(), vec![2]);
+    assert!(!fs.chunk_at(f, 0).expect("the written chunk").fresh);
+    // A close that leaves a read handle in the session still ends its writing.
+    fs.attr(&root(), Op::Open { ino: f, session: S1, flags: rw() }).expect("open rw");
+    fs.attr(&root(), Op::Open { ino: f, session: S1, flags: ro() }).expect("open ro");
+    fs.allocate(f, S1, 3, &[1]).expect("allocate");
+    fs.exec(&root(), Op::CloseHandle { ino: f, session: S1, write: false }).expect("close ro");
+    assert!(fs.chunk_at(f, 3).is_some(), "the writer is still open");
+    fs.exec(&root(), Op::CloseHandle { ino: f, session: S1, write: true }).expect("close rw");
+    assert!(fs.chunk_at(f, 3).is_none());
+    assert_eq!(fs.gc_ids(), vec![2, 3]);
+    assert!(fs.chunk_at(f, 0).is_some());
+}
+
+#[test]
 fn commit_write_clears_setuid_for_non_root() {
     let mut fs = Fs::new();
     let f = fs.writable("f");
