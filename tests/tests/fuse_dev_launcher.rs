@@ -3,6 +3,7 @@
 //! recording CAIRN_MOUNT in cluster.env; a killed mount is mounted again by the next up; down
 //! unmounts (nothing left in /proc/self/mountinfo, even for a dead mount) and stops everything;
 //! data survives down/up; `--no-mount` starts only the servers; `down --purge` removes it all.
+//! On the way, `cairn fsck` shows that files created and closed unwritten keep no chunk.
 
 use std::path::Path;
 use std::process::Command;
@@ -63,6 +64,25 @@ fn dev_up_mounts_and_dev_down_unmounts() -> anyhow::Result<()> {
     assert_eq!(env_value(&dir, "CAIRN_MOUNT")?, Some(mnt.display().to_string()));
     assert!(is_fuse_mounted(&mnt)?, "{} is not a FUSE mount after dev up", mnt.display());
     std::fs::write(mnt.join("hello"), b"kept across restarts").context("write through the mount")?;
+
+    // Files created and closed without a write keep no chunk: the map holds hello's alone.
+    for i in 0..20 {
+        std::fs::File::create(mnt.join(format!("empty-{i}"))).context("create an empty file")?;
+    }
+    let endpoints = env_value(&dir, "CAIRN_METASERVER_ENDPOINTS")?.context("no metaserver endpoints")?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        // The mount closes a handle after close(2) returns (FUSE release): poll.
+        let fsck = Command::new(bin_dir()?.join(MOUNT_BINARY)).args(["fsck", "--metaserver", &endpoints]).output()?;
+        let report = String::from_utf8_lossy(&fsck.stdout).into_owned();
+        if fsck.status.success() && report.contains("chunks: 1\n") {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("empty files still hold chunks ({}):\n{report}", fsck.status);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 
     // A SIGKILLed client leaves a dead mount; the next `dev up` replaces it.
     let pid = mount_pid(&dir)?;
