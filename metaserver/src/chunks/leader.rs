@@ -155,6 +155,7 @@ struct Memory {
 struct HealWalks {
     /// When the map was last walked, and the live chunkservers then.
     last: Option<(Instant, Vec<ChunkserverId>)>,
+    /// Walk at the next round, whatever else holds.
     again: bool,
 }
 
@@ -954,6 +955,8 @@ impl ChunkManager {
             }
             if let Err(e) = self.heal().await {
                 tracing::warn!(error = %e, "healing round");
+                // The walk may have stopped half-way: try again next round, not in 10 s.
+                self.memory(|m| m.heal_walks.again = true);
             }
         }
     }
