@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use cairn_proto::meta::meta_service_client::MetaServiceClient;
-use cairn_proto::meta::{FsckChunk, FsckRequest, FsckResponse};
+use cairn_proto::meta::{ChunkReplica, FsckChunk, FsckRequest, FsckResponse};
 use tonic::transport::Endpoint;
 
+use crate::bench::kv::endpoint_uri;
 use crate::limits::MOUNT_CONNECT_TIMEOUT;
 
 /// Asks the metaservers in turn until one answers; the error names every endpoint's failure.
@@ -26,8 +27,7 @@ pub async fn query(endpoints: &[String], limit: u32, timeout: Duration) -> anyho
 }
 
 async fn ask(endpoint: &str, limit: u32, timeout: Duration) -> anyhow::Result<FsckResponse> {
-    let uri = if endpoint.contains("://") { endpoint.to_owned() } else { format!("http://{endpoint}") };
-    let channel = Endpoint::from_shared(uri)
+    let channel = Endpoint::from_shared(endpoint_uri(endpoint))
         .context("invalid endpoint")?
         .connect_timeout(MOUNT_CONNECT_TIMEOUT)
         .timeout(timeout)
@@ -47,8 +47,7 @@ pub fn healthy(report: &FsckResponse) -> bool {
 /// The report as text: counts first, then the chunks listed in each category.
 pub fn render(report: &FsckResponse) -> String {
     let mut out = String::new();
-    let servers: Vec<String> =
-        report.chunkservers.iter().map(|s| format!("{}@{}", s.chunkserver_id, s.address)).collect();
+    let servers: Vec<String> = report.chunkservers.iter().map(replica_label).collect();
     let _ = writeln!(out, "chunks: {}", report.chunks);
     let _ = writeln!(out, "live chunkservers: {} ({})", servers.len(), servers.join(", "));
     let categories = [
@@ -69,16 +68,19 @@ pub fn render(report: &FsckResponse) -> String {
     out
 }
 
+/// `ID@ADDRESS` of a chunkserver.
+fn replica_label(r: &ChunkReplica) -> String {
+    format!("{}@{}", r.chunkserver_id, r.address)
+}
+
 fn chunk_line(c: &FsckChunk) -> String {
-    let replicas: Vec<String> = c.replicas.iter().map(|r| format!("{}@{}", r.chunkserver_id, r.address)).collect();
+    let replicas: Vec<String> = c.replicas.iter().map(replica_label).collect();
     let replicas = if replicas.is_empty() { "none".to_owned() } else { replicas.join(",") };
     format!("chunk={} ino={} index={} version={} live_replicas={replicas}", c.chunk_id, c.ino, c.index, c.version)
 }
 
 #[cfg(test)]
 mod tests {
-    use cairn_proto::meta::ChunkReplica;
-
     use super::*;
 
     fn replica(id: u64) -> ChunkReplica {
