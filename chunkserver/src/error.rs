@@ -54,6 +54,11 @@ pub enum ChunkError {
     #[error("replica {replica} failed: {message}")]
     ReplicaFailed { replica: String, message: String },
 
+    /// A replica further down the chain refused the write for lack of space. Not a failed
+    /// replica: the caller reports ENOSPC instead of repairing the chain around it.
+    #[error("replica {replica} is out of space: {message}")]
+    ReplicaNoSpace { replica: String, message: String },
+
     /// The chunkserver a copy reads from failed.
     #[error("peer {peer}: {message}")]
     Peer { peer: String, message: String },

@@ -18,7 +18,7 @@ use cairn_proto::chunk::{WriteChunkRequest, WriteChunkResponse};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
-use tonic::Status;
+use tonic::{Code, Status};
 
 use crate::client::{endpoint, failed_replica, raw_client};
 use crate::error::ChunkError;
@@ -56,17 +56,21 @@ impl PeerPool {
 
 /// The error for a failed call to the downstream `replica`.
 pub fn replica_failure(replica: &str, status: &Status) -> ChunkError {
-    match failed_replica(status) {
+    let no_space = status.code() == Code::ResourceExhausted;
+    let (replica, message) = match failed_replica(status) {
         // Further down the chain: keep the name (and message) of the replica that failed.
         Some(deeper) => {
-            let prefix = format!("replica {deeper} failed: ");
+            let verb = if no_space { "is out of space" } else { "failed" };
+            let prefix = format!("replica {deeper} {verb}: ");
             let message = status.message().strip_prefix(&prefix).unwrap_or(status.message()).to_owned();
-            ChunkError::ReplicaFailed { replica: deeper, message }
+            (deeper, message)
         }
-        None => ChunkError::ReplicaFailed {
-            replica: replica.to_owned(),
-            message: format!("{} ({:?})", status.message(), status.code()),
-        },
+        None => (replica.to_owned(), format!("{} ({:?})", status.message(), status.code())),
+    };
+    if no_space {
+        ChunkError::ReplicaNoSpace { replica, message }
+    } else {
+        ChunkError::ReplicaFailed { replica, message }
     }
 }
 
@@ -166,5 +170,18 @@ mod tests {
         status.metadata_mut().insert(FAILED_REPLICA_KEY, "c:3".parse().expect("ascii"));
         let deeper = replica_failure("b:2", &status);
         assert_eq!(deeper.to_string(), "replica c:3 failed: disk full");
+    }
+
+    #[test]
+    fn lack_of_space_is_not_a_failed_replica() {
+        let direct = replica_failure("a:1", &Status::resource_exhausted("not enough space"));
+        assert!(matches!(&direct, ChunkError::ReplicaNoSpace { replica, .. } if replica == "a:1"), "{direct}");
+        // A deeper replica's lack of space keeps both its name and its kind up the chain.
+        let mut status = crate::api::status::to_status(&direct);
+        let upstream = replica_failure("z:9", &status);
+        assert!(matches!(&upstream, ChunkError::ReplicaNoSpace { replica, .. } if replica == "a:1"), "{upstream}");
+        assert_eq!(upstream.to_string(), direct.to_string());
+        status = crate::api::status::to_status(&upstream);
+        assert_eq!(status.code(), Code::ResourceExhausted);
     }
 }

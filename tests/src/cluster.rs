@@ -12,7 +12,7 @@ use serde::Deserialize;
 use tempfile::TempDir;
 
 use crate::limits::{CLUSTER_READY_TIMEOUT, HTTP_REQUEST_TIMEOUT, LEADER_TIMEOUT, LOG_LINES_QUOTED_MAX};
-use crate::{connect, poll_until, Etcdctl};
+use crate::{connect, keep_for_diagnosis, poll_until, Etcdctl};
 
 /// Raft timings and snapshot policy of the coordinators of a [`TestCluster`].
 #[derive(Debug, Clone)]
@@ -149,9 +149,8 @@ impl TestCluster {
         match Cluster::start(spec).await {
             Ok(cluster) => Ok(TestCluster { name: name.to_owned(), cluster, dir: Some(dir), finished: false }),
             Err(e) => {
-                let kept = dir.keep();
-                Err(anyhow::Error::new(e)
-                    .context(format!("start the {name} cluster (directory kept: {})", kept.display())))
+                let kept = keep_for_diagnosis(dir);
+                Err(anyhow::Error::new(e).context(format!("start the {name} cluster (directory kept: {kept})")))
             }
         }
     }
@@ -249,12 +248,8 @@ impl Drop for TestCluster {
         // The launcher's `Cluster` (a field) kills the servers after this runs.
         if !self.finished {
             if let Some(dir) = self.dir.take() {
-                let kept = dir.keep();
-                eprintln!(
-                    "test did not finish: the {} cluster's data and logs are kept in {}",
-                    self.name,
-                    kept.display()
-                );
+                let kept = keep_for_diagnosis(dir);
+                eprintln!("test did not finish: the {} cluster's logs are kept in {kept}", self.name);
             }
         }
     }

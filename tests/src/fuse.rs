@@ -18,7 +18,7 @@ use tempfile::TempDir;
 use crate::limits::{
     CLUSTER_READY_TIMEOUT, LEADER_TIMEOUT, LOG_LINES_QUOTED_MAX, SHELL_KILL_GRACE, SHELL_POLL_INTERVAL, SHELL_TIMEOUT,
 };
-use crate::{poll_until, AllowedError, PEER_RPC_TIMEOUT, PEER_UNREACHABLE};
+use crate::{keep_for_diagnosis, poll_until, AllowedError, PEER_RPC_TIMEOUT, PEER_UNREACHABLE};
 
 /// openraft logs at ERROR when a metaserver's or coordinator's Raft RPC to a peer fails; peers
 /// start one by one and the fault tests kill some.
@@ -46,6 +46,8 @@ pub struct FuseOptions {
     pub mount: bool,
     /// Extra `cairn mount` arguments.
     pub mount_args: Vec<OsString>,
+    /// Extra arguments of every chunkserver (`--capacity 96MiB`).
+    pub chunkserver_args: Vec<OsString>,
 }
 
 impl Default for FuseOptions {
@@ -57,13 +59,14 @@ impl Default for FuseOptions {
             election_timeout: "1s",
             mount: true,
             mount_args: Vec::new(),
+            chunkserver_args: Vec::new(),
         }
     }
 }
 
 /// A full cluster in a fresh temporary directory, mounted at [`FuseCluster::mnt`]. Dropping it
 /// unmounts every mount, then kills the servers. A test that does not reach
-/// [`FuseCluster::finish`] keeps the directory (data and logs) and prints where it is.
+/// [`FuseCluster::finish`] keeps the directory (logs and metadata) and prints where it is.
 #[derive(Debug)]
 pub struct FuseCluster {
     name: String,
@@ -95,12 +98,12 @@ impl FuseCluster {
         spec.metaserver_args = raft;
         spec.mount = options.mount;
         spec.mount_args = options.mount_args;
+        spec.chunkserver_args = options.chunkserver_args;
         match Cluster::start(spec).await {
             Ok(cluster) => Ok(FuseCluster { name: name.to_owned(), cluster, dir: Some(dir), finished: false }),
             Err(e) => {
-                let kept = dir.keep();
-                Err(anyhow::Error::new(e)
-                    .context(format!("start the {name} cluster (directory kept: {})", kept.display())))
+                let kept = keep_for_diagnosis(dir);
+                Err(anyhow::Error::new(e).context(format!("start the {name} cluster (directory kept: {kept})")))
             }
         }
     }
@@ -187,12 +190,8 @@ impl Drop for FuseCluster {
     fn drop(&mut self) {
         if !self.finished {
             if let Some(dir) = self.dir.take() {
-                let kept = dir.keep();
-                eprintln!(
-                    "test did not finish: the {} cluster's data and logs are kept in {}",
-                    self.name,
-                    kept.display()
-                );
+                let kept = keep_for_diagnosis(dir);
+                eprintln!("test did not finish: the {} cluster's logs are kept in {kept}", self.name);
             }
         }
     }

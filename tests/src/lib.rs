@@ -6,8 +6,9 @@
 //!   picks, with Raft timings suited to a loaded 2-core machine. Dropping it kills the servers.
 //! * A test ends with [`TestCluster::finish`], which fails on ERROR lines in the server logs that
 //!   are not explicitly allowed (each allowance carries its reason). A cluster whose test did not
-//!   reach `finish` — it panicked or returned an error — keeps its directory (data and logs) and
-//!   prints where it is.
+//!   reach `finish` — it panicked or returned an error — keeps its directory (logs and metadata;
+//!   chunk data only with `CAIRN_TEST_KEEP_DATA=1`, see [`keep_for_diagnosis`]) and prints where
+//!   it is and how much disk is left.
 //! * [`Etcdctl`] runs Debian's `etcdctl` (v3.4) against a cluster, one-shot or as a long-running
 //!   child whose stdout is read line by line ([`EtcdctlChild`]).
 //! * Every wait has a deadline ([`limits`]) and fails with a message saying what it waited for
@@ -39,6 +40,7 @@ mod client;
 mod cluster;
 mod etcdctl;
 mod fuse;
+mod keep;
 pub mod limits;
 pub mod meta;
 mod poll;
@@ -51,6 +53,7 @@ pub use fuse::{
     run_bounded, run_checks, sh, sh_with_timeout, BoundedRun, Check, FuseCluster, FuseOptions, ShellOutput,
     OPENRAFT_ERRORS,
 };
+pub use keep::{keep_for_diagnosis, KEEP_DATA_ENV};
 pub use poll::poll_until;
 
 pub use cairn_fs_client::dev::{NodeId, Signal};

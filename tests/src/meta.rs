@@ -13,7 +13,7 @@ use cairn_proto::meta::meta_service_client::MetaServiceClient;
 use tonic::transport::Channel;
 
 use crate::limits::{META_CONVERGE_TIMEOUT, META_READY_TIMEOUT, META_RPC_TIMEOUT};
-use crate::poll_until;
+use crate::{keep_for_diagnosis, poll_until};
 
 pub type MetaClient = MetaServiceClient<Channel>;
 
@@ -32,7 +32,7 @@ pub fn root() -> Option<pb::Credentials> {
 }
 
 /// Three metaservers (and three coordinators) in a temporary directory. A cluster whose test
-/// did not reach [`MetaCluster::finish`] keeps its directory (data and logs) and says where.
+/// did not reach [`MetaCluster::finish`] keeps its directory (logs and metadata) and says where.
 pub struct MetaCluster {
     pub cluster: Cluster,
     dir: Option<tempfile::TempDir>,
@@ -51,10 +51,7 @@ impl MetaCluster {
         spec.metaserver_args = calm;
         match Cluster::start(spec).await {
             Ok(cluster) => Ok(MetaCluster { cluster, dir: Some(dir) }),
-            Err(e) => {
-                let kept = dir.keep();
-                Err(anyhow::Error::new(e).context(format!("start cluster (kept {})", kept.display())))
-            }
+            Err(e) => Err(anyhow::Error::new(e).context(format!("start cluster (kept {})", keep_for_diagnosis(dir)))),
         }
     }
 
@@ -130,7 +127,7 @@ impl MetaCluster {
 impl Drop for MetaCluster {
     fn drop(&mut self) {
         if let Some(dir) = self.dir.take() {
-            eprintln!("test did not finish: cluster kept in {}", dir.keep().display());
+            eprintln!("test did not finish: cluster kept in {}", keep_for_diagnosis(dir));
         }
     }
 }

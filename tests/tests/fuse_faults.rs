@@ -2,7 +2,9 @@
 //! chunkserver, then the metaserver leader. The copy must succeed, and the file read back
 //! through a fresh second mount must have the source's sha256. And a writer that keeps its file
 //! open (a log, a database) while one of its chunk's replicas dies: the metaserver heals the
-//! chunk while the file is open, and the writer goes on appending and fsyncing through it.
+//! chunk while the file is open, and the writer goes on appending and fsyncing through it. And
+//! chunkservers out of space: the writer gets ENOSPC, nothing already written is lost, and a
+//! delete makes room again.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -243,4 +245,71 @@ async fn open_writer_survives_healing_of_its_chunk() -> anyhow::Result<()> {
         "read back {got:?}, the writer wrote {summary:?}"
     );
     cluster.finish(ALLOWED)
+}
+
+/// Chunkserver capacity in the full-disk test: room for the kept file and part of the big one.
+const FULL_CAPACITY: &str = "96MiB";
+
+/// A python3 writer of `argv[2]` MiB of random data to `argv[1]`, fsynced and closed; prints
+/// `ok` or the name of the first errno it met (from write, fsync or close) and the MiB written.
+const FILL_WRITER: &str = r#"
+import errno, os, sys
+path, mib = sys.argv[1], int(sys.argv[2])
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+done, failure = 0, None
+try:
+    for _ in range(mib):
+        os.write(fd, os.urandom(1 << 20))
+        done += 1
+    os.fsync(fd)
+except OSError as e:
+    failure = e
+try:
+    os.close(fd)
+except OSError as e:
+    failure = failure or e
+print(errno.errorcode[failure.errno] if failure else "ok", done, flush=True)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_chunkservers_answer_enospc_and_lose_nothing() -> anyhow::Result<()> {
+    let options = FuseOptions {
+        chunkserver_args: ["--capacity", FULL_CAPACITY].iter().map(Into::into).collect(),
+        ..FuseOptions::default()
+    };
+    let mut cluster = FuseCluster::start_with("fuse-full", options).await?;
+    let mnt = cluster.mnt();
+    let fill = |name: &str, mib: u64| {
+        let out = Command::new("python3")
+            .args(["-c", FILL_WRITER])
+            .arg(mnt.join(name))
+            .arg(mib.to_string())
+            .output()
+            .context("run the python3 writer")?;
+        ensure!(out.status.success(), "the writer failed: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    ensure!(fill("kept", 32)? == "ok 32", "a 32 MiB file fits in {FULL_CAPACITY}");
+    let kept = sh(&mnt, "sha256sum < kept")?.stdout;
+
+    // A file larger than what is left: the application sees ENOSPC, as from a local disk.
+    let big = fill("big", 200)?;
+    ensure!(big.starts_with("ENOSPC "), "writing 200 MiB into {FULL_CAPACITY} chunkservers: {big}");
+    eprintln!("the 200 MiB writer got {big}");
+    ensure!(sh(&mnt, "sha256sum < kept")?.stdout == kept, "the kept file changed");
+
+    // Deleting frees the space once the chunkservers have dropped the chunks: writing fits again.
+    sh(&mnt, "rm big")?;
+    poll_until("a 32 MiB write to fit after the delete", Duration::from_secs(60), || async {
+        match fill("again", 32) {
+            Ok(out) if out == "ok 32" => Ok(()),
+            Ok(out) => Err(out),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    })
+    .await?;
+    ensure!(sh(&mnt, "sha256sum < kept")?.stdout == kept, "the kept file changed after the delete");
+    let verify = cluster.add_mount("verify", &["allow_other".to_owned()]).await?;
+    ensure!(sh(&verify, "sha256sum < kept")?.stdout == kept, "the kept file reads differently on a fresh mount");
+    cluster.finish(&[])
 }

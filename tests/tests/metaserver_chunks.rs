@@ -26,7 +26,7 @@ use cairn_fs_client::dev::{bin_dir, Cluster, ClusterSpec, NodeId, NodeRef, Signa
 use cairn_proto::chunk::WriteHeader;
 use cairn_proto::meta as pb;
 use cairn_proto::meta::meta_service_client::MetaServiceClient;
-use cairn_tests::poll_until;
+use cairn_tests::{keep_for_diagnosis, poll_until};
 use rand::{Rng, SeedableRng};
 use tonic::transport::Channel;
 
@@ -93,7 +93,7 @@ impl Drop for Fixture {
     fn drop(&mut self) {
         self.heartbeat.abort();
         if let Some(dir) = self.dir.take() {
-            eprintln!("test did not finish: cluster kept in {}", dir.keep().display());
+            eprintln!("test did not finish: cluster kept in {}", keep_for_diagnosis(dir));
         }
     }
 }
@@ -124,8 +124,7 @@ impl Fixture {
         let cluster = match Cluster::start(spec).await {
             Ok(c) => c,
             Err(e) => {
-                let kept = dir.keep();
-                return Err(anyhow::Error::new(e).context(format!("start cluster (kept {})", kept.display())));
+                return Err(anyhow::Error::new(e).context(format!("start cluster (kept {})", keep_for_diagnosis(dir))));
             }
         };
         let meta = meta_client(cluster.node(NodeRef::metaserver(NodeId(2)))?.addrs.client)?;

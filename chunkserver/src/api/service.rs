@@ -61,6 +61,9 @@ impl ChunkApi {
     /// Counts and logs a failed operation, and turns it into a status.
     fn fail(&self, what: &'static str, chunk_id: u64, error: ChunkError) -> Status {
         match &error {
+            ChunkError::ReplicaNoSpace { replica, message } => {
+                tracing::warn!(op = what, chunk_id, %replica, %message, "replica out of space");
+            }
             ChunkError::ReplicaFailed { replica, message } => {
                 self.metrics.replica_failures.inc();
                 tracing::warn!(op = what, chunk_id, %replica, %message, "replica failed");

@@ -17,7 +17,7 @@ pub fn code(error: &ChunkError) -> Code {
         ChunkError::TooLarge { .. } | ChunkError::InvalidArgument(_) | ChunkError::Geometry(_) => Code::InvalidArgument,
         ChunkError::WireChecksum { .. } => Code::InvalidArgument,
         ChunkError::Corrupt { .. } | ChunkError::DigestMismatch { .. } => Code::DataLoss,
-        ChunkError::NoSpace { .. } => Code::ResourceExhausted,
+        ChunkError::NoSpace { .. } | ChunkError::ReplicaNoSpace { .. } => Code::ResourceExhausted,
         ChunkError::ReplicaFailed { .. } | ChunkError::Peer { .. } => Code::Unavailable,
         ChunkError::UpstreamFailed(_) => Code::Cancelled,
         ChunkError::Timeout { .. } => Code::DeadlineExceeded,
@@ -36,7 +36,9 @@ fn insert(status: &mut Status, key: &'static str, value: &str) {
 pub fn to_status(error: &ChunkError) -> Status {
     let mut status = Status::new(code(error), error.to_string());
     match error {
-        ChunkError::ReplicaFailed { replica, .. } => insert(&mut status, FAILED_REPLICA_KEY, replica),
+        ChunkError::ReplicaFailed { replica, .. } | ChunkError::ReplicaNoSpace { replica, .. } => {
+            insert(&mut status, FAILED_REPLICA_KEY, replica)
+        }
         ChunkError::Corrupt { chunk, block, .. } => {
             insert(&mut status, CHUNK_ID_KEY, &chunk.0.to_string());
             insert(&mut status, BLOCK_INDEX_KEY, &block.to_string());

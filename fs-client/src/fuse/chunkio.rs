@@ -27,6 +27,9 @@ pub enum ChunkIoError {
     /// metadata, or the primary itself when it could not be reached).
     #[error("chain write through {primary} failed at {failed}: {message}")]
     Chain { primary: String, failed: String, message: String },
+    /// A replica of the chain lacks the space for the write: ENOSPC, not a failed replica.
+    #[error("chain write through {primary}: {replica} is out of space: {message}")]
+    NoSpace { primary: String, replica: String, message: String },
     /// A replica holds another version of the chunk than the entry written with.
     #[error("stale chunk version: {message}")]
     Stale { message: String },
@@ -124,6 +127,13 @@ impl ChunkIo {
                     .get(FAILED_REPLICA_KEY)
                     .and_then(|v| v.to_str().ok())
                     .map_or_else(|| primary.address.clone(), str::to_owned);
+                if status.code() == tonic::Code::ResourceExhausted {
+                    return Err(ChunkIoError::NoSpace {
+                        primary: primary.address.clone(),
+                        replica: failed,
+                        message: status.message().to_owned(),
+                    });
+                }
                 Err(ChunkIoError::Chain {
                     primary: primary.address.clone(),
                     failed,

@@ -1104,6 +1104,12 @@ impl Core {
                     }
                     entry = current;
                 }
+                Err(e @ ChunkIoError::NoSpace { .. }) => {
+                    // A full disk is not a failed replica: dropping it from the chain would
+                    // only shed redundancy. The application gets ENOSPC, as from a local disk.
+                    tracing::warn!(ino, index, chunk_id = entry.chunk_id, error = %e, "chunk write refused");
+                    return Err(Errno::ENOSPC);
+                }
                 Err(e) => {
                     tracing::warn!(ino, index, error = %e, "chunk write failed");
                     return Err(Errno::EIO);

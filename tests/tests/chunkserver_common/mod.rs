@@ -14,6 +14,7 @@ use anyhow::{bail, Context as _};
 use cairn_chunkserver::client::ChunkClient;
 use cairn_chunkserver::registry::{RegistryEntry, REGISTRY_PREFIX};
 use cairn_fs_client::dev::{Cluster, ClusterSpec, NodeId, NodeRef};
+use cairn_tests::keep_for_diagnosis;
 use rand::{Rng, SeedableRng};
 use tempfile::TempDir;
 
@@ -82,8 +83,7 @@ impl ChunkCluster {
         let cluster = match Cluster::start(spec).await {
             Ok(cluster) => cluster,
             Err(e) => {
-                let kept = dir.keep();
-                return Err(anyhow::Error::new(e).context(format!("start cluster (kept {})", kept.display())));
+                return Err(anyhow::Error::new(e).context(format!("start cluster (kept {})", keep_for_diagnosis(dir))));
             }
         };
         let cluster = ChunkCluster { cluster, name: name.to_owned(), dir: Some(dir), finished: false };
@@ -173,7 +173,7 @@ impl Drop for ChunkCluster {
     fn drop(&mut self) {
         if !self.finished {
             if let Some(dir) = self.dir.take() {
-                eprintln!("{} cluster directory kept for inspection: {}", self.name, dir.keep().display());
+                eprintln!("{} cluster directory kept for inspection: {}", self.name, keep_for_diagnosis(dir));
             }
         }
     }
