@@ -117,6 +117,8 @@ pub const REGISTER_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// How stale the cached free-disk figure may be.
 pub const SPACE_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// At most one "refusing writes: out of space" warning per interval.
+pub const SPACE_WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// Disk space kept free by default: writes are refused rather than filling the disk.
 pub const DISK_RESERVE_DEFAULT_BYTES: u64 = GIB;
 /// Default scrub rate in bytes per second (0 disables the scrubber).

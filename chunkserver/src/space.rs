@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::error::ChunkError;
-use crate::limits::SPACE_REFRESH_INTERVAL;
+use crate::limits::{SPACE_REFRESH_INTERVAL, SPACE_WARN_INTERVAL};
 
 /// Where the free-disk figure comes from (the real disk, or a fixed value in tests).
 #[derive(Debug)]
@@ -31,6 +31,9 @@ pub struct Space {
     /// Sum of the lengths of all chunks (logical bytes, holes included).
     stored_bytes: AtomicU64,
     disk: Mutex<Option<(Instant, DiskFigures)>>,
+    /// When a refusal was last logged: a full disk refuses every write, one line per
+    /// `SPACE_WARN_INTERVAL` says so without flooding the log.
+    refusal_logged: Mutex<Option<Instant>>,
 }
 
 /// The disk as `statvfs` reports it.
@@ -51,7 +54,14 @@ impl Space {
     }
 
     fn new(source: DiskSource, reserve_bytes: u64, capacity_limit_bytes: Option<u64>) -> Space {
-        Space { source, reserve_bytes, capacity_limit_bytes, stored_bytes: AtomicU64::new(0), disk: Mutex::new(None) }
+        Space {
+            source,
+            reserve_bytes,
+            capacity_limit_bytes,
+            stored_bytes: AtomicU64::new(0),
+            disk: Mutex::new(None),
+            refusal_logged: Mutex::new(None),
+        }
     }
 
     fn disk(&self) -> DiskFigures {
@@ -122,15 +132,34 @@ impl Space {
         let disk_free = self.disk().available_bytes.saturating_sub(self.reserve_bytes);
         // Every write appends to the WAL and later to a blob file, growing or not.
         if data_bytes > disk_free {
+            self.log_refusal("disk reserve", data_bytes, disk_free);
             return Err(ChunkError::NoSpace { needed_bytes: data_bytes, free_bytes: disk_free });
         }
         if let Some(limit) = self.capacity_limit_bytes {
             let free = limit.saturating_sub(self.stored_bytes());
             if growth_bytes > free {
+                self.log_refusal("capacity", growth_bytes, free);
                 return Err(ChunkError::NoSpace { needed_bytes: growth_bytes, free_bytes: free });
             }
         }
         Ok(())
+    }
+
+    /// An operator must learn that writes are refused (clients see ENOSPC, not which server).
+    fn log_refusal(&self, limit: &'static str, needed_bytes: u64, free_bytes: u64) {
+        let mut logged = self.refusal_logged.lock().unwrap_or_else(|p| p.into_inner());
+        if logged.is_some_and(|at| at.elapsed() < SPACE_WARN_INTERVAL) {
+            return;
+        }
+        *logged = Some(Instant::now());
+        tracing::warn!(
+            limit,
+            needed_bytes,
+            free_bytes,
+            reserve_bytes = self.reserve_bytes,
+            capacity_limit_bytes = self.capacity_limit_bytes,
+            "refusing writes: out of space"
+        );
     }
 }
 

@@ -93,6 +93,8 @@ pub const HEAL_CONCURRENCY: usize = 4;
 /// Longest time healing goes without walking the chunk map while nothing prompts a walk (no
 /// change of live chunkservers, no replica set changed by the leader, nothing left to heal).
 pub const HEAL_IDLE_WALK_INTERVAL: Duration = Duration::from_secs(10);
+/// At most one "too few chunkservers with room" warning per interval.
+pub const SPACE_WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// Chunkserver calls in flight at once in deletion and truncation rounds.
 pub const CHUNK_CALLS_CONCURRENCY: usize = 16;
 /// Default pause between two orphan scans of every chunkserver's inventory.

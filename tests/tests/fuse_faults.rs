@@ -297,6 +297,9 @@ async fn full_chunkservers_answer_enospc_and_lose_nothing() -> anyhow::Result<()
     ensure!(big.starts_with("ENOSPC "), "writing 200 MiB into {FULL_CAPACITY} chunkservers: {big}");
     eprintln!("the 200 MiB writer got {big}");
     ensure!(sh(&mnt, "sha256sum < kept")?.stdout == kept, "the kept file changed");
+    // The operator learns which server is full from its log (the client only sees ENOSPC).
+    let logs = sh(&cluster.dir().join("logs"), "cat chunkserver-*.log")?.stdout;
+    ensure!(logs.contains("refusing writes: out of space"), "no chunkserver logged its refusals");
 
     // Deleting frees the space once the chunkservers have dropped the chunks: writing fits again.
     sh(&mnt, "rm big")?;

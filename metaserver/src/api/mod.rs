@@ -12,12 +12,13 @@ use cairn_proto::META_REQUEST_HEADER;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use crate::chunks::leader::{FsckReport, RPC_FLUSH_TRUNCATES, RPC_FSCK, RPC_REPORT_FAILURE};
 use crate::chunks::placement::place;
 use crate::chunks::{ChunkManager, FailureReport};
-use crate::limits::{GRPC_MESSAGE_BYTES_MAX, REQUEST_TIMEOUT};
+use crate::limits::{GRPC_MESSAGE_BYTES_MAX, REQUEST_TIMEOUT, SPACE_WARN_INTERVAL};
 use crate::namespace::command::{decode_outcome, RequestId};
 use crate::namespace::{
     chunks as chunk_map, locks, read, ChunkId, Errno, InodeId, LockKind, LockOwner, Op, Outcome, Replica, Reply,
@@ -30,11 +31,13 @@ use error::status;
 pub struct MetaApi {
     node: NamespaceNode,
     chunks: Arc<ChunkManager>,
+    /// When "no chunkserver has room" was last logged (at most once per `SPACE_WARN_INTERVAL`).
+    no_room_logged: Mutex<Option<Instant>>,
 }
 
 impl MetaApi {
     pub fn server(node: NamespaceNode, chunks: Arc<ChunkManager>) -> MetaServiceServer<MetaApi> {
-        MetaServiceServer::new(MetaApi { node, chunks })
+        MetaServiceServer::new(MetaApi { node, chunks, no_room_logged: Mutex::new(None) })
             .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
     }
@@ -106,7 +109,26 @@ impl MetaApi {
         let Some(servers) = self.chunks.registry().live() else {
             return Err(Status::unavailable("the chunkserver registry has not been read yet"));
         };
-        Ok(place(&servers, &[], &[], p.replication_factor as usize, p.chunk_size_bytes))
+        let placed = place(&servers, &[], &[], p.replication_factor as usize, p.chunk_size_bytes);
+        if placed.len() < p.replication_factor as usize {
+            self.log_no_room(servers.len(), placed.len(), p.replication_factor);
+        }
+        Ok(placed)
+    }
+
+    /// Clients only see ENOSPC (or an under-replicated new chunk): tell the operator why.
+    fn log_no_room(&self, live: usize, placed: usize, replication_factor: u32) {
+        let mut logged = self.no_room_logged.lock().unwrap_or_else(|p| p.into_inner());
+        if logged.is_some_and(|at| at.elapsed() < SPACE_WARN_INTERVAL) {
+            return;
+        }
+        *logged = Some(Instant::now());
+        tracing::warn!(
+            live,
+            placed,
+            replication_factor,
+            "too few live chunkservers with a chunk's worth of free space for a new chunk"
+        );
     }
 
     /// The chunk size of the filesystem (0 before it is formatted); it never changes once set.
