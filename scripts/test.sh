@@ -13,5 +13,12 @@ command -v fusermount3 >/dev/null || { echo "fusermount3 missing: run scripts/in
 [ -e /dev/fuse ] || { echo "/dev/fuse missing: the FUSE tests need it (modprobe fuse)" >&2; exit 1; }
 export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
 cargo build --workspace --bins --tests
+# Test clusters live under $TMPDIR (or /tmp), and their chunkservers refuse writes within 1 GiB
+# of a full disk: the FUSE tests then fail with ENOSPC/EIO in ways that look like bugs.
+tmp="${TMPDIR:-/tmp}"
+free_kib=$(df -Pk "$tmp" | awk 'NR == 2 {print $4}')
+if [ "${free_kib:-0}" -lt $((4 * 1024 * 1024)) ]; then
+  echo "WARNING: only $((free_kib / 1024)) MiB free in $tmp; the tests need about 4 GiB (chunkservers keep 1 GiB free)" >&2
+fi
 # Multi-process tests each run a 3-node cluster; on 2 cores, two at a time keeps elections calm.
 cargo test --workspace --no-fail-fast -- --test-threads=2 "$@"
