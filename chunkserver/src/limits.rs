@@ -106,9 +106,12 @@ pub const LEASE_TTL_DEFAULT: Duration = Duration::from_secs(10);
 pub const LEASE_TTL_MIN: Duration = Duration::from_secs(2);
 /// How often the registry value's space figures are compared with what was last written.
 pub const REGISTRY_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
-/// The registry value is rewritten only when free space or capacity moved by this much, so an
-/// idle cluster does not bump the coordinator's revision.
-pub const REGISTRY_SPACE_DELTA_BYTES: u64 = GIB;
+/// The registry value is rewritten only when free space or capacity moved by a sixteenth of the
+/// capacity, within these bounds: an idle cluster does not bump the coordinator's revision, and
+/// a small server (`--capacity 96MiB`) still tells placement when it fills up.
+pub const REGISTRY_SPACE_DELTA_MAX_BYTES: u64 = GIB;
+pub const REGISTRY_SPACE_DELTA_MIN_BYTES: u64 = MIB;
+pub const REGISTRY_SPACE_DELTA_FRACTION: u64 = 16;
 /// First retry delay after a registration failure; doubles up to the maximum.
 pub const REGISTER_BACKOFF_MIN: Duration = Duration::from_millis(200);
 pub const REGISTER_BACKOFF_MAX: Duration = Duration::from_secs(2);

@@ -10,8 +10,9 @@
 //!   coordinator endpoint, with capped exponential backoff, and first tries to keep the same
 //!   lease alive there; only a lost lease (expired or revoked) leads to a new lease and a new
 //!   put. So a coordinator failover does not churn the registry.
-//! * The entry is rewritten only when its space figures moved by `REGISTRY_SPACE_DELTA_BYTES`
-//!   (checked every `REGISTRY_REFRESH_INTERVAL`): an idle cluster's revision stays put.
+//! * The entry is rewritten only when its space figures moved by a sixteenth of the capacity
+//!   (1 MiB to 1 GiB; checked every `REGISTRY_REFRESH_INTERVAL`): an idle cluster's revision
+//!   stays put, and a filling server still shows it to placement and `cairn fsck`.
 //! * Coordinator trouble is logged at WARN: the data path keeps working without the registry.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -29,7 +30,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::ids::NodeId;
 use crate::limits::{
     CONNECT_TIMEOUT, COORDINATOR_RPC_TIMEOUT, REGISTER_BACKOFF_MAX, REGISTER_BACKOFF_MIN, REGISTRY_REFRESH_INTERVAL,
-    REGISTRY_SPACE_DELTA_BYTES,
+    REGISTRY_SPACE_DELTA_FRACTION, REGISTRY_SPACE_DELTA_MAX_BYTES, REGISTRY_SPACE_DELTA_MIN_BYTES,
 };
 use crate::metrics::Metrics;
 use crate::space::Space;
@@ -293,10 +294,17 @@ fn put_request(key: &str, entry: &RegistryEntry, lease: i64) -> PutRequest {
 
 /// Whether the entry changed enough to be rewritten.
 fn moved(old: &RegistryEntry, new: &RegistryEntry) -> bool {
-    old.free_bytes.abs_diff(new.free_bytes) >= REGISTRY_SPACE_DELTA_BYTES
-        || old.capacity_bytes.abs_diff(new.capacity_bytes) >= REGISTRY_SPACE_DELTA_BYTES
+    let delta = space_delta_bytes(old.capacity_bytes);
+    old.free_bytes.abs_diff(new.free_bytes) >= delta
+        || old.capacity_bytes.abs_diff(new.capacity_bytes) >= delta
         || (old.addr.as_str(), old.rack.as_str(), old.zone.as_str())
             != (new.addr.as_str(), new.rack.as_str(), new.zone.as_str())
+}
+
+/// How far the advertised space may drift before it is rewritten (see `limits`).
+fn space_delta_bytes(capacity_bytes: u64) -> u64 {
+    (capacity_bytes / REGISTRY_SPACE_DELTA_FRACTION)
+        .clamp(REGISTRY_SPACE_DELTA_MIN_BYTES, REGISTRY_SPACE_DELTA_MAX_BYTES)
 }
 
 async fn connect(endpoint: &str) -> Result<Channel, RegisterError> {
@@ -324,6 +332,7 @@ async fn deadline<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::{GIB, MIB};
 
     #[test]
     fn entry_json_has_the_documented_fields() {
@@ -341,10 +350,27 @@ mod tests {
             serde_json::json!({"id": 3, "addr": "127.0.0.1:7000", "capacity_bytes": 100, "free_bytes": 40, "rack": "r1", "zone": "z1"})
         );
         assert_eq!(registry_key(NodeId(3)), "/cairn/chunkservers/3");
-        let mut drifted = entry.clone();
-        drifted.free_bytes += REGISTRY_SPACE_DELTA_BYTES - 1;
-        assert!(!moved(&entry, &drifted), "small drifts do not rewrite the entry");
-        drifted.free_bytes += 1;
-        assert!(moved(&entry, &drifted));
+    }
+
+    #[test]
+    fn space_is_rewritten_after_a_sixteenth_of_the_capacity() {
+        let entry = |capacity_bytes, free_bytes| RegistryEntry {
+            id: 3,
+            addr: "127.0.0.1:7000".into(),
+            capacity_bytes,
+            free_bytes,
+            rack: String::new(),
+            zone: String::new(),
+        };
+        // A large disk: 1 GiB steps at most.
+        let big = entry(250 * GIB, 100 * GIB);
+        assert!(!moved(&big, &entry(250 * GIB, 100 * GIB - (GIB - 1))), "small drifts do not rewrite the entry");
+        assert!(moved(&big, &entry(250 * GIB, 99 * GIB)));
+        // A 96 MiB server: 6 MiB steps, so filling it shows in the registry.
+        let small = entry(96 * MIB, 96 * MIB);
+        assert!(!moved(&small, &entry(96 * MIB, 91 * MIB)));
+        assert!(moved(&small, &entry(96 * MIB, 90 * MIB)));
+        // Never below 1 MiB.
+        assert!(!moved(&entry(1000, 1000), &entry(1000, 0)));
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use cairn_proto::meta::meta_service_client::MetaServiceClient;
-use cairn_proto::meta::{ChunkReplica, FsckChunk, FsckRequest, FsckResponse};
+use cairn_proto::meta::{ChunkReplica, ChunkserverSpace, FsckChunk, FsckRequest, FsckResponse};
 use tonic::transport::Endpoint;
 
 use crate::bench::kv::endpoint_uri;
@@ -50,6 +50,7 @@ pub fn render(report: &FsckResponse) -> String {
     let servers: Vec<String> = report.chunkservers.iter().map(replica_label).collect();
     let _ = writeln!(out, "chunks: {}", report.chunks);
     let _ = writeln!(out, "live chunkservers: {} ({})", servers.len(), servers.join(", "));
+    render_space(&mut out, report);
     let categories = [
         ("unavailable (no live replica)", report.unavailable_count, &report.unavailable),
         ("under-replicated", report.under_replicated_count, &report.under_replicated),
@@ -66,6 +67,52 @@ pub fn render(report: &FsckResponse) -> String {
     }
     let _ = writeln!(out, "status: {}", if healthy(report) { "healthy" } else { "DEGRADED" });
     out
+}
+
+/// Each live chunkserver's advertised space, and how many can take a new chunk: a full one
+/// makes writes fail with ENOSPC (or new chunks start under-replicated) long before any chunk
+/// is lost, so fsck says so.
+fn render_space(out: &mut String, report: &FsckResponse) {
+    if report.space.is_empty() {
+        return;
+    }
+    let roomy = report.space.iter().filter(|s| has_room(s, report.chunk_size_bytes)).count();
+    let _ = writeln!(
+        out,
+        "chunkservers with room for a new chunk: {roomy} of {} (chunk size {})",
+        report.space.len(),
+        size_label(report.chunk_size_bytes)
+    );
+    for (server, space) in report.chunkservers.iter().zip(&report.space) {
+        let full = if has_room(space, report.chunk_size_bytes) { "" } else { "  FULL: no new chunks here" };
+        let _ = writeln!(
+            out,
+            "  {}: {} free of {}{full}",
+            replica_label(server),
+            size_label(space.free_bytes),
+            size_label(space.capacity_bytes)
+        );
+    }
+}
+
+fn has_room(space: &ChunkserverSpace, chunk_size_bytes: u64) -> bool {
+    space.free_bytes >= chunk_size_bytes
+}
+
+/// Bytes in the largest binary unit that keeps the figure at or above 1 (one decimal).
+fn size_label(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 /// `ID@ADDRESS` of a chunkserver.
@@ -113,6 +160,27 @@ mod tests {
         assert!(text.contains("  ... 3 more (raise --limit)\n"), "{text}");
         assert!(text.contains("orphans (awaiting deletion): 0\n"), "{text}");
         assert!(text.ends_with("status: DEGRADED\n"), "{text}");
+    }
+
+    #[test]
+    fn render_flags_chunkservers_without_room() {
+        let space = |id, free_bytes| ChunkserverSpace { chunkserver_id: id, capacity_bytes: 96 << 20, free_bytes };
+        let report = FsckResponse {
+            chunkservers: vec![replica(1), replica(2)],
+            space: vec![space(1, 64 << 20), space(2, 10 << 20)],
+            chunk_size_bytes: 64 << 20,
+            ..Default::default()
+        };
+        let text = render(&report);
+        assert!(text.contains("chunkservers with room for a new chunk: 1 of 2 (chunk size 64.0 MiB)\n"), "{text}");
+        assert!(text.contains("  1@127.0.0.1:7001: 64.0 MiB free of 96.0 MiB\n"), "{text}");
+        assert!(text.contains("  2@127.0.0.1:7002: 10.0 MiB free of 96.0 MiB  FULL: no new chunks here\n"), "{text}");
+        // Space alone does not make the chunks unhealthy: the exit status is about replicas.
+        assert!(healthy(&report) && text.ends_with("status: healthy\n"), "{text}");
+        assert_eq!(
+            (size_label(0), size_label(1536), size_label(3 << 40)),
+            ("0 B".into(), "1.5 KiB".into(), "3.0 TiB".into())
+        );
     }
 
     #[test]

@@ -297,9 +297,31 @@ async fn full_chunkservers_answer_enospc_and_lose_nothing() -> anyhow::Result<()
     ensure!(big.starts_with("ENOSPC "), "writing 200 MiB into {FULL_CAPACITY} chunkservers: {big}");
     eprintln!("the 200 MiB writer got {big}");
     ensure!(sh(&mnt, "sha256sum < kept")?.stdout == kept, "the kept file changed");
-    // The operator learns which server is full from its log (the client only sees ENOSPC).
-    let logs = sh(&cluster.dir().join("logs"), "cat chunkserver-*.log")?.stdout;
-    ensure!(logs.contains("refusing writes: out of space"), "no chunkserver logged its refusals");
+    // The operator learns why from the logs (the client only sees ENOSPC): a chunkserver
+    // refused the chain write, or — when its registry figure was already fresh — the metaserver
+    // found no server with room for the next chunk.
+    let logs = sh(&cluster.dir().join("logs"), "cat chunkserver-*.log metaserver-*.log")?.stdout;
+    ensure!(
+        logs.contains("refusing writes: out of space")
+            || logs.contains("too few live chunkservers with a chunk's worth of free space"),
+        "no server logged why writes were refused"
+    );
+    // And from fsck: every server is full (96 MiB: 32 kept, 64 in the big file's first chunk).
+    let meta_addr = cluster.node(NodeRef::metaserver(NodeId(1)))?.addrs.client.to_string();
+    let meta = meta_client(&meta_addr, META_RPC_TIMEOUT)?;
+    poll_until("fsck to show every chunkserver without room", Duration::from_secs(30), || {
+        let mut meta = meta.clone();
+        async move {
+            let r = meta.fsck(pb::FsckRequest { limit: 1 }).await.map_err(|s| s.to_string())?.into_inner();
+            let full = r.space.iter().filter(|s| s.free_bytes < r.chunk_size_bytes).count();
+            if r.space.len() == 3 && full == 3 {
+                Ok(())
+            } else {
+                Err(format!("{full} of {} full: {:?}", r.space.len(), r.space))
+            }
+        }
+    })
+    .await?;
 
     // Deleting frees the space once the chunkservers have dropped the chunks: writing fits again.
     sh(&mnt, "rm big")?;

@@ -178,6 +178,16 @@ pub fn fsck(r: &FsckReport) -> pb::FsckResponse {
         unavailable: r.unavailable.iter().map(fsck_chunk).collect(),
         orphans: r.orphans.iter().map(fsck_chunk).collect(),
         chunkservers: r.chunkservers.iter().map(replica).collect(),
+        space: r
+            .space
+            .iter()
+            .map(|&(chunkserver_id, capacity_bytes, free_bytes)| pb::ChunkserverSpace {
+                chunkserver_id,
+                capacity_bytes,
+                free_bytes,
+            })
+            .collect(),
+        chunk_size_bytes: r.chunk_size_bytes,
     }
 }
 

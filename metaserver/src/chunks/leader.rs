@@ -96,6 +96,9 @@ pub struct FsckReport {
     pub unavailable: Vec<FsckChunk>,
     pub orphans: Vec<FsckChunk>,
     pub chunkservers: Vec<Replica>,
+    /// `(id, capacity_bytes, free_bytes)` of each of `chunkservers`, from the registry.
+    pub space: Vec<(u64, u64, u64)>,
+    pub chunk_size_bytes: u64,
 }
 
 /// What became of one chunk's healing.
@@ -877,13 +880,10 @@ impl ChunkManager {
         let orphans = self.memory(|m| m.orphans.clone());
         report.orphan_count = orphans.len() as u64;
         report.orphans = orphans.into_iter().take(limit).collect();
-        report.chunkservers = self
-            .registry
-            .live()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|s| Replica { server: s.server(), addr: s.addr })
-            .collect();
+        let live = self.registry.live().unwrap_or_default();
+        report.space = live.iter().map(|s| (s.id, s.capacity_bytes, s.free_bytes)).collect();
+        report.chunkservers = live.into_iter().map(|s| Replica { server: s.server(), addr: s.addr }).collect();
+        report.chunk_size_bytes = self.chunk_size_bytes()?;
         Ok(report)
     }
 
