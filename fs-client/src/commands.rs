@@ -13,6 +13,7 @@ use crate::cli::{
     OutputFormat,
 };
 use crate::dev::{self, ClusterSpec, UpOutcome};
+use crate::limits::DEV_DISK_WARN_BYTES;
 
 pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
@@ -67,7 +68,25 @@ async fn dev_up(args: DevUpArgs) -> anyhow::Result<ExitCode> {
     let env = state.env_path();
     let _ = writeln!(out, "env file: {} (load it with: set -a; . {}; set +a)", env.display(), env.display());
     emit(&out)?;
+    warn_if_disk_low(&state.dir);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The dev cluster's chunkservers share one disk and each keeps 1 GiB of it free: below that
+/// every write fails with ENOSPC, which is better said up front.
+fn warn_if_disk_low(dir: &std::path::Path) {
+    let Ok(stat) = nix::sys::statvfs::statvfs(dir) else { return };
+    // The statvfs field types differ between platforms (u32 on some), hence the casts.
+    #[allow(clippy::unnecessary_cast)]
+    let available_bytes = (stat.blocks_available() as u64).saturating_mul(stat.fragment_size() as u64);
+    if available_bytes < DEV_DISK_WARN_BYTES {
+        eprintln!(
+            "warning: only {} MiB free on the disk of {}; chunkservers keep 1 GiB free and refuse writes \
+             (ENOSPC) below that",
+            available_bytes >> 20,
+            dir.display()
+        );
+    }
 }
 
 async fn dev_down(args: DevDownArgs) -> anyhow::Result<ExitCode> {

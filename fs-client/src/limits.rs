@@ -204,3 +204,7 @@ pub const CHUNK_READ_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// timeout; a 64 MiB copy on loopback takes well under a second).
 pub const CHUNK_STALE_BACKOFF_MIN: Duration = Duration::from_millis(20);
 pub const CHUNK_STALE_BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// `cairn dev up` warns when its directory's disk has less free space than this: the
+/// chunkservers' 1 GiB reserve plus two 64 MiB chunks' worth of room on each of three servers.
+pub const DEV_DISK_WARN_BYTES: u64 = (1 << 30) + 3 * 2 * (64 << 20);
