@@ -949,6 +949,10 @@ impl Core {
                     tracing::debug!(ino, index = entry.index, chunk_id = entry.chunk_id, %message, "stale chunk version on sync");
                     None
                 }
+                Err(e @ ChunkIoError::NoSpace { .. }) => {
+                    tracing::warn!(ino, index = entry.index, error = %e, "chunk sync refused");
+                    return Err(Errno::ENOSPC);
+                }
                 Err(e) => {
                     tracing::warn!(ino, index = entry.index, error = %e, "chunk sync failed");
                     return Err(Errno::EIO);
