@@ -79,6 +79,11 @@ fn geometry(meta: &ChunkMeta) -> Result<Geometry, ChunkError> {
     Ok(Geometry::new(meta.chunk_size_bytes, meta.block_size_bytes)?)
 }
 
+/// Whether a block holds only zeros (stored as a hole).
+fn is_zero(block: &[u8]) -> bool {
+    block.iter().all(|&b| b == 0)
+}
+
 fn verified(chunk: ChunkId, index: u32, value: &[u8], block_size_bytes: u32) -> Result<&[u8], ChunkError> {
     decode_block(value, block_size_bytes).map_err(|source| ChunkError::Corrupt { chunk, block: index, source })
 }
@@ -257,7 +262,14 @@ impl ChunkEngine {
         }
         let mut batch = StoreBatch::default();
         for (index, block) in blocks {
-            batch.put_block(chunk, index, encode_block(&block));
+            // A block that is now all zeros becomes a hole (reads give zeros up to the length):
+            // zeros written over data — fallocate's PUNCH_HOLE, a zeroed region of an image —
+            // free the block's space instead of storing 64 KiB of zeros three times.
+            if is_zero(&block) {
+                batch.delete_block(chunk, index);
+            } else {
+                batch.put_block(chunk, index, encode_block(&block));
+            }
         }
         meta.length_bytes = new_length;
         batch.put_meta(chunk, meta);
@@ -560,7 +572,7 @@ impl Installer {
         let block = self.geometry.block_size_bytes as usize;
         let mut batch = StoreBatch::default();
         for piece in self.pending[..len].chunks(block) {
-            if piece.iter().any(|&b| b != 0) {
+            if !is_zero(piece) {
                 batch.put_block(self.chunk, self.next_block, encode_block(piece));
             }
             self.next_block += 1;

@@ -368,3 +368,32 @@ fn grouped_writes_apply_in_order_in_one_commit_or_not_at_all() {
     assert!(matches!(engine.write_many(&target(1, 1), &bad), Err(ChunkError::OutOfRange { .. })));
     assert_eq!(read_all(&engine, 1), model);
 }
+
+#[test]
+fn blocks_that_become_all_zeros_are_holes() {
+    let (store, engine) = engine();
+    let b = BLOCK as usize;
+    let data = pattern(4 * b, 3);
+    engine.write(&target(1, 1), 0, &data).expect("write");
+    // Zeros over block 1 whole, over the tail of block 2 only, and over all of block 3 in two
+    // partial writes: blocks 1 and 3 become holes, block 2 keeps its head.
+    engine.write(&target(1, 1), b as u64, &vec![0; b]).expect("zero block 1");
+    engine.write(&target(1, 1), 2 * b as u64 + 100, &vec![0; b - 100]).expect("zero the tail of block 2");
+    engine.write(&target(1, 1), 3 * b as u64, &[0; 10]).expect("zero the head of block 3");
+    engine.write(&target(1, 1), 3 * b as u64 + 10, &vec![0; b - 10]).expect("zero the rest of block 3");
+    let present: Vec<bool> = (0..4).map(|i| store.block(ChunkId(1), i).expect("block").is_some()).collect();
+    assert_eq!(present, vec![true, false, true, false]);
+    // The length and the bytes are as if the zeros were stored.
+    let mut want = data.clone();
+    want[b..2 * b].fill(0);
+    want[2 * b + 100..].fill(0);
+    assert_eq!(engine.stat(ChunkId(1), false).expect("stat").meta.length_bytes, 4 * BLOCK as u64);
+    assert_eq!(read_all(&engine, 1), want);
+    // The digest is of the logical bytes, holes included.
+    let digest = engine.stat(ChunkId(1), true).expect("digest").blake3.expect("blake3");
+    assert_eq!(digest, *blake3::hash(&want).as_bytes());
+    // Zeros written where nothing was store nothing, but still extend the chunk.
+    engine.write(&target(2, 1), 0, &vec![0; 3 * b]).expect("zeros");
+    assert!((0..3).all(|i| store.block(ChunkId(2), i).expect("block").is_none()));
+    assert_eq!(read_all(&engine, 2), vec![0; 3 * b]);
+}
