@@ -75,10 +75,7 @@ async fn dev_up(args: DevUpArgs) -> anyhow::Result<ExitCode> {
 /// The dev cluster's chunkservers share one disk and each keeps 1 GiB of it free: below that
 /// every write fails with ENOSPC, which is better said up front.
 fn warn_if_disk_low(dir: &std::path::Path) {
-    let Ok(stat) = nix::sys::statvfs::statvfs(dir) else { return };
-    // The statvfs field types differ between platforms (u32 on some), hence the casts.
-    #[allow(clippy::unnecessary_cast)]
-    let available_bytes = (stat.blocks_available() as u64).saturating_mul(stat.fragment_size() as u64);
+    let Some(available_bytes) = dev::disk_available_bytes(dir) else { return };
     if available_bytes < DEV_DISK_WARN_BYTES {
         eprintln!(
             "warning: only {} MiB free on the disk of {}; chunkservers keep 1 GiB free and refuse writes \

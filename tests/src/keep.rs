@@ -26,7 +26,7 @@ fn keep(dir: TempDir, keep_data: bool) -> String {
     if !dropped.is_empty() {
         text.push_str(&format!(" (removed to save disk: {}; {KEEP_DATA_ENV}=1 keeps them)", dropped.join(", ")));
     }
-    if let Some(free) = available_bytes(&path) {
+    if let Some(free) = cairn_fs_client::dev::disk_available_bytes(&path) {
         text.push_str(&format!("; {:.1} GiB free on its disk", free as f64 / (1u64 << 30) as f64));
     }
     text
@@ -47,13 +47,6 @@ fn drop_bulk(path: &Path) -> Vec<String> {
     }
     dropped.sort();
     dropped
-}
-
-fn available_bytes(path: &Path) -> Option<u64> {
-    let stat = nix::sys::statvfs::statvfs(path).ok()?;
-    // The statvfs field types differ between platforms (u32 on some), hence the casts.
-    #[allow(clippy::unnecessary_cast)]
-    Some((stat.blocks_available() as u64).saturating_mul(stat.fragment_size() as u64))
 }
 
 #[cfg(test)]

@@ -248,6 +248,15 @@ pub(crate) fn plan_nodes(
     Ok(nodes)
 }
 
+/// Bytes available to this process on the disk holding `dir` (none if `statvfs` fails): the
+/// chunkservers of a cluster in `dir` refuse writes within their reserve of it.
+pub fn disk_available_bytes(dir: &Path) -> Option<u64> {
+    let stat = nix::sys::statvfs::statvfs(dir).ok()?;
+    // The statvfs field types differ between platforms (u32 on some), hence the casts.
+    #[allow(clippy::unnecessary_cast)]
+    Some((stat.blocks_available() as u64).saturating_mul(stat.fragment_size() as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

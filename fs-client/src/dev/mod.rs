@@ -56,7 +56,7 @@ pub use cluster::Cluster;
 pub use daemon::{down, status, up, DownReport, NodeReport, UpOutcome};
 pub use error::DevError;
 pub use health::{fetch_status, leader, probe_health, NodeStatus};
-pub use layout::{initial_cluster, initial_cluster_of, ClusterSpec, NodeAddrs};
+pub use layout::{disk_available_bytes, initial_cluster, initial_cluster_of, ClusterSpec, NodeAddrs};
 pub use logs::{scan_log_errors, tail_lines, LogLine};
 pub use mount::{
     force_unmount, is_fuse_mounted, mount_fstype, unmount_blocking, MountRecord, Unmounted, DEFAULT_MOUNT_OPTIONS,
