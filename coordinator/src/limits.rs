@@ -19,6 +19,19 @@ pub const APPEND_ENTRIES_MAX: u64 = 16;
 pub const APPEND_ENTRIES_TIMEOUT_MIN: Duration = Duration::from_secs(2);
 /// Batches proposed to Raft but not yet committed, per leader.
 pub const BATCHES_IN_FLIGHT_MAX: usize = 2;
+/// Most recent log entries kept in memory for replication and apply to read (they would
+/// otherwise read back from RocksDB what was just written, on the path of every Raft write).
+pub const LOG_TAIL_CACHE_ENTRIES: usize = 256;
+/// Encoded bytes of the entries in that cache; the oldest go first beyond it.
+pub const LOG_TAIL_CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// Spent WAL files RocksDB keeps to write the next WAL over, instead of appending to a new
+/// file (see `RocksStore::prime_wal`).
+pub const STATE_WAL_RECYCLE_FILES: usize = 2;
+/// Live WAL beyond which RocksDB flushes the memtables holding it back, so that WAL files are
+/// retired (and recycled) at about this size.
+pub const STATE_WAL_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Bytes written through the WAL at open so that the first WAL is a recycled file this large.
+pub const STATE_WAL_PRIME_BYTES: usize = 32 * 1024 * 1024;
 /// Block cache shared by the state store's tables (data, index and filter blocks).
 pub const STATE_BLOCK_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// Bloom filter bits per key in the state store's SST files (about 1 % false positives).

@@ -17,7 +17,10 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use crate::limits::{STATE_BLOCK_CACHE_BYTES, STATE_BLOOM_BITS_PER_KEY, STATE_MEMTABLE_BLOOM_RATIO};
+use crate::limits::{
+    STATE_BLOCK_CACHE_BYTES, STATE_BLOOM_BITS_PER_KEY, STATE_MEMTABLE_BLOOM_RATIO, STATE_WAL_MAX_BYTES,
+    STATE_WAL_PRIME_BYTES, STATE_WAL_RECYCLE_FILES,
+};
 
 /// Errors from the storage engine. They are not expected in normal operation: the callers treat
 /// them as fatal for the state machine (the node stops applying rather than diverging).
@@ -294,8 +297,51 @@ impl RocksStore {
         let cache = rocksdb::Cache::new_lru_cache(STATE_BLOCK_CACHE_BYTES);
         let cfs: Vec<rocksdb::ColumnFamilyDescriptor> =
             tables.iter().map(|t| rocksdb::ColumnFamilyDescriptor::new(*t, table_options(&cache))).collect();
+        opts.set_recycle_log_file_num(STATE_WAL_RECYCLE_FILES);
+        opts.set_max_total_wal_size(STATE_WAL_MAX_BYTES);
         let db = rocksdb::DB::open_cf_descriptors(&opts, path, cfs)?;
-        Ok(Self { db: Arc::new(db) })
+        let store = Self { db: Arc::new(db) };
+        store.prime_wal(tables)?;
+        Ok(store)
+    }
+
+    /// Leaves the store writing its WAL over a recycled file instead of appending to a new one.
+    ///
+    /// Every Raft write ends in an fdatasync of the WAL, one on the leader and then one on a
+    /// follower. Appending grows the file, so each of those syncs also commits the inode's new
+    /// size through the filesystem journal; overwriting blocks already written does not (about
+    /// 0.19 against 0.14 ms per sync on this project's test machine, three writers at once).
+    /// RocksDB recycles a WAL file only after the memtables it holds were flushed, which a new
+    /// or freshly restarted store would reach only after tens of MiB of writes. So at open:
+    /// write [`STATE_WAL_PRIME_BYTES`] of zeros to the unused default column family, flush
+    /// (that WAL file becomes recyclable), write once more and flush again (the WAL switches
+    /// onto the recycled file), then delete the filler. Costs one sequential write of that
+    /// size per open.
+    fn prime_wal(&self, tables: &[&str]) -> Result<(), StoreError> {
+        const FILLER_VALUE_BYTES: usize = 1024 * 1024;
+        let filler = vec![0u8; FILLER_VALUE_BYTES];
+        let keys: Vec<Vec<u8>> =
+            (0..STATE_WAL_PRIME_BYTES / FILLER_VALUE_BYTES).map(|i| format!("wal-prime-{i:04}").into_bytes()).collect();
+        let mut flush = rocksdb::FlushOptions::default();
+        flush.set_wait(true);
+        let tables: Vec<&rocksdb::ColumnFamily> = tables.iter().map(|t| self.cf(t)).collect::<Result<_, _>>()?;
+        let flush_all = || -> Result<(), StoreError> {
+            // Every column family with data in the current WAL must flush before it retires.
+            self.db.flush_opt(&flush)?;
+            self.db.flush_cfs_opt(&tables, &flush)?;
+            Ok(())
+        };
+        for key in &keys {
+            self.db.put(key, &filler)?;
+        }
+        flush_all()?;
+        self.db.put(b"wal-prime-switch", b"")?;
+        flush_all()?;
+        for key in &keys {
+            self.db.delete(key)?;
+        }
+        self.db.delete(b"wal-prime-switch")?;
+        Ok(())
     }
 
     pub fn db(&self) -> &Arc<rocksdb::DB> {
@@ -484,5 +530,35 @@ mod tests {
     fn rocks_store_semantics() {
         let dir = tempfile::tempdir().expect("tempdir");
         exercise(&RocksStore::open(dir.path(), &["a"]).expect("open"));
+    }
+
+    /// Sizes of the WAL files, newest (the one being written) last.
+    fn wal_sizes(dir: &Path) -> Vec<u64> {
+        let mut logs: Vec<(String, u64)> = std::fs::read_dir(dir)
+            .expect("read dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().expect("stat").len()))
+            .collect();
+        logs.sort();
+        logs.into_iter().map(|(_, len)| len).collect()
+    }
+
+    #[test]
+    fn opens_onto_a_recycled_wal_and_recovers_from_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RocksStore::open(dir.path(), &["a"]).expect("open");
+        let current = *wal_sizes(dir.path()).last().expect("a WAL");
+        assert!(current >= STATE_WAL_PRIME_BYTES as u64, "the WAL written is the primed file: {current} bytes");
+        assert_eq!(store.db().get(b"wal-prime-0000").expect("get"), None, "the filler is deleted");
+        let mut w = WriteSet::new();
+        w.put("a", b"k".to_vec(), b"written over the recycled WAL".to_vec());
+        store.write(w).expect("write");
+        // Closed without flushing the memtables: reopening replays the recycled WAL, whose
+        // tail still holds records of its earlier life.
+        drop(store);
+        let store = RocksStore::open(dir.path(), &["a"]).expect("reopen");
+        assert_eq!(store.get("a", b"k").expect("get"), Some(b"written over the recycled WAL".to_vec()));
+        assert!(*wal_sizes(dir.path()).last().expect("a WAL") >= STATE_WAL_PRIME_BYTES as u64, "primed again");
     }
 }
