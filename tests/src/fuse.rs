@@ -125,6 +125,11 @@ impl FuseCluster {
         Ok(path)
     }
 
+    /// The sum over the metaservers of a metric line (see [`crate::metaserver_metric_sum`]).
+    pub async fn metaserver_metric_sum(&self, name: &str) -> anyhow::Result<f64> {
+        crate::metaserver_metric_sum(&self.cluster, name).await
+    }
+
     /// The metaserver leader, confirmed by the leader itself, other than `not`.
     pub async fn metaserver_leader(&self, not: Option<NodeId>) -> anyhow::Result<NodeId> {
         poll_until("a metaserver leader", LEADER_TIMEOUT, || async {

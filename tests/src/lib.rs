@@ -43,6 +43,7 @@ mod fuse;
 mod keep;
 pub mod limits;
 pub mod meta;
+mod metrics;
 mod poll;
 pub mod posix;
 
@@ -54,6 +55,7 @@ pub use fuse::{
     OPENRAFT_ERRORS,
 };
 pub use keep::{keep_for_diagnosis, KEEP_DATA_ENV};
+pub use metrics::metaserver_metric_sum;
 pub use poll::poll_until;
 
 pub use cairn_fs_client::dev::{NodeId, Signal};

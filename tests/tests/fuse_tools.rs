@@ -208,5 +208,32 @@ async fn tools_work_on_the_mount() -> anyhow::Result<()> {
     ];
     // The checks block on child processes.
     tokio::task::block_in_place(|| run_checks(checks))?;
+
+    // What tar does to each file it extracts: write, then set mtime and mode on the open file.
+    // The attribute changes ride on the commit of the buffered data (one Raft write), and
+    // land as asked.
+    let combined = "cairn_metaserver_ops_total{op=\"commit_write_setattr\",outcome=\"ok\"}";
+    let before = cluster.metaserver_metric_sum(combined).await?;
+    let out = tokio::task::block_in_place(|| {
+        sh(
+            &mnt,
+            "python3 -c \"\n\
+             import os\n\
+             fd = os.open('attrs-on-open', os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)\n\
+             os.write(fd, b'x' * 100000)\n\
+             os.utime(fd, ns=(1234567890123456789, 1111111111222222222))\n\
+             os.fchmod(fd, 0o751)\n\
+             os.close(fd)\n\
+             \"\n\
+             stat -c '%s %a %Y' attrs-on-open",
+        )
+    })?;
+    if out.stdout.trim() != "100000 751 1111111111" {
+        bail!("after write, futimens and fchmod on the open file: {}", out.stdout);
+    }
+    let after = cluster.metaserver_metric_sum(combined).await?;
+    if after < before + 1.0 {
+        bail!("no commit carried the attribute change ({before} -> {after} commit_write_setattr)");
+    }
     cluster.finish(&[])
 }

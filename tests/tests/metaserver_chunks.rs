@@ -26,7 +26,7 @@ use cairn_fs_client::dev::{bin_dir, Cluster, ClusterSpec, NodeId, NodeRef, Signa
 use cairn_proto::chunk::WriteHeader;
 use cairn_proto::meta as pb;
 use cairn_proto::meta::meta_service_client::MetaServiceClient;
-use cairn_tests::{keep_for_diagnosis, poll_until};
+use cairn_tests::{keep_for_diagnosis, metaserver_metric_sum, poll_until};
 use rand::{Rng, SeedableRng};
 use tonic::transport::Channel;
 
@@ -272,7 +272,15 @@ impl Fixture {
 
     /// CommitWrite of `size` after writes to `chunk_indexes`, by this fixture's session.
     async fn commit(&mut self, ino: u64, size: u64, chunk_indexes: Vec<u64>) -> anyhow::Result<pb::AttrResponse> {
-        let r = pb::CommitWriteRequest { cred: root(), time: None, ino, session: self.session, size, chunk_indexes };
+        let r = pb::CommitWriteRequest {
+            cred: root(),
+            time: None,
+            ino,
+            session: self.session,
+            size,
+            chunk_indexes,
+            then_set: None,
+        };
         Ok(self.meta.commit_write(r).await?.into_inner())
     }
 
@@ -375,19 +383,8 @@ impl Fixture {
         .await
     }
 
-    /// The sum over the metaservers of a metric line (`name` with its labels; a node without
-    /// the line counts 0). Leader work is counted where it ran, and leadership may move.
     async fn metric_sum(&self, name: &str) -> anyhow::Result<f64> {
-        let mut sum = 0.0;
-        for id in self.cluster.metaserver_ids() {
-            let http = self.cluster.node(NodeRef::metaserver(id))?.addrs.http;
-            let metrics = cairn_fs_client::http::get(http, "/metrics", Duration::from_secs(5)).await?;
-            let text = String::from_utf8_lossy(&metrics.body).into_owned();
-            if let Some(line) = text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' ')) {
-                sum += line[name.len()..].trim().parse::<f64>()?;
-            }
-        }
-        Ok(sum)
+        metaserver_metric_sum(&self.cluster, name).await
     }
 
     /// The metaserver that says it leads.

@@ -61,6 +61,8 @@ struct Flushed {
     entries: Vec<ChunkEntry>,
     /// Written with `sync` (durable on every replica), else only applied by every replica.
     synced: bool,
+    /// The attributes after the attribute change the commit carried, if it carried one.
+    changed: Option<Attr>,
 }
 
 /// Data read for a window, and chunk entries found stale on the way (index → new entry).
@@ -380,6 +382,8 @@ impl Core {
         // and mode likewise: the commit of buffered data sets mtime (and clears setuid/setgid),
         // so committing it after `futimens`/`chmod` would undo them (tar -x sets mtimes on
         // open files before closing them).
+        // Without a size, the change rides on the commit of what is buffered (one Raft write
+        // instead of two) when there is something to commit.
         let inode = if size.is_some() {
             Some(self.inode(ino))
         } else if mtime.is_some() || mode.is_some() {
@@ -390,7 +394,15 @@ impl Core {
         let mut io = match &inode {
             Some(inode) => {
                 let mut io = inode.io.lock().await;
-                self.settle(inode, &mut io).await?;
+                if size.is_none() {
+                    let change = AttrChange { mode, uid, gid, atime, mtime };
+                    if let Some(attr) = self.settle_changing(inode, &mut io, change).await? {
+                        self.cache.dir_changed(ino, false);
+                        return Ok(attr);
+                    }
+                } else {
+                    self.settle(inode, &mut io).await?;
+                }
                 Some(io)
             }
             None => None,
@@ -845,7 +857,7 @@ impl Core {
         let ino = inode.ino;
         // Not synced: every replica has applied the data when the flush ends (it survives a
         // killed server process); fsync makes it durable.
-        let task = tokio::spawn(async move { core.write_out(cred, ino, pieces, end, first, false).await });
+        let task = tokio::spawn(async move { core.write_out(cred, ino, pieces, end, first, false, None).await });
         io.inflight.push_back(InFlight { start, end, task });
         Ok(())
     }
@@ -877,7 +889,7 @@ impl Core {
     /// `settle`; with `durable`, the final write is synced and so is every chain that took
     /// unsynced writes of the file since its last fsync.
     async fn settle_with(&self, inode: &Inode, io: &mut FileIo, durable: bool) -> OpResult<()> {
-        let result = self.settle_buffer(inode, io, durable).await;
+        let result = self.settle_buffer(inode, io, durable, None).await;
         // Only the flush right after the create may use the chunk it allocated: later, a
         // truncation or another client may have cut it away.
         io.first_chunk = None;
@@ -888,21 +900,37 @@ impl Core {
         Ok(())
     }
 
-    async fn settle_buffer(&self, inode: &Inode, io: &mut FileIo, sync: bool) -> OpResult<()> {
+    /// `settle`, with `change` made by the final commit: the attributes after it, or `None`
+    /// when there was nothing to commit or the combined change failed (then the data is
+    /// committed alone, and the caller makes the change by itself, which reports why it fails).
+    async fn settle_changing(&self, inode: &Inode, io: &mut FileIo, change: AttrChange) -> OpResult<Option<Attr>> {
+        let result = self.settle_buffer(inode, io, false, Some(change)).await;
+        io.first_chunk = None;
+        result
+    }
+
+    async fn settle_buffer(
+        &self,
+        inode: &Inode,
+        io: &mut FileIo,
+        sync: bool,
+        change: Option<AttrChange>,
+    ) -> OpResult<Option<Attr>> {
         self.await_inflight(io).await?;
         if io.buf.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let end = io.buf.end();
         let pieces = io.buf.take_by_chunk(self.chunk_size());
         let first = if pieces.contains_key(&0) { io.first_chunk.take() } else { None };
-        let flushed = self.write_out(io.cred.clone(), inode.ino, pieces, end, first, sync).await?;
+        let mut flushed = self.write_out(io.cred.clone(), inode.ino, pieces, end, first, sync, change).await?;
+        let changed = flushed.changed.take();
         apply_flushed(io, flushed);
         if let Some(seen) = lock(&inode.seen).as_mut() {
             // Our own writes do not invalidate our own page cache.
             seen.2 = io.size;
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// fsync: a header-only `sync` write through the chain of every chunk that took unsynced
@@ -1004,7 +1032,9 @@ impl Core {
         self.settle(&inode, &mut io).await
     }
 
-    /// Writes buffered pieces to their chunks (in parallel) and commits the new size.
+    /// Writes buffered pieces to their chunks (in parallel) and commits the new size, with
+    /// `change` when given (falling back to the commit alone if the combined change fails).
+    #[allow(clippy::too_many_arguments)]
     async fn write_out(
         &self,
         cred: Credentials,
@@ -1013,6 +1043,7 @@ impl Core {
         end: u64,
         mut first: Option<ChunkEntry>,
         sync: bool,
+        change: Option<AttrChange>,
     ) -> OpResult<Flushed> {
         let started = std::time::Instant::now();
         let bytes: usize = pieces.values().flatten().map(|(_, d)| d.len()).sum();
@@ -1022,19 +1053,32 @@ impl Core {
         });
         let entries = futures::future::try_join_all(writes).await?;
         let written = started.elapsed();
-        let r = self
-            .with_session(|session| {
+        let chunk_indexes: Vec<u64> = pieces.keys().copied().collect();
+        let commit = |then_set: Option<AttrChange>| {
+            let (cred, chunk_indexes) = (cred.clone(), chunk_indexes.clone());
+            self.with_session(move |session| {
                 let request = CommitWriteRequest {
                     cred: Some(cred.clone()),
                     time: Some(now()),
                     ino,
                     session,
                     size: end,
-                    chunk_indexes: pieces.keys().copied().collect(),
+                    chunk_indexes: chunk_indexes.clone(),
+                    then_set,
                 };
                 self.meta.rpc("commit_write", request, |mut c, r| async move { c.commit_write(r).await })
             })
-            .await?;
+        };
+        let (r, changed) = match change {
+            None => (commit(None).await?, false),
+            Some(change) => match commit(Some(change)).await {
+                Ok(r) => (r, true),
+                Err(e) => {
+                    tracing::debug!(ino, errno = ?e, "commit with an attribute change failed; committing alone");
+                    (commit(None).await?, false)
+                }
+            },
+        };
         let attr = r.attr.ok_or(Errno::EIO)?;
         // The commit made the chunks written no longer fresh (they exist on every replica).
         let entries = entries.into_iter().map(|e| ChunkEntry { fresh: false, ..e }).collect();
@@ -1045,7 +1089,8 @@ impl Core {
             total_ms = started.elapsed().as_millis() as u64,
             "flushed"
         );
-        Ok(Flushed { size: attr.size, entries, synced: sync })
+        let size = attr.size;
+        Ok(Flushed { size, entries, synced: sync, changed: changed.then_some(attr) })
     }
 
     async fn allocate(&self, cred: &Credentials, ino: u64, index: u64) -> OpResult<ChunkEntry> {

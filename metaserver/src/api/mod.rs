@@ -572,11 +572,21 @@ impl MetaService for MetaApi {
 
     async fn commit_write(&self, request: Request<pb::CommitWriteRequest>) -> Answer<pb::AttrResponse> {
         let (once, r) = (request_id(request.metadata()), request.into_inner());
-        let op = Op::CommitWrite {
-            ino: InodeId(r.ino),
-            session: SessionId(r.session),
-            size: r.size,
-            chunk_indexes: r.chunk_indexes,
+        let (ino, session) = (InodeId(r.ino), SessionId(r.session));
+        let op = match r.then_set {
+            None => Op::CommitWrite { ino, session, size: r.size, chunk_indexes: r.chunk_indexes },
+            Some(change) => {
+                let attr = SetAttr {
+                    mode: change.mode,
+                    uid: change.uid,
+                    gid: change.gid,
+                    size: None,
+                    atime: convert::time_set(change.atime)?,
+                    mtime: convert::time_set(change.mtime)?,
+                    through_write_handle: false,
+                };
+                Op::CommitWriteSetAttr { ino, session, size: r.size, chunk_indexes: r.chunk_indexes, attr }
+            }
         };
         attr_response(self.change(once, r.cred, r.time, op).await?)
     }

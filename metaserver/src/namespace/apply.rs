@@ -119,6 +119,14 @@ impl<'a> Apply<'a> {
             Op::CommitWrite { ino, session, size, chunk_indexes } => {
                 self.commit_write(*ino, *session, *size, chunk_indexes)?
             }
+            Op::CommitWriteSetAttr { ino, session, size, chunk_indexes, attr } => {
+                // A truncation has more to do than the namespace change (see `SetAttr`).
+                if attr.size.is_some() {
+                    return Err(Errno::Inval.into());
+                }
+                self.commit_write(*ino, *session, *size, chunk_indexes)?;
+                self.setattr(*ino, attr)?
+            }
             Op::SetChunkReplicas { ino, index, chunk, expect_version, version, replicas } => {
                 self.set_chunk_replicas(*ino, *index, *chunk, *expect_version, *version, replicas)?
             }

@@ -261,6 +261,17 @@ pub enum Op {
         request: RequestId,
         op: Box<Op>,
     },
+    /// `CommitWrite` and then `SetAttr` of the same file in one entry, all or nothing: a
+    /// futimens, fchmod or fchown of a file with buffered writes would otherwise cost two Raft
+    /// writes (tar sets the mtime of every file it extracts before closing it). `attr` never
+    /// changes the size. (A variant of its own so commands already in logs keep decoding.)
+    CommitWriteSetAttr {
+        ino: InodeId,
+        session: SessionId,
+        size: u64,
+        chunk_indexes: Vec<u64>,
+        attr: SetAttr,
+    },
 }
 
 /// A client's request, numbered within its session.
@@ -307,6 +318,7 @@ impl Op {
             Op::CloseHandle { .. } => "close",
             Op::CreateWithChunk { .. } => "create",
             Op::Once { op, .. } => op.name(),
+            Op::CommitWriteSetAttr { .. } => "commit_write_setattr",
         }
     }
 }

@@ -143,6 +143,27 @@ fn commit_write_grows_the_file_and_clears_fresh() {
 }
 
 #[test]
+fn commit_then_setattr_is_one_change_all_or_nothing() {
+    let mut fs = Fs::new();
+    let f = fs.writable("f");
+    fs.allocate(f, S1, 0, &[1, 2]).expect("allocate");
+    let at = Timespec::new(1_000_000, 7);
+    let attr = SetAttr { mode: Some(0o640), mtime: Some(TimeSet::At(at)), ..SetAttr::default() };
+    let op = |size, attr: SetAttr| Op::CommitWriteSetAttr { ino: f, session: S1, size, chunk_indexes: vec![0], attr };
+    let a = fs.attr(&root(), op(100, attr.clone())).expect("commit and setattr");
+    // The mtime set after the commit wins over the commit's own; the rest is the commit's.
+    assert_eq!((a.size, a.mode & 0o7777, a.mtime), (100, 0o640, at));
+    assert!(!fs.chunk_at(f, 0).expect("chunk 0").fresh);
+    assert_eq!(fs.get(f), a);
+    // A change that fails (bob may not chmod root's file) takes the commit with it.
+    let before = fs.get(f);
+    assert_eq!(fs.attr(&bob(), op(200, attr.clone())), Err(Errno::Perm));
+    assert_eq!(fs.get(f), before, "nothing of the failed change applied");
+    // Never a truncation: that has work to do beyond the namespace.
+    assert_eq!(fs.attr(&root(), op(300, SetAttr { size: Some(1), ..SetAttr::default() })), Err(Errno::Inval));
+}
+
+#[test]
 fn chunks_never_written_go_with_the_last_writer() {
     let mut fs = Fs::new();
     let f = fs.writable("f");
