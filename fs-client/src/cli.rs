@@ -9,7 +9,7 @@ use crate::bench::kv::{KvBenchConfig, KvOp};
 use crate::bench::lock::{LockBenchConfig, LockOp};
 use crate::bench::meta::{MetaBenchConfig, MetaOp, Route};
 use crate::fuse::MountOptions;
-use crate::limits::BENCH_CLIENTS_MAX;
+use crate::limits::{BENCH_CLIENTS_MAX, BENCH_CLIENTS_PER_CHANNEL};
 
 /// Cairn: a distributed filesystem and an etcd-v3-compatible coordinator.
 #[derive(Debug, Parser)]
@@ -293,6 +293,11 @@ pub struct BenchMetaArgs {
     /// follower, which forwards changes and asks the leader before reads).
     #[arg(long, value_enum, default_value_t = Route::Leader)]
     pub route: Route,
+    /// Clients that share one connection (HTTP/2 multiplexes their calls) to each metaserver,
+    /// like etcd's benchmark `--clients` over `--conns`. A FUSE mount is one client process
+    /// with one connection for all its requests.
+    #[arg(long, default_value_t = BENCH_CLIENTS_PER_CHANNEL)]
+    pub clients_per_connection: usize,
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
@@ -312,6 +317,7 @@ impl BenchMetaArgs {
             min_files: self.min_files,
             keep: self.keep,
             route: self.route,
+            clients_per_connection: self.clients_per_connection,
         }
     }
 }

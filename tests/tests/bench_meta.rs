@@ -70,6 +70,8 @@ async fn every_operation_runs_cleanly_and_leaves_nothing_behind() -> anyhow::Res
         min_files: 20,
         keep: false,
         route: Route::Leader,
+        // Four clients over two connections to each node.
+        clients_per_connection: 2,
     };
     let mut reported = 0;
     let results = meta::run(&config, |_| reported += 1).await?;

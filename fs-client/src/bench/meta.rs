@@ -43,7 +43,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::kv::{describe_status, endpoint_uri, new_histogram};
 use crate::fuse::leader_hint;
 use crate::limits::{
-    BENCH_CLIENTS_MAX, BENCH_CLIENTS_PER_CHANNEL, BENCH_CONNECT_TIMEOUT, BENCH_ERROR_BACKOFF, BENCH_META_MIN_FILES_MAX,
+    BENCH_CLIENTS_MAX, BENCH_CONNECT_TIMEOUT, BENCH_ERROR_BACKOFF, BENCH_META_MIN_FILES_MAX,
     BENCH_META_READDIR_ENTRIES_MAX, BENCH_META_READDIR_PAGE_MAX, BENCH_META_RPC_TIMEOUT, BENCH_META_SETUP_TASKS,
 };
 
@@ -115,6 +115,8 @@ pub struct MetaBenchConfig {
     pub keep: bool,
     /// Which metaserver each request goes to.
     pub route: Route,
+    /// Workers that share one channel (connection) to each endpoint.
+    pub clients_per_connection: usize,
 }
 
 impl MetaBenchConfig {
@@ -124,6 +126,9 @@ impl MetaBenchConfig {
         }
         if self.clients.is_empty() || self.clients.iter().any(|&c| c == 0 || c > BENCH_CLIENTS_MAX) {
             bail!("--clients must list counts between 1 and {BENCH_CLIENTS_MAX}");
+        }
+        if self.clients_per_connection == 0 {
+            bail!("--clients-per-connection must be at least 1");
         }
         if self.duration.is_zero() {
             bail!("--duration must be positive");
@@ -592,10 +597,10 @@ impl Worker {
     }
 }
 
-/// channels[group][endpoint]: one channel per endpoint for every
-/// [`BENCH_CLIENTS_PER_CHANNEL`] workers, connected lazily.
+/// channels[group][endpoint]: one channel per endpoint for every `clients_per_connection`
+/// workers, connected lazily.
 fn channels(config: &MetaBenchConfig, clients: usize) -> anyhow::Result<Vec<Vec<Channel>>> {
-    let groups = clients.div_ceil(BENCH_CLIENTS_PER_CHANNEL).max(1);
+    let groups = clients.div_ceil(config.clients_per_connection).max(1);
     let mut channels = Vec::with_capacity(groups);
     for _ in 0..groups {
         let mut group = Vec::with_capacity(config.endpoints.len());
@@ -642,7 +647,7 @@ pub async fn run(
         let channels = channels(config, clients)?;
         let mut workers = Vec::with_capacity(clients);
         for index in 0..clients {
-            let mut worker_clients = Clients::new(&channels[index / BENCH_CLIENTS_PER_CHANNEL], index);
+            let mut worker_clients = Clients::new(&channels[index / config.clients_per_connection], index);
             if config.route == Route::Leader {
                 worker_clients = worker_clients.following(endpoints.clone());
             }
@@ -781,7 +786,7 @@ async fn remove_worker_dirs(workers: Vec<Worker>) -> anyhow::Result<()> {
 async fn fill_dir(channels: &[Vec<Channel>], ino: u64, entries: usize) -> anyhow::Result<()> {
     let mut tasks = JoinSet::new();
     for task in 0..BENCH_META_SETUP_TASKS {
-        let mut clients = Clients::new(&channels[task / BENCH_CLIENTS_PER_CHANNEL], task);
+        let mut clients = Clients::new(&channels[task % channels.len()], task);
         tasks.spawn(async move {
             for i in (task..entries).step_by(BENCH_META_SETUP_TASKS) {
                 match clients.create(ino, &format!("e{i}")).await {
@@ -808,7 +813,7 @@ async fn empty_dir(channels: &[Vec<Channel>], parent: u64, name: &str) -> anyhow
     let names = Arc::new(names);
     let mut tasks = JoinSet::new();
     for task in 0..BENCH_META_SETUP_TASKS {
-        let mut clients = Clients::new(&channels[task / BENCH_CLIENTS_PER_CHANNEL], task);
+        let mut clients = Clients::new(&channels[task % channels.len()], task);
         let names = Arc::clone(&names);
         tasks.spawn(async move {
             for entry in names.iter().skip(task).step_by(BENCH_META_SETUP_TASKS) {
@@ -843,6 +848,7 @@ mod tests {
             min_files: 1000,
             keep: false,
             route: Route::Leader,
+            clients_per_connection: 16,
         }
     }
 
@@ -853,6 +859,7 @@ mod tests {
         assert!(MetaBenchConfig { ops: vec![MetaOp::Create], readdir_entries: 0, ..config() }.validate().is_ok());
         let bad = [
             MetaBenchConfig { endpoints: vec![], ..config() },
+            MetaBenchConfig { clients_per_connection: 0, ..config() },
             MetaBenchConfig { endpoints: vec![" ".into()], ..config() },
             MetaBenchConfig { clients: vec![], ..config() },
             MetaBenchConfig { clients: vec![0], ..config() },
