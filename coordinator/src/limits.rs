@@ -32,6 +32,9 @@ pub const STATE_WAL_RECYCLE_FILES: usize = 2;
 pub const STATE_WAL_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Bytes written through the WAL at open so that the first WAL is a recycled file this large.
 pub const STATE_WAL_PRIME_BYTES: usize = 32 * 1024 * 1024;
+/// Below this much free disk space the WAL is not primed at open: a write that fails for lack
+/// of space leaves RocksDB refusing all writes until it is reopened.
+pub const STATE_WAL_PRIME_FREE_MIN_BYTES: u64 = 512 * 1024 * 1024;
 /// Block cache shared by the state store's tables (data, index and filter blocks).
 pub const STATE_BLOCK_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// Bloom filter bits per key in the state store's SST files (about 1 % false positives).

@@ -19,7 +19,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::limits::{
     STATE_BLOCK_CACHE_BYTES, STATE_BLOOM_BITS_PER_KEY, STATE_MEMTABLE_BLOOM_RATIO, STATE_WAL_MAX_BYTES,
-    STATE_WAL_PRIME_BYTES, STATE_WAL_RECYCLE_FILES,
+    STATE_WAL_PRIME_BYTES, STATE_WAL_PRIME_FREE_MIN_BYTES, STATE_WAL_RECYCLE_FILES,
 };
 
 /// Errors from the storage engine. They are not expected in normal operation: the callers treat
@@ -319,6 +319,14 @@ impl RocksStore {
     /// size per open.
     fn prime_wal(&self, tables: &[&str]) -> Result<(), StoreError> {
         const FILLER_VALUE_BYTES: usize = 1024 * 1024;
+        match crate::alarm::disk_space(self.db.path()) {
+            Ok((free, _)) if free < STATE_WAL_PRIME_FREE_MIN_BYTES => {
+                tracing::warn!(free_bytes = free, "little free disk space: the WAL is appended to, not recycled");
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not read the free disk space; priming the WAL anyway"),
+        }
         let filler = vec![0u8; FILLER_VALUE_BYTES];
         let keys: Vec<Vec<u8>> =
             (0..STATE_WAL_PRIME_BYTES / FILLER_VALUE_BYTES).map(|i| format!("wal-prime-{i:04}").into_bytes()).collect();
