@@ -235,5 +235,33 @@ async fn tools_work_on_the_mount() -> anyhow::Result<()> {
     if after < before + 1.0 {
         bail!("no commit carried the attribute change ({before} -> {after} commit_write_setattr)");
     }
+    // A change the caller may not make (explicit times on someone else's file) fails alone:
+    // the written data is committed all the same, and the caller gets EPERM. (The kernel's
+    // default_permissions check refuses it first here; the metaserver refuses it too when the
+    // kernel's attributes are stale, and then the client commits the data alone.)
+    let out = tokio::task::block_in_place(|| {
+        sh(
+            &mnt,
+            "touch not-mine && chmod 666 not-mine
+             python3 -c \"\n\
+             import os\n\
+             os.setgid(65534); os.setuid(65534)\n\
+             fd = os.open('not-mine', os.O_WRONLY)\n\
+             os.write(fd, b'written by nobody')\n\
+             try:\n\
+             \x20   os.utime(fd, ns=(1, 1))\n\
+             \x20   print('utime allowed')\n\
+             except PermissionError:\n\
+             \x20   print('EPERM')\n\
+             os.close(fd)\n\
+             \"\n\
+             cat not-mine; echo; stat -c '%s %Y' not-mine",
+        )
+    })?;
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let mtime_advanced = lines.get(2).and_then(|l| l.split(' ').nth(1)).is_some_and(|t| t != "1");
+    if lines.first() != Some(&"EPERM") || lines.get(1) != Some(&"written by nobody") || !mtime_advanced {
+        bail!("futimens refused on an open file with buffered writes: {}", out.stdout);
+    }
     cluster.finish(&[])
 }
