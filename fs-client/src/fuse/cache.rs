@@ -94,6 +94,18 @@ impl LocalCache {
         Some(tx)
     }
 
+    /// Directory `ino` changed through this client, which learnt its attributes as the change
+    /// left them from the answer to a request sent at `sent`.
+    pub fn dir_known(&self, ino: u64, attr: Attr, sent: Instant) {
+        let mut dirs = lock(&self.dirs);
+        dirs.remove(&ino);
+        if self.ttl.is_zero() {
+            return;
+        }
+        let (_, rx) = watch::channel(Some(Some(attr)));
+        dirs.insert(ino, Prefetch { sent, attr: rx });
+    }
+
     /// The kernel learnt (or may have) directory `ino` under `name` in `parent`.
     pub fn note_dir_name(&self, parent: u64, name: &[u8], ino: u64) {
         if self.ttl.is_zero() {
@@ -197,6 +209,23 @@ mod tests {
         let _tx = cache.dir_changed(3, true);
         cache.all_dirs_changed();
         assert!(cache.dir_attr(2).is_none() && cache.dir_attr(3).is_none());
+    }
+
+    #[tokio::test]
+    async fn attributes_a_change_answered_need_no_fetch() {
+        let cache = LocalCache::new(Duration::from_secs(60));
+        let sent = Instant::now();
+        cache.dir_known(1, Attr { ino: 1, size: 7, ..Default::default() }, sent);
+        let (since, mut rx) = cache.dir_attr(1).expect("known");
+        assert_eq!(since, sent, "as old as the request that learnt them");
+        let attr = *rx.wait_for(Option::is_some).await.expect("ready without a sender");
+        assert_eq!(attr.flatten().map(|a| a.size), Some(7));
+        // A later change through this client forgets them, as it forgets a prefetch.
+        assert!(cache.dir_changed(1, false).is_none());
+        assert!(cache.dir_attr(1).is_none());
+        let off = LocalCache::new(Duration::ZERO);
+        off.dir_known(1, Attr::default(), sent);
+        assert!(off.dir_attr(1).is_none());
     }
 
     #[test]

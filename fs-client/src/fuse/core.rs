@@ -735,9 +735,11 @@ impl Core {
                 self.meta.rpc("create", request, |mut c, r| async move { c.create(r).await })
             })
             .await;
-        // Opening an existing file leaves the directory as it was.
+        // Opening an existing file leaves the directory as it was; a create answers the
+        // directory's new attributes (older servers do not: then they are fetched).
         match &r {
             Ok(r) if !r.created => {}
+            Ok(CreateResponse { parent_attr: Some(dir), .. }) => self.cache.dir_known(parent, *dir, sent),
             _ => self.dir_changed(parent, r.is_ok()),
         }
         let r = r?;

@@ -245,7 +245,11 @@ impl MetaService for MetaApi {
         };
         let outcome = self.change(once, r.cred, r.time, op).await?;
         let created_ino = match &outcome {
-            Ok(Reply::Created { attr: a, .. } | Reply::CreatedWithChunk { attr: a, .. }) => Some(a.ino.0),
+            Ok(
+                Reply::Created { attr: a, .. }
+                | Reply::CreatedWithChunk { attr: a, .. }
+                | Reply::CreatedWithChunkIn { attr: a, .. },
+            ) => Some(a.ino.0),
             _ => None,
         };
         if let (true, Some(ino)) = (flags.truncate, created_ino) {
@@ -254,16 +258,26 @@ impl MetaService for MetaApi {
         let live = |s| self.chunks.registry().is_live(s);
         Ok(Response::new(match outcome {
             Ok(Reply::Created { attr: a, created }) => {
-                pb::CreateResponse { errno: 0, attr: Some(attr(&a)), created, first_chunk: None }
+                pb::CreateResponse { errno: 0, attr: Some(attr(&a)), created, first_chunk: None, parent_attr: None }
             }
             Ok(Reply::CreatedWithChunk { attr: a, created, first_chunk }) => pb::CreateResponse {
                 errno: 0,
                 attr: Some(attr(&a)),
                 created,
                 first_chunk: first_chunk.map(|c| convert::chunk_entry(0, &c, live)),
+                parent_attr: None,
+            },
+            Ok(Reply::CreatedWithChunkIn { attr: a, created, first_chunk, parent }) => pb::CreateResponse {
+                errno: 0,
+                attr: Some(attr(&a)),
+                created,
+                first_chunk: first_chunk.map(|c| convert::chunk_entry(0, &c, live)),
+                parent_attr: parent.map(|p| attr(&p)),
             },
             Ok(other) => return Err(Status::internal(format!("unexpected reply {other:?}"))),
-            Err(e) => pb::CreateResponse { errno: e.code(), attr: None, created: false, first_chunk: None },
+            Err(e) => {
+                pb::CreateResponse { errno: e.code(), attr: None, created: false, first_chunk: None, parent_attr: None }
+            }
         }))
     }
 

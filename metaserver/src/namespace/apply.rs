@@ -357,7 +357,8 @@ impl<'a> Apply<'a> {
         } else {
             None
         };
-        Ok(Reply::CreatedWithChunk { attr, created, first_chunk })
+        let parent = if created { Some(self.get(parent)?) } else { None };
+        Ok(Reply::CreatedWithChunkIn { attr, created, first_chunk, parent })
     }
 
     fn open(&mut self, mut inode: Inode, session: SessionId, flags: OpenFlags) -> Res<Inode> {

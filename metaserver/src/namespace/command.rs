@@ -366,6 +366,15 @@ pub enum Reply {
         created: bool,
         first_chunk: Option<Chunk>,
     },
+    /// `CreateWithChunk` (since replies carry the directory): as `CreatedWithChunk`, plus the
+    /// parent directory's attributes after the create when this call created the file. (A
+    /// variant of its own so replies already recorded for retries keep decoding.)
+    CreatedWithChunkIn {
+        attr: Inode,
+        created: bool,
+        first_chunk: Option<Chunk>,
+        parent: Option<Inode>,
+    },
 }
 
 /// The result of a command as replicated back to its proposer.

@@ -347,7 +347,14 @@ impl Fs {
             placement: replicas(on),
         };
         match self.exec(&root(), op)? {
-            Reply::CreatedWithChunk { attr, created, first_chunk } => Ok((attr, created, first_chunk)),
+            Reply::CreatedWithChunkIn { attr, created, first_chunk, parent } => {
+                // The directory's attributes come back exactly when this call created the file.
+                assert_eq!(parent.is_some(), created, "parent attributes: {parent:?}");
+                if let Some(p) = parent {
+                    assert_eq!(p, self.get(p.ino), "the directory as the create left it");
+                }
+                Ok((attr, created, first_chunk))
+            }
             other => panic!("expected CreatedWithChunk, got {other:?}"),
         }
     }
