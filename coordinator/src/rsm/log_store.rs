@@ -113,9 +113,12 @@ impl TailCache {
         if start < first || end > next {
             return None;
         }
-        let skip = usize::try_from(start - first).ok()?;
-        let take = usize::try_from(end.saturating_sub(start)).ok()?;
-        Some(self.entries.iter().skip(skip).take(take).map(|(e, _)| e.clone()).collect())
+        if start >= end {
+            return Some(Vec::new());
+        }
+        let from = usize::try_from(start - first).ok()?;
+        let to = usize::try_from(end - first).ok()?;
+        Some(self.entries.range(from..to).map(|(e, _)| e.clone()).collect())
     }
 }
 
@@ -316,6 +319,7 @@ mod tests {
         assert_eq!(indexes(c.get(6, None)), Some(vec![6, 7, 8]));
         assert_eq!(indexes(c.get(7, Some(8))), Some(vec![7]));
         assert_eq!(indexes(c.get(9, None)), Some(vec![]), "past the last entry: nothing, as on disk");
+        assert_eq!(indexes(c.get(12, None)), Some(vec![]), "further past it too");
         assert_eq!(indexes(c.get(4, Some(6))), None, "starts before the cache");
         assert_eq!(indexes(c.get(8, Some(10))), None, "ends after the cache");
         assert_eq!(indexes(TailCache::default().get(0, None)), None, "empty: read the disk");

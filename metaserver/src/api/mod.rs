@@ -256,28 +256,22 @@ impl MetaService for MetaApi {
             self.flush_truncates(ino).await;
         }
         let live = |s| self.chunks.registry().is_live(s);
-        Ok(Response::new(match outcome {
-            Ok(Reply::Created { attr: a, created }) => {
-                pb::CreateResponse { errno: 0, attr: Some(attr(&a)), created, first_chunk: None, parent_attr: None }
+        // The three create replies (older ones recorded for retries still decode) as one.
+        let (a, created, first_chunk, parent) = match outcome {
+            Ok(Reply::Created { attr, created }) => (attr, created, None, None),
+            Ok(Reply::CreatedWithChunk { attr, created, first_chunk }) => (attr, created, first_chunk, None),
+            Ok(Reply::CreatedWithChunkIn { attr, created, first_chunk, parent }) => {
+                (attr, created, first_chunk, parent)
             }
-            Ok(Reply::CreatedWithChunk { attr: a, created, first_chunk }) => pb::CreateResponse {
-                errno: 0,
-                attr: Some(attr(&a)),
-                created,
-                first_chunk: first_chunk.map(|c| convert::chunk_entry(0, &c, live)),
-                parent_attr: None,
-            },
-            Ok(Reply::CreatedWithChunkIn { attr: a, created, first_chunk, parent }) => pb::CreateResponse {
-                errno: 0,
-                attr: Some(attr(&a)),
-                created,
-                first_chunk: first_chunk.map(|c| convert::chunk_entry(0, &c, live)),
-                parent_attr: parent.map(|p| attr(&p)),
-            },
             Ok(other) => return Err(Status::internal(format!("unexpected reply {other:?}"))),
-            Err(e) => {
-                pb::CreateResponse { errno: e.code(), attr: None, created: false, first_chunk: None, parent_attr: None }
-            }
+            Err(e) => return Ok(Response::new(pb::CreateResponse { errno: e.code(), ..Default::default() })),
+        };
+        Ok(Response::new(pb::CreateResponse {
+            errno: 0,
+            attr: Some(attr(&a)),
+            created,
+            first_chunk: first_chunk.map(|c| convert::chunk_entry(0, &c, live)),
+            parent_attr: parent.map(|p| attr(&p)),
         }))
     }
 
