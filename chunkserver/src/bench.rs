@@ -14,9 +14,9 @@ use crate::client::ChunkClient;
 use crate::config::parse_size;
 use crate::engine::{ChunkEngine, WriteTarget};
 use crate::ids::{ChunkId, ChunkVersion};
-use crate::limits::{CHUNK_SIZE_DEFAULT_BYTES, MIB};
+use crate::limits::{BLOCK_CACHE_DEFAULT_BYTES, CHUNK_SIZE_DEFAULT_BYTES, MIB};
 use crate::space::Space;
-use crate::storage::{ChunkStore, RocksStore};
+use crate::storage::{ChunkStore, IoMode, RocksStore};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchBlocksArgs {
@@ -61,7 +61,7 @@ pub fn bench_blocks(args: &BenchBlocksArgs) -> anyhow::Result<()> {
         let block = u32::try_from(parse_size(size).map_err(anyhow::Error::msg)?).context("block size")?;
         let dir = args.dir.join(format!("bs-{block}"));
         let _ = std::fs::remove_dir_all(&dir);
-        let store = Arc::new(RocksStore::open(&dir)?);
+        let store = Arc::new(RocksStore::open(&dir, IoMode::Direct, BLOCK_CACHE_DEFAULT_BYTES as usize)?);
         let engine = ChunkEngine::open(store.clone(), Arc::new(Space::fixed(u64::MAX / 2, 0, None)), block)?;
         let target =
             |c: u64| WriteTarget { chunk: ChunkId(c), version: ChunkVersion(1), create: true, chunk_size_bytes: 0 };

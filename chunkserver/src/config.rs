@@ -11,8 +11,8 @@ use serde::Deserialize;
 use crate::block::validate_block_size;
 use crate::ids::NodeId;
 use crate::limits::{
-    BLOCK_SIZE_DEFAULT_BYTES, DISK_RESERVE_DEFAULT_BYTES, LEASE_TTL_DEFAULT, LEASE_TTL_MIN, SCRUB_INTERVAL_DEFAULT,
-    SCRUB_RATE_DEFAULT_BYTES_PER_SEC,
+    BLOCK_CACHE_DEFAULT_BYTES, BLOCK_SIZE_DEFAULT_BYTES, DISK_RESERVE_DEFAULT_BYTES, LEASE_TTL_DEFAULT, LEASE_TTL_MIN,
+    SCRUB_INTERVAL_DEFAULT, SCRUB_RATE_DEFAULT_BYTES_PER_SEC,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +75,12 @@ pub struct Flags {
     /// Pause between two scrub passes, e.g. "1h".
     #[arg(long)]
     pub scrub_interval: Option<String>,
+    /// Chunk data bypasses the page cache with O_DIRECT ("true", the default, or "false").
+    #[arg(long)]
+    pub direct_io: Option<bool>,
+    /// Memory for caching block values that small reads fetch, e.g. "256MiB"; "0" disables.
+    #[arg(long)]
+    pub block_cache: Option<String>,
 }
 
 /// The config file: the flags' keys in snake_case.
@@ -95,6 +101,8 @@ struct FileConfig {
     block_size: Option<String>,
     scrub_rate: Option<String>,
     scrub_interval: Option<String>,
+    direct_io: Option<bool>,
+    block_cache: Option<String>,
 }
 
 /// Validated configuration of one chunkserver.
@@ -114,6 +122,9 @@ pub struct ChunkserverConfig {
     pub block_size_bytes: u32,
     pub scrub_rate_bytes_per_sec: u64,
     pub scrub_interval: Duration,
+    /// Blob and table files use O_DIRECT (where the file system allows it).
+    pub direct_io: bool,
+    pub block_cache_bytes: u64,
 }
 
 /// Parses `"64KiB"`, `"1.5GiB"`, `"100MB"`, `"4096"` into bytes (binary and decimal units).
@@ -212,6 +223,10 @@ impl Flags {
             Some(text) => duration("scrub_interval", &text)?,
             None => SCRUB_INTERVAL_DEFAULT,
         };
+        let block_cache_bytes = match self.block_cache.or(file.block_cache) {
+            Some(text) => size("block_cache", &text)?,
+            None => BLOCK_CACHE_DEFAULT_BYTES,
+        };
         Ok(ChunkserverConfig {
             id: NodeId(id),
             data_dir,
@@ -227,6 +242,8 @@ impl Flags {
             block_size_bytes,
             scrub_rate_bytes_per_sec,
             scrub_interval,
+            direct_io: self.direct_io.or(file.direct_io).unwrap_or(true),
+            block_cache_bytes,
         })
     }
 }
@@ -268,6 +285,8 @@ mod tests {
         assert_eq!(c.rack, "r7");
         assert_eq!(c.scrub_rate_bytes_per_sec, 0);
         assert_eq!(c.lease_ttl, LEASE_TTL_DEFAULT);
+        assert!(c.direct_io);
+        assert_eq!(c.block_cache_bytes, BLOCK_CACHE_DEFAULT_BYTES);
 
         let bad_block = Flags { config: Some(path.clone()), block_size: Some("3000".into()), ..Default::default() };
         assert!(bad_block.resolve().is_err());

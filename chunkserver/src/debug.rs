@@ -8,12 +8,12 @@ use crate::block::BLOCK_CRC_BYTES;
 use crate::error::ChunkError;
 use crate::ids::ChunkId;
 use crate::node::db_path;
-use crate::storage::{ChunkStore, RocksStore};
+use crate::storage::{ChunkStore, IoMode, RocksStore};
 
 /// Flips every bit of one data byte in the middle of block `block` of `chunk`, leaving its
 /// stored checksum as it was, so the next verification of that block fails.
 pub fn corrupt_block(data_dir: &Path, chunk: ChunkId, block: u32) -> Result<(), ChunkError> {
-    let store = RocksStore::open(&db_path(data_dir))?;
+    let store = RocksStore::open(&db_path(data_dir), IoMode::Buffered, 0)?;
     let mut value = store
         .block(chunk, block)?
         .ok_or_else(|| ChunkError::InvalidArgument(format!("chunk {chunk} has no stored block {block}")))?;
@@ -40,14 +40,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let target = WriteTarget { chunk: ChunkId(5), version: ChunkVersion(1), create: true, chunk_size_bytes: 0 };
         {
-            let store = Arc::new(RocksStore::open(&db_path(dir.path())).expect("open"));
+            let store = Arc::new(RocksStore::open(&db_path(dir.path()), IoMode::Direct, 0).expect("open"));
             let engine = ChunkEngine::open(store, Arc::new(Space::fixed(u64::MAX / 2, 0, None)), 4096).expect("engine");
             engine.write(&target, 0, &vec![7u8; 3 * 4096]).expect("write");
             engine.sync().expect("sync");
         }
         corrupt_block(dir.path(), ChunkId(5), 1).expect("corrupt");
         assert!(corrupt_block(dir.path(), ChunkId(5), 9).is_err());
-        let store = Arc::new(RocksStore::open(&db_path(dir.path())).expect("open"));
+        let store = Arc::new(RocksStore::open(&db_path(dir.path()), IoMode::Direct, 0).expect("open"));
         let engine = ChunkEngine::open(store, Arc::new(Space::fixed(u64::MAX / 2, 0, None)), 4096).expect("engine");
         assert!(engine.read(ChunkId(5), None, 0, 4096).is_ok());
         assert!(matches!(engine.read(ChunkId(5), None, 0, 3 * 4096), Err(ChunkError::Corrupt { block: 1, .. })));

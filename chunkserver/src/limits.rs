@@ -28,6 +28,10 @@ pub const BLOB_MIN_BYTES: u64 = 4 * KIB;
 pub const BLOB_FILE_BYTES: u64 = 256 * MIB;
 /// Memtable size of the block column family (values live there until flushed to blob files).
 pub const BLOCK_MEMTABLE_BYTES: usize = 64 * MIB as usize;
+/// Default size of the cache of block values read by small reads (`--block-cache`).
+pub const BLOCK_CACHE_DEFAULT_BYTES: u64 = 256 * MIB;
+/// Reads of at most this many blocks fill the block cache; longer (streaming) reads do not.
+pub const CACHED_READ_BLOCKS_MAX: u32 = 2;
 
 // Every block size is a power of two between the bounds, so it divides both chunk sizes.
 const _: () = assert!(BLOCK_SIZE_DEFAULT_BYTES.is_power_of_two());
@@ -63,6 +67,9 @@ pub const CHAIN_REPLICAS_MAX: usize = 8;
 pub const FORWARD_QUEUE_MESSAGES_MAX: usize = 4;
 /// Read response messages queued for the client.
 pub const READ_QUEUE_MESSAGES_MAX: usize = 4;
+/// Pieces of a read stream read from the disk ahead of the one being sent: with O_DIRECT
+/// there is no kernel readahead, so the stream keeps the disk busy itself.
+pub const READ_AHEAD_PIECES: usize = 2;
 /// Write streams served at once; more wait for a slot.
 pub const WRITE_STREAMS_MAX: usize = 64;
 /// Copy-from-peer operations run at once; more wait.

@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::registry::{Registration, RegistrationConfig};
 use crate::scrubber::{self, ScrubConfig};
 use crate::space::Space;
-use crate::storage::RocksStore;
+use crate::storage::{IoMode, RocksStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -56,8 +56,11 @@ pub async fn run(config: ChunkserverConfig, shutdown: CancellationToken) -> Resu
         Arc::new(Space::for_disk(config.data_dir.clone(), config.disk_reserve_bytes, config.capacity_limit_bytes));
     let block_size = config.block_size_bytes;
     let open_space = space.clone();
+    let io = if config.direct_io { IoMode::Direct } else { IoMode::Buffered };
+    let block_cache_bytes = usize::try_from(config.block_cache_bytes).unwrap_or(usize::MAX);
     let engine = tokio::task::spawn_blocking(move || -> Result<ChunkEngine, ChunkError> {
-        let store = Arc::new(RocksStore::open(&db)?);
+        let store = Arc::new(RocksStore::open(&db, io, block_cache_bytes)?);
+        tracing::info!(direct_io = store.direct_io(), "chunk store open");
         ChunkEngine::open(store, open_space, block_size)
     })
     .await

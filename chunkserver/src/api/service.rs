@@ -23,16 +23,23 @@ use crate::ids::{ChunkId, ChunkVersion};
 use crate::integrity::Integrity;
 use crate::limits::{
     APPLY_GROUP_BYTES_MAX, APPLY_GROUP_MESSAGES_MAX, CHAIN_REPLICAS_MAX, COPIES_MAX, COPY_TIMEOUT, PEER_RPC_TIMEOUT,
-    READ_MESSAGE_BYTES, READ_QUEUE_MESSAGES_MAX, WRITE_IDLE_TIMEOUT, WRITE_MESSAGE_BYTES_MAX, WRITE_STREAMS_MAX,
+    READ_AHEAD_PIECES, READ_MESSAGE_BYTES, READ_QUEUE_MESSAGES_MAX, WRITE_IDLE_TIMEOUT, WRITE_MESSAGE_BYTES_MAX,
+    WRITE_STREAMS_MAX,
 };
 use crate::metrics::Metrics;
 use crate::replication::{replica_failure, Forwarder, PeerPool};
+use crate::storage::ChunkMeta;
 
 /// Runs a synchronous engine call on the blocking pool.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ChunkError> + Send + 'static,
 ) -> Result<T, ChunkError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ChunkError::Internal(format!("blocking task: {e}")))?
+    joined(tokio::task::spawn_blocking(f).await)
+}
+
+/// The result of a finished blocking task; a panic in it becomes an internal error.
+fn joined<T>(result: Result<Result<T, ChunkError>, tokio::task::JoinError>) -> Result<T, ChunkError> {
+    result.map_err(|e| ChunkError::Internal(format!("blocking task: {e}")))?
 }
 
 /// The chunk service of one chunkserver.
@@ -47,6 +54,21 @@ pub struct ChunkApi {
 }
 
 impl ChunkApi {
+    /// Starts reading `[offset, offset + len)` of `chunk` on the blocking pool; a checksum
+    /// failure is reported to the integrity tracker.
+    fn read_piece(
+        &self,
+        chunk: ChunkId,
+        version: Option<ChunkVersion>,
+        offset: u64,
+        len: u64,
+    ) -> tokio::task::JoinHandle<Result<(ChunkMeta, Vec<u8>), ChunkError>> {
+        let (engine, integrity) = (self.engine.clone(), self.integrity.clone());
+        tokio::task::spawn_blocking(move || {
+            engine.read(chunk, version, offset, len).inspect_err(|e| integrity.observe(e, "read"))
+        })
+    }
+
     pub fn new(engine: Arc<ChunkEngine>, metrics: Arc<Metrics>, integrity: Arc<Integrity>) -> ChunkApi {
         ChunkApi {
             engine,
@@ -344,14 +366,11 @@ impl ChunkService for ChunkApi {
         self.metrics.read_requests.inc();
         let chunk = ChunkId(request.chunk_id);
         let version = (request.version != 0).then_some(ChunkVersion(request.version));
-        let piece = |offset: u64, len: u64| {
-            let (engine, integrity) = (self.engine.clone(), self.integrity.clone());
-            blocking(move || engine.read(chunk, version, offset, len).inspect_err(|e| integrity.observe(e, "read")))
-        };
         // The first piece is read before answering, so that a missing chunk, a wrong version or
         // a bad range is the call's status rather than an error in the middle of the stream.
         let first_len = request.length.min(READ_MESSAGE_BYTES as u64);
-        let (meta, first) = piece(request.offset, first_len).await.map_err(|e| self.fail("read", chunk.0, e))?;
+        let (meta, first) = joined(self.read_piece(chunk, version, request.offset, first_len).await)
+            .map_err(|e| self.fail("read", chunk.0, e))?;
         let end = request.offset.checked_add(request.length).filter(|&end| end <= meta.chunk_size_bytes).ok_or_else(
             || {
                 to_status(&ChunkError::OutOfRange {
@@ -367,29 +386,27 @@ impl ChunkService for ChunkApi {
         let (tx, rx) = mpsc::channel(READ_QUEUE_MESSAGES_MAX);
         let api = self.clone();
         tokio::spawn(async move {
-            let mut offset = request.offset;
-            let mut next = Some((meta, first));
+            // The pieces after the one being sent are already being read, so that the disk
+            // does not wait for the network (nor the network for the disk).
+            let mut ahead = std::collections::VecDeque::with_capacity(READ_AHEAD_PIECES);
+            let mut next_read = request.offset + first_len;
+            let (mut offset, mut wanted) = (request.offset, first_len);
+            let mut piece = Ok((meta, first));
             loop {
-                let (meta, data) = match next.take() {
-                    Some(piece) => piece,
-                    None => {
-                        let len = (end - offset).min(READ_MESSAGE_BYTES as u64);
-                        let (engine, integrity) = (api.engine.clone(), api.integrity.clone());
-                        let read = blocking(move || {
-                            engine.read(chunk, version, offset, len).inspect_err(|e| integrity.observe(e, "read"))
-                        })
-                        .await;
-                        match read {
-                            Ok(piece) => piece,
-                            Err(error) => {
-                                let _ = tx.send(Err(api.fail("read", chunk.0, error))).await;
-                                return;
-                            }
-                        }
+                let (meta, data) = match piece {
+                    Ok(piece) => piece,
+                    Err(error) => {
+                        let _ = tx.send(Err(api.fail("read", chunk.0, error))).await;
+                        return;
                     }
                 };
                 if data.is_empty() {
                     return;
+                }
+                while ahead.len() < READ_AHEAD_PIECES && next_read < end {
+                    let len = (end - next_read).min(READ_MESSAGE_BYTES as u64);
+                    ahead.push_back((next_read, len, api.read_piece(chunk, version, next_read, len)));
+                    next_read += len;
                 }
                 let len = data.len() as u64;
                 api.metrics.read_bytes.inc_by(len);
@@ -403,10 +420,13 @@ impl ChunkService for ChunkApi {
                 if tx.send(Ok(message)).await.is_err() {
                     return; // the reader went away
                 }
-                offset += len;
-                if offset >= end {
+                // A short piece means the chunk ended (or was cut) there: nothing follows it.
+                if len < wanted {
                     return;
                 }
+                let Some((next_offset, next_len, next)) = ahead.pop_front() else { return };
+                (offset, wanted) = (next_offset, next_len);
+                piece = joined(next.await);
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))

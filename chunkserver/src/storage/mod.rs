@@ -11,7 +11,7 @@ mod memory;
 mod rocks;
 
 pub use memory::MemoryStore;
-pub use rocks::RocksStore;
+pub use rocks::{IoMode, RocksStore};
 
 use crate::ids::{ChunkId, ChunkVersion};
 
@@ -117,6 +117,20 @@ impl StoreBatch {
     }
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+
+    /// About how many bytes the batch takes once encoded for the engine (keys, values and a
+    /// little framing per change).
+    pub fn encoded_len_estimate(&self) -> usize {
+        const FRAMING_BYTES: usize = 32;
+        self.ops
+            .iter()
+            .map(|op| match op {
+                StoreOp::PutMeta(..) => FRAMING_BYTES + 8 + META_BYTES,
+                StoreOp::PutBlock(_, _, value) => FRAMING_BYTES + 12 + value.len(),
+                StoreOp::DeleteMeta(_) | StoreOp::DeleteBlock(..) => FRAMING_BYTES + 12,
+            })
+            .sum()
     }
 }
 
