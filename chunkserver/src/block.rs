@@ -160,6 +160,11 @@ pub enum BlockCheckError {
 
 /// Verifies a stored block value and returns its data.
 pub fn decode_block(value: &[u8], block_size_bytes: u32) -> Result<&[u8], BlockCheckError> {
+    decode_block_with_crc(value, block_size_bytes).map(|(_, data)| data)
+}
+
+/// [`decode_block`], also returning the verified CRC-32 of the data.
+pub fn decode_block_with_crc(value: &[u8], block_size_bytes: u32) -> Result<(u32, &[u8]), BlockCheckError> {
     if value.len() < BLOCK_CRC_BYTES {
         return Err(BlockCheckError::TooShort { len: value.len() });
     }
@@ -172,7 +177,7 @@ pub fn decode_block(value: &[u8], block_size_bytes: u32) -> Result<&[u8], BlockC
     if stored != computed {
         return Err(BlockCheckError::Mismatch { stored, computed });
     }
-    Ok(data)
+    Ok((stored, data))
 }
 
 #[cfg(test)]

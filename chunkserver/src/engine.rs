@@ -21,9 +21,10 @@
 use std::borrow::Cow;
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashSet};
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::block::{decode_block, encode_block, validate_block_size, Geometry};
+use crate::block::{decode_block, decode_block_with_crc, encode_block, validate_block_size, Geometry};
 use crate::error::ChunkError;
 use crate::ids::{ChunkId, ChunkVersion};
 use crate::limits::{CHUNK_SIZE_DEFAULT_BYTES, LIST_CHUNKS_MAX, READ_MESSAGE_BYTES, WRITE_MESSAGE_BYTES_MAX};
@@ -86,6 +87,14 @@ fn is_zero(block: &[u8]) -> bool {
 
 fn verified(chunk: ChunkId, index: u32, value: &[u8], block_size_bytes: u32) -> Result<&[u8], ChunkError> {
     decode_block(value, block_size_bytes).map_err(|source| ChunkError::Corrupt { chunk, block: index, source })
+}
+
+/// A verified read: the chunk's metadata, the bytes, and their CRC-32.
+#[derive(Debug)]
+pub struct ReadPiece {
+    pub meta: ChunkMeta,
+    pub data: Vec<u8>,
+    pub crc32: u32,
 }
 
 impl ChunkEngine {
@@ -287,6 +296,19 @@ impl ChunkEngine {
         offset: u64,
         len: u64,
     ) -> Result<(ChunkMeta, Vec<u8>), ChunkError> {
+        self.read_with_crc(chunk, version, offset, len).map(|piece| (piece.meta, piece.data))
+    }
+
+    /// [`ChunkEngine::read`], also returning the CRC-32 of the bytes read. Whole stored blocks
+    /// contribute their verified checksums (combined, not recomputed) and are copied once,
+    /// straight from the store's buffers.
+    pub fn read_with_crc(
+        &self,
+        chunk: ChunkId,
+        version: Option<ChunkVersion>,
+        offset: u64,
+        len: u64,
+    ) -> Result<ReadPiece, ChunkError> {
         let _guard = self.read_guard(chunk);
         let meta = self.existing(chunk)?;
         if let Some(version) = version {
@@ -298,26 +320,51 @@ impl ChunkEngine {
         }
         let end = (offset + len).min(meta.length_bytes);
         if offset >= end {
-            return Ok((meta, Vec::new()));
+            return Ok(ReadPiece { meta, data: Vec::new(), crc32: crc32fast::hash(&[]) });
         }
         if end - offset > WRITE_MESSAGE_BYTES_MAX as u64 {
             return Err(ChunkError::TooLarge { len: (end - offset) as usize, max: WRITE_MESSAGE_BYTES_MAX });
         }
-        let mut out = vec![0u8; (end - offset) as usize];
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut crc = crc32fast::Hasher::new();
         let first = geometry.block_of(offset);
         let last = geometry.block_of(end - 1);
-        let values = self.store.blocks(chunk, first, last - first + 1)?;
-        for span in geometry.spans(offset, end - offset) {
-            let Some(Some(value)) = values.get((span.index - first) as usize) else { continue };
-            let data = verified(chunk, span.index, value, geometry.block_size_bytes)?;
-            let stored_end = span.end_in_block().min(data.len());
-            if stored_end > span.start_in_block {
-                let n = stored_end - span.start_in_block;
-                out[span.start_in_range..span.start_in_range + n]
-                    .copy_from_slice(&data[span.start_in_block..stored_end]);
+        let mut spans = geometry.spans(offset, end - offset);
+        let mut failure = None;
+        self.store.visit_blocks(chunk, first, last - first + 1, &mut |index, value| {
+            let Some(span) = spans.next() else { return ControlFlow::Break(()) };
+            let mut stored = 0;
+            if let Some(value) = value {
+                let (block_crc, data) = match decode_block_with_crc(value, geometry.block_size_bytes) {
+                    Ok(block) => block,
+                    Err(source) => {
+                        failure = Some(ChunkError::Corrupt { chunk, block: index, source });
+                        return ControlFlow::Break(());
+                    }
+                };
+                let stored_end = span.end_in_block().min(data.len());
+                if stored_end > span.start_in_block {
+                    let bytes = &data[span.start_in_block..stored_end];
+                    out.extend_from_slice(bytes);
+                    if bytes.len() == data.len() {
+                        crc.combine(&crc32fast::Hasher::new_with_initial_len(block_crc, data.len() as u64));
+                    } else {
+                        crc.update(bytes);
+                    }
+                    stored = bytes.len();
+                }
             }
+            // The rest of the span lies past the block's stored data: zeros.
+            let at = out.len();
+            out.resize(at + (span.len - stored), 0);
+            crc.update(&out[at..]);
+            ControlFlow::Continue(())
+        })?;
+        if let Some(failure) = failure {
+            return Err(failure);
         }
-        Ok((meta, out))
+        debug_assert_eq!(out.len() as u64, end - offset);
+        Ok(ReadPiece { meta, data: out, crc32: crc.finalize() })
     }
 
     /// Sets the chunk's length. Shrinking drops the blocks past the end and trims the block

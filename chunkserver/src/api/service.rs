@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::status::to_status;
 use crate::block::crc32;
-use crate::engine::{ChunkEngine, WriteTarget};
+use crate::engine::{ChunkEngine, ReadPiece, WriteTarget};
 use crate::error::ChunkError;
 use crate::ids::{ChunkId, ChunkVersion};
 use crate::integrity::Integrity;
@@ -28,7 +28,6 @@ use crate::limits::{
 };
 use crate::metrics::Metrics;
 use crate::replication::{replica_failure, Forwarder, PeerPool};
-use crate::storage::ChunkMeta;
 
 /// Runs a synchronous engine call on the blocking pool.
 async fn blocking<T: Send + 'static>(
@@ -62,10 +61,10 @@ impl ChunkApi {
         version: Option<ChunkVersion>,
         offset: u64,
         len: u64,
-    ) -> tokio::task::JoinHandle<Result<(ChunkMeta, Vec<u8>), ChunkError>> {
+    ) -> tokio::task::JoinHandle<Result<ReadPiece, ChunkError>> {
         let (engine, integrity) = (self.engine.clone(), self.integrity.clone());
         tokio::task::spawn_blocking(move || {
-            engine.read(chunk, version, offset, len).inspect_err(|e| integrity.observe(e, "read"))
+            engine.read_with_crc(chunk, version, offset, len).inspect_err(|e| integrity.observe(e, "read"))
         })
     }
 
@@ -369,8 +368,9 @@ impl ChunkService for ChunkApi {
         // The first piece is read before answering, so that a missing chunk, a wrong version or
         // a bad range is the call's status rather than an error in the middle of the stream.
         let first_len = request.length.min(READ_MESSAGE_BYTES as u64);
-        let (meta, first) = joined(self.read_piece(chunk, version, request.offset, first_len).await)
+        let first = joined(self.read_piece(chunk, version, request.offset, first_len).await)
             .map_err(|e| self.fail("read", chunk.0, e))?;
+        let meta = first.meta;
         let end = request.offset.checked_add(request.length).filter(|&end| end <= meta.chunk_size_bytes).ok_or_else(
             || {
                 to_status(&ChunkError::OutOfRange {
@@ -391,9 +391,9 @@ impl ChunkService for ChunkApi {
             let mut ahead = std::collections::VecDeque::with_capacity(READ_AHEAD_PIECES);
             let mut next_read = request.offset + first_len;
             let (mut offset, mut wanted) = (request.offset, first_len);
-            let mut piece = Ok((meta, first));
+            let mut piece = Ok(first);
             loop {
-                let (meta, data) = match piece {
+                let ReadPiece { meta, data, crc32 } = match piece {
                     Ok(piece) => piece,
                     Err(error) => {
                         let _ = tx.send(Err(api.fail("read", chunk.0, error))).await;
@@ -412,7 +412,7 @@ impl ChunkService for ChunkApi {
                 api.metrics.read_bytes.inc_by(len);
                 let message = ReadChunkResponse {
                     offset,
-                    crc32: crc32(&data),
+                    crc32,
                     data: data.into(),
                     version: meta.version.0,
                     length_bytes: meta.length_bytes,

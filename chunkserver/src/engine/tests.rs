@@ -397,3 +397,32 @@ fn blocks_that_become_all_zeros_are_holes() {
     assert!((0..3).all(|i| store.block(ChunkId(2), i).expect("block").is_none()));
     assert_eq!(read_all(&engine, 2), vec![0; 3 * b]);
 }
+
+/// The CRC a read returns is the CRC of the bytes it returns, whether it comes from whole
+/// stored blocks (combined checksums), parts of blocks, short last blocks or holes.
+#[test]
+fn read_crc_matches_the_bytes_for_every_shape_of_range() {
+    let (_, engine) = engine();
+    let data = pattern(5 * BLOCK as usize + 300, 3);
+    engine.write(&target(1, 1), 2 * u64::from(BLOCK), &data).expect("write");
+    engine.write(&target(1, 1), 20 * u64::from(BLOCK) + 17, b"after a hole").expect("write");
+    let block = u64::from(BLOCK);
+    let ranges = [
+        (0, 21 * block),             // hole, whole blocks, short block, hole, tail
+        (2 * block, 3 * block),      // whole blocks only
+        (2 * block + 5, block),      // across a block boundary, partial at both ends
+        (7 * block, 100),            // the short last block of the first write
+        (9 * block, 4 * block),      // a hole only
+        (20 * block, 2 * block),     // a block that starts with a hole
+        (20 * block + 29, 10 * MIB), // cut at the chunk's length
+    ];
+    for (offset, len) in ranges {
+        let piece = engine.read_with_crc(ChunkId(1), None, offset, len).expect("read");
+        assert_eq!(piece.crc32, crc32fast::hash(&piece.data), "range {offset}+{len}");
+        let (_, plain) = engine.read(ChunkId(1), None, offset, len).expect("read");
+        assert_eq!(piece.data, plain);
+    }
+    let empty = engine.read_with_crc(ChunkId(1), None, 30 * block, block).expect("read past the end");
+    assert!(empty.data.is_empty());
+    assert_eq!(empty.crc32, crc32fast::hash(&[]));
+}

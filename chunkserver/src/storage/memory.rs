@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
-use super::{ChunkMeta, ChunkStore, StorageError, StoreBatch, StoreOp};
+use super::{BlockVisitor, ChunkMeta, ChunkStore, StorageError, StoreBatch, StoreOp};
 use crate::ids::ChunkId;
 
 #[derive(Debug, Default)]
@@ -54,12 +54,20 @@ impl ChunkStore for MemoryStore {
         Ok(self.lock().blocks.get(&(chunk, index)).cloned())
     }
 
-    fn blocks(&self, chunk: ChunkId, first: u32, count: u32) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+    fn visit_blocks(
+        &self,
+        chunk: ChunkId,
+        first: u32,
+        count: u32,
+        visit: &mut BlockVisitor<'_>,
+    ) -> Result<(), StorageError> {
         let tables = self.lock();
-        Ok((0..count)
-            .filter_map(|i| first.checked_add(i))
-            .map(|index| tables.blocks.get(&(chunk, index)).cloned())
-            .collect())
+        for index in (0..count).filter_map(|i| first.checked_add(i)) {
+            if visit(index, tables.blocks.get(&(chunk, index)).map(Vec::as_slice)).is_break() {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn block_indices(&self, chunk: ChunkId) -> Result<Vec<u32>, StorageError> {

@@ -13,6 +13,8 @@ mod rocks;
 pub use memory::MemoryStore;
 pub use rocks::{IoMode, RocksStore};
 
+use std::ops::ControlFlow;
+
 use crate::ids::{ChunkId, ChunkVersion};
 
 /// Failures of the storage layer.
@@ -134,6 +136,10 @@ impl StoreBatch {
     }
 }
 
+/// What [`ChunkStore::visit_blocks`] calls for each block: its index and its stored value, if
+/// any; breaking stops the visit.
+pub type BlockVisitor<'a> = dyn FnMut(u32, Option<&[u8]>) -> ControlFlow<()> + 'a;
+
 /// The chunk tables. Implementations are synchronous; async callers use `spawn_blocking`.
 pub trait ChunkStore: Send + Sync + 'static {
     /// A chunk's metadata, if the chunk exists.
@@ -148,9 +154,27 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// Indices of a chunk's stored blocks, ascending.
     fn block_indices(&self, chunk: ChunkId) -> Result<Vec<u32>, StorageError>;
 
+    /// Calls `visit(index, value)` for blocks `first .. first + count` in order (`None` for
+    /// blocks not stored), lending each value from the engine's buffers rather than copying it;
+    /// stops early when `visit` breaks.
+    fn visit_blocks(
+        &self,
+        chunk: ChunkId,
+        first: u32,
+        count: u32,
+        visit: &mut BlockVisitor<'_>,
+    ) -> Result<(), StorageError>;
+
     /// The stored values of blocks `first .. first + count` (one entry per block, `None` for
     /// blocks not stored).
-    fn blocks(&self, chunk: ChunkId, first: u32, count: u32) -> Result<Vec<Option<Vec<u8>>>, StorageError>;
+    fn blocks(&self, chunk: ChunkId, first: u32, count: u32) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        let mut out = Vec::with_capacity(count as usize);
+        self.visit_blocks(chunk, first, count, &mut |_, value| {
+            out.push(value.map(<[u8]>::to_vec));
+            ControlFlow::Continue(())
+        })?;
+        Ok(out)
+    }
 
     /// Applies `batch` atomically.
     fn commit(&self, batch: StoreBatch) -> Result<(), StorageError>;

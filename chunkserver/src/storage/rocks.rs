@@ -16,7 +16,7 @@ use rocksdb::{
     Cache, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, ReadOptions, WriteBatch, DB,
 };
 
-use super::{ChunkMeta, ChunkStore, StorageError, StoreBatch, StoreOp};
+use super::{BlockVisitor, ChunkMeta, ChunkStore, StorageError, StoreBatch, StoreOp};
 use crate::ids::ChunkId;
 use crate::limits::{BLOB_FILE_BYTES, BLOB_MIN_BYTES, BLOCK_MEMTABLE_BYTES, CACHED_READ_BLOCKS_MAX};
 
@@ -213,15 +213,23 @@ impl ChunkStore for RocksStore {
         self.db.get_cf_opt(cf, block_key(chunk, index), &block_read_options(1)).map_err(engine)
     }
 
-    fn blocks(&self, chunk: ChunkId, first: u32, count: u32) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+    fn visit_blocks(
+        &self,
+        chunk: ChunkId,
+        first: u32,
+        count: u32,
+        visit: &mut BlockVisitor<'_>,
+    ) -> Result<(), StorageError> {
         let cf = self.cf(CF_BLOCKS)?;
-        let keys: Vec<[u8; 12]> =
-            (0..count).filter_map(|i| first.checked_add(i)).map(|index| block_key(chunk, index)).collect();
-        self.db
-            .batched_multi_get_cf_opt(cf, &keys, true, &block_read_options(count))
-            .into_iter()
-            .map(|value| value.map(|v| v.map(|v| v.to_vec())).map_err(engine))
-            .collect()
+        let indices: Vec<u32> = (0..count).filter_map(|i| first.checked_add(i)).collect();
+        let keys: Vec<[u8; 12]> = indices.iter().map(|&index| block_key(chunk, index)).collect();
+        let values = self.db.batched_multi_get_cf_opt(cf, &keys, true, &block_read_options(count));
+        for (index, value) in indices.into_iter().zip(values) {
+            if visit(index, value.map_err(engine)?.as_deref()).is_break() {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn block_indices(&self, chunk: ChunkId) -> Result<Vec<u32>, StorageError> {
