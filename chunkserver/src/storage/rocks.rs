@@ -32,7 +32,8 @@ pub enum IoMode {
     /// a third of all CPU in a cold 1 MiB read, and as much again when flushing blob files. A
     /// chunkserver's page cache also rarely helps: the client's kernel caches what it reads, and
     /// three replicas on one host would cache every byte three times. Falls back to `Buffered`
-    /// on file systems that refuse O_DIRECT (tmpfs, some overlays).
+    /// on file systems that refuse O_DIRECT (tmpfs before Linux 6.6, some overlays and network
+    /// file systems).
     Direct,
     /// Everything through the page cache.
     Buffered,
@@ -79,7 +80,7 @@ fn block_read_options(blocks: u32) -> ReadOptions {
     opts
 }
 
-/// Whether `dir`'s file system accepts an O_DIRECT write: tmpfs and some overlays refuse the
+/// Whether `dir`'s file system accepts an O_DIRECT write: some refuse the
 /// open or the write, and RocksDB would then fail its first flush and turn read-only.
 fn supports_direct_io(dir: &Path) -> bool {
     use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
@@ -312,7 +313,7 @@ mod tests {
         let value = |index: u32| vec![index as u8 ^ 0x5a; 65_540];
         {
             let store = RocksStore::open(dir.path(), IoMode::Direct, BLOCK_CACHE_TEST_BYTES).expect("open");
-            assert!(store.direct_io(), "a temp dir on ext4 or tmpfs takes O_DIRECT");
+            assert!(store.direct_io(), "a temp dir on ext4 (or tmpfs since Linux 6.6) takes O_DIRECT");
             let mut batch = StoreBatch::default();
             for index in 0..20 {
                 batch.put_block(ChunkId(9), index, value(index));
