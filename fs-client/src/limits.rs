@@ -208,3 +208,9 @@ pub const CHUNK_STALE_BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// `cairn dev up` warns when its directory's disk has less free space than this: the
 /// chunkservers' 1 GiB reserve plus two 64 MiB chunks' worth of room on each of three servers.
 pub const DEV_DISK_WARN_BYTES: u64 = (1 << 30) + 3 * 2 * (64 << 20);
+
+/// How long a released handle waits for others before the metaserver is told (see
+/// fuse/closer.rs): a small-file loop closes a file every few milliseconds.
+pub const CLOSE_BATCH_WINDOW: Duration = Duration::from_millis(50);
+/// Most handle closes in one CloseMany (the metaserver takes up to 4096).
+pub const CLOSE_BATCH_HANDLES_MAX: usize = 1024;

@@ -107,3 +107,6 @@ pub const ORPHANS_REMEMBERED_MAX: usize = 10_000;
 
 const _: () = assert!(HEAL_CONCURRENCY <= HEAL_CHUNKS_PER_ROUND);
 const _: () = assert!(FSCK_LIST_DEFAULT <= FSCK_LIST_MAX);
+
+/// Most handles one CloseMany may close (one Raft entry; a client sends a few dozen).
+pub const CLOSE_MANY_HANDLES_MAX: usize = 4096;

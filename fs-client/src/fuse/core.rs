@@ -22,11 +22,12 @@ use tokio::task::JoinHandle;
 use super::attr::now;
 use super::cache::{LocalCache, CAPABILITY_XATTR};
 use super::chunkio::{ChunkIo, ChunkIoError};
+use super::closer::Closer;
 use super::layout::{split_range, ChunkSpan, WriteBuffer};
 use super::meta::{Client, MetaClient};
 use crate::limits::{
     CHUNK_MAP_BATCH, CHUNK_READ_RETRY_BACKOFF_MAX, CHUNK_READ_RETRY_BACKOFF_MIN, CHUNK_STALE_BACKOFF_MAX,
-    CHUNK_STALE_BACKOFF_MIN, CHUNK_WRITE_ATTEMPTS, READAHEAD_BYTES, READDIR_BATCH, SESSION_TTL_MS,
+    CHUNK_STALE_BACKOFF_MIN, CHUNK_WRITE_ATTEMPTS, CLOSE_BATCH_WINDOW, READAHEAD_BYTES, READDIR_BATCH, SESSION_TTL_MS,
     WRITE_BUFFER_BYTES_MAX, WRITE_FLUSHES_IN_FLIGHT,
 };
 
@@ -136,6 +137,8 @@ pub struct Core {
     parents: Mutex<HashMap<u64, u64>>,
     /// Attributes answered without a round trip (see cache.rs).
     cache: LocalCache,
+    /// Released handles not yet closed on the metaserver.
+    closer: Closer,
 }
 
 fn root_cred() -> Credentials {
@@ -159,6 +162,7 @@ impl Core {
             lock_owners: Mutex::new(HashSet::new()),
             parents: Mutex::new(HashMap::new()),
             cache: LocalCache::new(attr_ttl),
+            closer: Closer::default(),
         })
     }
 
@@ -773,7 +777,7 @@ impl Core {
         result
     }
 
-    pub async fn release(&self, fh: u64, flock_owner: Option<u64>) -> OpResult<()> {
+    pub async fn release(self: &Arc<Self>, fh: u64, flock_owner: Option<u64>) -> OpResult<()> {
         let Some(handle) = lock(&self.handles).remove(&fh) else { return Err(Errno::EBADF) };
         let ino = handle.ino;
         let result = self.write_back(ino).await;
@@ -782,17 +786,10 @@ impl Core {
                 self.release_owner(ino, owner, true, true).await;
             }
         }
-        let request = CloseRequest {
-            cred: Some(root_cred()),
-            time: Some(now()),
+        self.close_later(ClosedHandle {
             ino,
-            session: self.session(),
             open: Some(OpenMode { read: handle.read, write: handle.write, truncate: false }),
-        };
-        let closed = self.meta.rpc("close", request, |mut c, r| async move { c.close(r).await }).await;
-        if let Err(e) = closed {
-            tracing::warn!(ino, error = ?e, "close failed");
-        }
+        });
         // The last handle of the inode: drop its state (what it saw stays for keep_cache).
         let still_open = lock(&self.handles).values().any(|h| h.ino == ino);
         if !still_open {
@@ -808,6 +805,35 @@ impl Core {
             }
         }
         result
+    }
+
+    /// Queues the close of a released handle (see closer.rs).
+    fn close_later(self: &Arc<Self>, handle: ClosedHandle) {
+        if self.closer.push(handle) {
+            let core = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(CLOSE_BATCH_WINDOW).await;
+                core.send_closes().await;
+            });
+        }
+    }
+
+    /// Sends the queued closes.
+    async fn send_closes(&self) {
+        loop {
+            let handles = self.closer.take();
+            if handles.is_empty() {
+                return;
+            }
+            let count = handles.len();
+            let request =
+                CloseManyRequest { cred: Some(root_cred()), time: Some(now()), session: self.session(), handles };
+            let r = self.meta.rpc("close_many", request, |mut c, r| async move { c.close_many(r).await }).await;
+            if let Err(e) = r {
+                // The handles stay counted until the session ends or expires.
+                tracing::warn!(count, error = ?e, "closing handles failed");
+            }
+        }
     }
 
     async fn release_owner(&self, ino: u64, owner: u64, posix: bool, flock: bool) {

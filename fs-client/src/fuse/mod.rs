@@ -3,6 +3,7 @@
 //! * `options.rs`: mount options (flags, `-o` lists, the `mount.cairn` helper's arguments).
 //! * `meta.rs`: metaserver calls with endpoint failover and the EIO timeout.
 //! * `chunkio.rs`: chain writes and verified, failing-over reads on chunkservers.
+//! * `closer.rs`: released handles, closed on the metaserver in batches.
 //! * `layout.rs`: chunk arithmetic and the per-file write buffer (pure).
 //! * `attr.rs`: protobuf ↔ FUSE conversions and caller credentials.
 //! * `cache.rs`: what the client answers itself within the attribute TTL (directory attributes
@@ -19,6 +20,7 @@
 mod attr;
 mod cache;
 mod chunkio;
+mod closer;
 mod core;
 mod fs;
 mod layout;

@@ -18,7 +18,7 @@ use std::time::Instant;
 use crate::chunks::leader::{FsckReport, RPC_FLUSH_TRUNCATES, RPC_FSCK, RPC_REPORT_FAILURE};
 use crate::chunks::placement::place;
 use crate::chunks::{ChunkManager, FailureReport};
-use crate::limits::{GRPC_MESSAGE_BYTES_MAX, REQUEST_TIMEOUT, SPACE_WARN_INTERVAL};
+use crate::limits::{CLOSE_MANY_HANDLES_MAX, GRPC_MESSAGE_BYTES_MAX, REQUEST_TIMEOUT, SPACE_WARN_INTERVAL};
 use crate::namespace::command::{decode_outcome, RequestId};
 use crate::namespace::{
     chunks as chunk_map, locks, read, ChunkId, Errno, InodeId, LockKind, LockOwner, Op, Outcome, Replica, Reply,
@@ -293,6 +293,20 @@ impl MetaService for MetaApi {
             Some(m) => Op::CloseHandle { ino, session, write: m.write || m.truncate },
             None => Op::Close { ino, session },
         };
+        errno_response(self.change(once, r.cred, r.time, op).await?)
+    }
+
+    async fn close_many(&self, request: Request<pb::CloseManyRequest>) -> Answer<pb::ErrnoResponse> {
+        let (once, r) = (request_id(request.metadata()), request.into_inner());
+        if r.handles.len() > CLOSE_MANY_HANDLES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "{} handles in one CloseMany; at most {CLOSE_MANY_HANDLES_MAX}",
+                r.handles.len()
+            )));
+        }
+        let handles =
+            r.handles.iter().map(|h| (InodeId(h.ino), h.open.is_some_and(|m| m.write || m.truncate))).collect();
+        let op = Op::CloseHandles { session: SessionId(r.session), handles };
         errno_response(self.change(once, r.cred, r.time, op).await?)
     }
 

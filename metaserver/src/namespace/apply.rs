@@ -81,6 +81,7 @@ impl<'a> Apply<'a> {
             }
             Op::Close { ino, session } => self.close(*ino, *session, None)?,
             Op::CloseHandle { ino, session, write } => self.close(*ino, *session, Some(*write))?,
+            Op::CloseHandles { session, handles } => self.close_handles(*session, handles)?,
             Op::Unlink { parent, name } => self.unlink(*parent, name)?,
             Op::Rmdir { parent, name } => self.rmdir(*parent, name)?,
             Op::Link { ino, new_parent, new_name } => self.link(*ino, *new_parent, new_name)?,
@@ -452,6 +453,18 @@ impl<'a> Apply<'a> {
             self.drop_unwritten_chunks(ino)?;
         }
         self.drop_handles(ino, 1)?;
+        Ok(Reply::Done)
+    }
+
+    /// Closes each handle in turn. `close` fails with an errno only before it changes anything,
+    /// so a handle that is already gone is skipped without undoing the others.
+    fn close_handles(&mut self, session: SessionId, handles: &[(InodeId, bool)]) -> Res<Reply> {
+        for &(ino, write) in handles {
+            match self.close(ino, session, Some(write)) {
+                Ok(_) | Err(Fail::Errno(_)) => {}
+                Err(e @ Fail::Store(_)) => return Err(e),
+            }
+        }
         Ok(Reply::Done)
     }
 

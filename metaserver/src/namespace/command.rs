@@ -272,6 +272,14 @@ pub enum Op {
         chunk_indexes: Vec<u64>,
         attr: SetAttr,
     },
+    /// `CloseHandle` of several handles of one session, in order: (inode, opened for
+    /// writing). A handle the server no longer counts (its inode is gone, or the session holds
+    /// no handle on it) is skipped. (A variant of its own so commands already in logs keep
+    /// decoding.)
+    CloseHandles {
+        session: SessionId,
+        handles: Vec<(InodeId, bool)>,
+    },
 }
 
 /// A client's request, numbered within its session.
@@ -319,6 +327,7 @@ impl Op {
             Op::CreateWithChunk { .. } => "create",
             Op::Once { op, .. } => op.name(),
             Op::CommitWriteSetAttr { .. } => "commit_write_setattr",
+            Op::CloseHandles { .. } => "close_many",
         }
     }
 }

@@ -379,6 +379,30 @@ fn open_unlinked_files_live_until_last_close() {
 }
 
 #[test]
+fn close_handles_closes_each_and_skips_the_ones_already_gone() {
+    let mut fs = Fs::new();
+    let rw = OpenFlags { read: true, write: true, truncate: false };
+    let ro = OpenFlags { read: true, write: false, truncate: false };
+    let f = fs.mknod(&root(), ROOT, "f", 0o644).expect("mknod").ino;
+    let g = fs.mknod(&root(), ROOT, "g", 0o644).expect("mknod").ino;
+    fs.attr(&root(), Op::Open { ino: f, session: S1, flags: rw }).expect("open");
+    fs.attr(&root(), Op::Open { ino: f, session: S1, flags: ro }).expect("open");
+    fs.attr(&root(), Op::Open { ino: g, session: S1, flags: rw }).expect("open");
+    fs.unlink(&root(), ROOT, "f").expect("unlink");
+    // g is closed twice (the second is not counted any more) and an inode that never existed
+    // is named: both are skipped, the rest still applies.
+    let handles = vec![(g, true), (InodeId(9999), false), (f, true), (g, true), (f, false)];
+    assert_eq!(fs.exec(&root(), Op::CloseHandles { session: S1, handles }), Ok(Reply::Done));
+    assert!(fs.gone(f), "the unlinked file went with its last handle");
+    assert_eq!(read::reclaim_queue(&fs.store, 10).expect("reclaim"), vec![f]);
+    assert_eq!(fs.get(g).open_handles, 0);
+    // Another session's handles are not touched.
+    fs.attr(&root(), Op::Open { ino: g, session: SessionId(2), flags: ro }).expect("open");
+    fs.exec(&root(), Op::CloseHandles { session: S1, handles: vec![(g, false)] }).expect("close many");
+    assert_eq!(fs.get(g).open_handles, 1);
+}
+
+#[test]
 fn rename_replaces_and_moves() {
     let mut fs = Fs::new();
     let a = fs.mkdir(&root(), ROOT, "a", 0o755).expect("a").ino;
