@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Cairn needs on Debian 12 (run as root). Idempotent.
 #   libclang-dev  bindgen for the RocksDB bindings
+#   protobuf-compiler
+#                 protoc for the etcd-client crate the tests use (Cairn's own protos use a vendored one)
 #   etcd-client   etcdctl 3.4, used by the compatibility tests
 #   etcd-server   etcd 3.4, the yardstick for benchmarks
 #   fuse3         the FUSE mount (fusermount3, /dev/fuse helpers)
@@ -10,7 +12,7 @@
 #                 the POSIX suites run against the mount (tests/tests/fuse_pjdfstest.rs, fuse_fsx.rs)
 set -euo pipefail
 need=()
-for pkg in libclang-dev etcd-client etcd-server fuse3 build-essential pkg-config sqlite3 git python3 tar util-linux; do
+for pkg in libclang-dev protobuf-compiler etcd-client etcd-server fuse3 build-essential pkg-config sqlite3 git python3 tar util-linux; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
