@@ -30,11 +30,15 @@ impl Closer {
         pending.len() == 1
     }
 
-    /// The oldest queued closes, at most [`CLOSE_BATCH_HANDLES_MAX`] of them.
-    pub fn take(&self) -> Vec<ClosedHandle> {
+    /// The oldest queued closes, at most [`CLOSE_BATCH_HANDLES_MAX`] of them, and whether more
+    /// stay queued. The sender that took a batch sends the rest only if more stayed: a close
+    /// queued after the queue was emptied started a batch (and a send) of its own, and taking
+    /// it early would send it alone.
+    pub fn take(&self) -> (Vec<ClosedHandle>, bool) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let n = pending.len().min(CLOSE_BATCH_HANDLES_MAX);
-        pending.drain(..n).collect()
+        let batch = pending.drain(..n).collect();
+        (batch, !pending.is_empty())
     }
 }
 
@@ -51,8 +55,10 @@ mod tests {
         let closer = Closer::default();
         assert!(closer.push(handle(1)));
         assert!(!closer.push(handle(2)));
-        assert_eq!(closer.take().iter().map(|h| h.ino).collect::<Vec<_>>(), vec![1, 2]);
-        assert!(closer.take().is_empty());
+        let (batch, more) = closer.take();
+        assert_eq!(batch.iter().map(|h| h.ino).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(!more);
+        assert!(closer.take().0.is_empty());
         assert!(closer.push(handle(3)), "an emptied queue starts a new batch");
     }
 
@@ -63,10 +69,13 @@ mod tests {
         for ino in 0..total {
             closer.push(handle(ino));
         }
-        let first = closer.take();
+        let (first, more) = closer.take();
         assert_eq!(first.len(), CLOSE_BATCH_HANDLES_MAX);
         assert_eq!(first[0].ino, 0);
-        let rest: Vec<u64> = closer.take().iter().map(|h| h.ino).collect();
+        assert!(more, "the sender must come back for the rest");
+        let (rest, more) = closer.take();
+        let rest: Vec<u64> = rest.iter().map(|h| h.ino).collect();
         assert_eq!(rest, (CLOSE_BATCH_HANDLES_MAX as u64..total).collect::<Vec<_>>());
+        assert!(!more);
     }
 }

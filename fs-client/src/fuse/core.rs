@@ -818,10 +818,10 @@ impl Core {
         }
     }
 
-    /// Sends the queued closes.
+    /// Sends the batch of queued closes this send was started for (see `Closer::take`).
     async fn send_closes(&self) {
         loop {
-            let handles = self.closer.take();
+            let (handles, more) = self.closer.take();
             if handles.is_empty() {
                 return;
             }
@@ -832,6 +832,9 @@ impl Core {
             if let Err(e) = r {
                 // The handles stay counted until the session ends or expires.
                 tracing::warn!(count, error = ?e, "closing handles failed");
+            }
+            if !more {
+                return;
             }
         }
     }
