@@ -28,7 +28,7 @@ fn user(uid: u32) -> Option<pb::Credentials> {
     Some(pb::Credentials { uid, gid: uid, groups: Vec::new() })
 }
 
-async fn mkdir(c: &mut Client, parent: u64, name: &str, mode: u32) -> anyhow::Result<pb::AttrResponse> {
+async fn mkdir(c: &mut Client, parent: u64, name: &str, mode: u32) -> anyhow::Result<pb::EntryResponse> {
     let r = pb::MkdirRequest { cred: root(), parent, name: name.into(), mode, ..Default::default() };
     Ok(c.mkdir(r).await?.into_inner())
 }

@@ -65,6 +65,17 @@ pub fn now() -> Timespec {
 
 /// FUSE attributes of a metaserver inode. `size` overrides the server's size (a file with
 /// buffered writes is longer locally than on the server).
+/// `mode` after a write by a caller without CAP_FSETID (Linux's setattr_should_drop_suidgid):
+/// setuid dropped, and setgid when the group may execute or the caller is not in the file's
+/// group (`in_group` false).
+pub fn suid_killed(mode: u32, in_group: bool) -> u32 {
+    let mut mode = mode & !libc::S_ISUID;
+    if mode & libc::S_IXGRP != 0 || !in_group {
+        mode &= !libc::S_ISGID;
+    }
+    mode
+}
+
 pub fn file_attr(a: &meta::Attr, size: u64) -> FileAttr {
     FileAttr {
         ino: INodeNo(a.ino),
@@ -125,6 +136,16 @@ fn proc_status(pid: u32) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_drop_setuid_and_setgid_as_linux_does() {
+        assert_eq!(suid_killed(0o6777, true), 0o777, "setgid with group execute goes");
+        assert_eq!(suid_killed(0o6777, false), 0o777);
+        assert_eq!(suid_killed(0o2767, true), 0o2767, "without group execute it stays for a group member");
+        assert_eq!(suid_killed(0o2767, false), 0o767, "and goes for others");
+        assert_eq!(suid_killed(0o4755, true), 0o755);
+        assert_eq!(suid_killed(0o1777, false), 0o1777, "the sticky bit stays");
+    }
 
     #[test]
     fn times_round_trip_with_nanoseconds() {

@@ -12,14 +12,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cairn_proto::meta::*;
 use fuser::Errno;
 use tokio::task::JoinHandle;
 
-use super::attr::now;
+use super::attr::{file_attr, now, suid_killed};
 use super::cache::{LocalCache, CAPABILITY_XATTR};
 use super::chunkio::{ChunkIo, ChunkIoError};
 use super::closer::Closer;
@@ -115,6 +115,9 @@ pub struct Inode {
     /// End of the data written through this client and not yet known to be on the server:
     /// reported sizes are at least this.
     pending_end: AtomicU64,
+    /// The caller of a write the kernel flagged FUSE_WRITE_KILL_SUIDGID (it lacks CAP_FSETID)
+    /// that is not known to be committed: reported modes drop setuid/setgid as that commit will.
+    kill_suid: Mutex<Option<Credentials>>,
     io: tokio::sync::Mutex<FileIo>,
     /// (mtime sec, mtime nsec, size) when this client last opened or wrote the file.
     seen: Mutex<Option<(i64, u32, u64)>>,
@@ -290,6 +293,7 @@ impl Core {
                 Arc::new(Inode {
                     ino,
                     pending_end: AtomicU64::new(0),
+                    kill_suid: Mutex::new(None),
                     io: tokio::sync::Mutex::new(FileIo::default()),
                     seen: Mutex::new(None),
                 })
@@ -299,11 +303,32 @@ impl Core {
 
     /// The size to report for a file: the server's, or more when local writes extend it.
     pub fn local_size(&self, attr: &Attr) -> u64 {
+        self.local_size_mode(attr).0
+    }
+
+    /// The attributes to give the kernel: the server's, changed as this client's writes that
+    /// are not committed yet will change them (a larger size; setuid/setgid dropped).
+    pub fn kernel_attr(&self, attr: &Attr) -> fuser::FileAttr {
+        let (size, mode) = self.local_size_mode(attr);
+        let mut fa = file_attr(attr, size);
+        fa.perm = (mode & 0o7777) as u16;
+        fa
+    }
+
+    fn local_size_mode(&self, attr: &Attr) -> (u64, u32) {
         if attr.r#type != FileType::Regular as i32 {
-            return attr.size;
+            return (attr.size, attr.mode);
         }
-        let pending = lock(&self.inodes).get(&attr.ino).map_or(0, |i| i.pending_end.load(Ordering::Relaxed));
-        attr.size.max(pending)
+        let inodes = lock(&self.inodes);
+        let Some(inode) = inodes.get(&attr.ino) else {
+            return (attr.size, attr.mode);
+        };
+        let size = attr.size.max(inode.pending_end.load(Ordering::Relaxed));
+        let mode = match lock(&inode.kill_suid).as_ref() {
+            Some(writer) => suid_killed(attr.mode, writer.gid == attr.gid || writer.groups.contains(&attr.gid)),
+            None => attr.mode,
+        };
+        (size, mode)
     }
 
     /// The kernel learns directory entry `name` in `parent` with `attr`.
@@ -334,6 +359,21 @@ impl Core {
                 let _ = tx.send(Some(attr));
             });
         }
+    }
+
+    /// Directory `dir` changed through this client by a call sent at `sent`: its attributes as
+    /// the answer gave them (`attr`) or, without them, fetched again in the background.
+    fn dir_changed_to(self: &Arc<Self>, dir: u64, ok: bool, attr: Option<Attr>, sent: Instant) {
+        match attr {
+            Some(attr) if ok => self.cache.dir_known(dir, attr, sent),
+            _ => self.dir_changed(dir, ok),
+        }
+    }
+
+    /// An entry was added to `dir` (or the call failed) by a call sent at `sent`.
+    fn entry_added(self: &Arc<Self>, dir: u64, r: &OpResult<EntryResponse>, sent: Instant) {
+        let known = r.as_ref().ok().and_then(|r| r.parent_attr);
+        self.dir_changed_to(dir, r.is_ok(), known, sent);
     }
 
     /// getattr for the kernel, with the TTL to give it: a directory's attributes fetched after
@@ -457,8 +497,9 @@ impl Core {
     ) -> OpResult<Attr> {
         let request =
             MknodRequest { cred: Some(cred), time: Some(now()), parent, name, r#type: kind as i32, mode, umask, rdev };
+        let sent = Instant::now();
         let r = self.meta.rpc("mknod", request, |mut c, r| async move { c.mknod(r).await }).await;
-        self.dir_changed(parent, r.is_ok());
+        self.entry_added(parent, &r, sent);
         r?.attr.ok_or(Errno::EIO)
     }
 
@@ -471,8 +512,9 @@ impl Core {
         umask: u32,
     ) -> OpResult<Attr> {
         let request = MkdirRequest { cred: Some(cred), time: Some(now()), parent, name: name.clone(), mode, umask };
+        let sent = Instant::now();
         let r = self.meta.rpc("mkdir", request, |mut c, r| async move { c.mkdir(r).await }).await;
-        self.dir_changed(parent, r.is_ok());
+        self.entry_added(parent, &r, sent);
         let attr = r?.attr.ok_or(Errno::EIO)?;
         self.remember_entry(&attr, parent, &name);
         Ok(attr)
@@ -480,6 +522,7 @@ impl Core {
 
     pub async fn unlink(self: &Arc<Self>, cred: Credentials, parent: u64, name: Vec<u8>, dir: bool) -> OpResult<()> {
         let request = RemoveRequest { cred: Some(cred), time: Some(now()), parent, name };
+        let sent = Instant::now();
         let r = if dir {
             let r = self.meta.rpc("rmdir", request, |mut c, r| async move { c.rmdir(r).await }).await;
             // The removed directory (its inode is not named here) lost its links.
@@ -488,7 +531,8 @@ impl Core {
         } else {
             self.meta.rpc("unlink", request, |mut c, r| async move { c.unlink(r).await }).await
         };
-        self.dir_changed(parent, r.is_ok());
+        let known = r.as_ref().ok().and_then(|r| r.parent_attr);
+        self.dir_changed_to(parent, r.is_ok(), known, sent);
         r.map(|_| ())
     }
 
@@ -500,8 +544,9 @@ impl Core {
         target: Vec<u8>,
     ) -> OpResult<Attr> {
         let request = SymlinkRequest { cred: Some(cred), time: Some(now()), parent, name, target };
+        let sent = Instant::now();
         let r = self.meta.rpc("symlink", request, |mut c, r| async move { c.symlink(r).await }).await;
-        self.dir_changed(parent, r.is_ok());
+        self.entry_added(parent, &r, sent);
         r?.attr.ok_or(Errno::EIO)
     }
 
@@ -526,6 +571,7 @@ impl Core {
             new_name: new_name.clone(),
             flags,
         };
+        let sent = Instant::now();
         let r = self.meta.rpc("rename", request, |mut c, r| async move { c.rename(r).await }).await;
         if moved.is_some() || target.is_some() {
             self.cache.all_dirs_changed();
@@ -539,9 +585,13 @@ impl Core {
                 self.cache.note_dir_name(parent, &name, ino);
             }
         }
-        self.dir_changed(parent, r.is_ok());
+        let (known, new_known) = match &r {
+            Ok(r) => (r.parent_attr, r.new_parent_attr),
+            Err(_) => (None, None),
+        };
+        self.dir_changed_to(parent, r.is_ok(), known, sent);
         if new_parent != parent {
-            self.dir_changed(new_parent, r.is_ok());
+            self.dir_changed_to(new_parent, r.is_ok(), new_known, sent);
         }
         r.map(|_| ())
     }
@@ -554,8 +604,9 @@ impl Core {
         new_name: Vec<u8>,
     ) -> OpResult<Attr> {
         let request = LinkRequest { cred: Some(cred), time: Some(now()), ino, new_parent, new_name };
+        let sent = Instant::now();
         let r = self.meta.rpc("link", request, |mut c, r| async move { c.link(r).await }).await;
-        self.dir_changed(new_parent, r.is_ok());
+        self.entry_added(new_parent, &r, sent);
         r?.attr.ok_or(Errno::EIO)
     }
 
@@ -588,7 +639,7 @@ impl Core {
         if self.knows_no_caps(ino, &name) {
             return Err(Errno::ENODATA);
         }
-        let (sent, changes) = (std::time::Instant::now(), self.cache.xattr_changes());
+        let (sent, changes) = (Instant::now(), self.cache.xattr_changes());
         let request = GetXattrRequest { cred: Some(cred), ino, name };
         let r = self.meta.rpc("getxattr", request, |mut c, r| async move { c.get_xattr(r).await }).await;
         if capability && r.as_ref().is_err_and(|e| *e == Errno::ENODATA) && self.cache.xattr_changes() == changes {
@@ -724,7 +775,7 @@ impl Core {
         flags: i32,
     ) -> OpResult<(u64, Attr)> {
         let (read, write) = access_mode(flags);
-        let sent = std::time::Instant::now();
+        let sent = Instant::now();
         let r = self
             .with_session(|session| {
                 let request = CreateRequest {
@@ -797,6 +848,7 @@ impl Core {
             let mut io = inode.io.lock().await;
             if io.buf.is_empty() && io.inflight.is_empty() {
                 inode.pending_end.store(0, Ordering::Relaxed);
+                *lock(&inode.kill_suid) = None;
                 // The next open fetches a fresh chunk map anyway: free the memory now. The
                 // inode's entry itself stays (small), with what it saw for keep_cache.
                 io.chunks = HashMap::new();
@@ -857,10 +909,21 @@ impl Core {
 
     // ---- data path -------------------------------------------------------------------------
 
-    pub async fn write(self: &Arc<Self>, cred: Credentials, ino: u64, offset: u64, data: &[u8]) -> OpResult<u32> {
+    /// A write(2) of `data` at `offset`; `kill_suid`: the kernel flagged it
+    /// FUSE_WRITE_KILL_SUIDGID (its caller lacks CAP_FSETID; with FUSE_HANDLE_KILLPRIV_V2 the kernel leaves dropping
+    /// setuid/setgid to the filesystem, and the metaserver drops them when it commits a write by
+    /// a caller other than root).
+    pub async fn write(
+        self: &Arc<Self>,
+        cred: Credentials,
+        ino: u64,
+        offset: u64,
+        data: &[u8],
+        kill_suid: bool,
+    ) -> OpResult<u32> {
         let inode = self.inode(ino);
         let mut io = inode.io.lock().await;
-        buffer_write(&inode, &mut io, cred, offset, data);
+        buffer_write(&inode, &mut io, cred, offset, data, kill_suid);
         if io.buf.bytes() >= WRITE_BUFFER_BYTES_MAX {
             self.start_flush(&inode, &mut io).await?;
         }
@@ -868,16 +931,23 @@ impl Core {
     }
 
     /// [`Core::write`] done on the caller's thread when it needs no waiting: the file's I/O
-    /// state is free and the buffer stays below the size that sends it. `None` otherwise (the
-    /// caller then runs `write`). A FUSE write answered here skips the hand-off to the async
-    /// runtime, whose thread wake-up was most of a buffered write's 180 µs on this VM.
-    pub fn try_write_now(&self, cred: &Credentials, ino: u64, offset: u64, data: &[u8]) -> Option<u32> {
+    /// state is free and the buffer stays below the size that sends it. `None` otherwise (the caller then runs `write`). A FUSE write
+    /// answered here skips the hand-off to the async runtime, whose thread wake-up was most of
+    /// a buffered write's 180 µs on this VM.
+    pub fn try_write_now(
+        &self,
+        cred: &Credentials,
+        ino: u64,
+        offset: u64,
+        data: &[u8],
+        kill_suid: bool,
+    ) -> Option<u32> {
         let inode = self.inode(ino);
         let mut io = inode.io.try_lock().ok()?;
         if io.buf.bytes() + data.len() as u64 >= WRITE_BUFFER_BYTES_MAX {
             return None;
         }
-        buffer_write(&inode, &mut io, cred.clone(), offset, data);
+        buffer_write(&inode, &mut io, cred.clone(), offset, data, kill_suid);
         Some(data.len() as u32)
     }
 
@@ -963,6 +1033,8 @@ impl Core {
     ) -> OpResult<Option<Attr>> {
         self.await_inflight(io).await?;
         if io.buf.is_empty() {
+            // Every write is committed, and with it what it dropped.
+            *lock(&inode.kill_suid) = None;
             return Ok(None);
         }
         let end = io.buf.end();
@@ -971,6 +1043,8 @@ impl Core {
         let mut flushed = self.write_out(io.cred.clone(), inode.ino, pieces, end, first, sync, change).await?;
         let changed = flushed.changed.take();
         apply_flushed(io, flushed);
+        // Everything written is committed, by a commit that dropped setuid/setgid if needed.
+        *lock(&inode.kill_suid) = None;
         if let Some(seen) = lock(&inode.seen).as_mut() {
             // Our own writes do not invalidate our own page cache.
             seen.2 = io.size;
@@ -1090,7 +1164,7 @@ impl Core {
         sync: bool,
         change: Option<AttrChange>,
     ) -> OpResult<Flushed> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let bytes: usize = pieces.values().flatten().map(|(_, d)| d.len()).sum();
         let writes = pieces.iter().map(|(index, pieces)| {
             let known = if *index == 0 { first.take() } else { None };
@@ -1398,7 +1472,7 @@ impl Core {
         offset: u64,
         len: u64,
     ) -> OpResult<(Vec<u8>, Option<Option<ChunkEntry>>)> {
-        let deadline = std::time::Instant::now() + self.meta.timeout();
+        let deadline = Instant::now() + self.meta.timeout();
         let mut backoff = Backoff::new(CHUNK_READ_RETRY_BACKOFF_MIN, CHUNK_READ_RETRY_BACKOFF_MAX);
         let mut current = entry.clone();
         let mut changed = false;
@@ -1417,7 +1491,7 @@ impl Core {
             } else {
                 tracing::warn!(ino, chunk_id = current.chunk_id, version = current.version, error = %error, "chunk read failed on every replica; refreshing the chunk map");
             }
-            if std::time::Instant::now() >= deadline {
+            if Instant::now() >= deadline {
                 return Err(Errno::EIO);
             }
             let request = GetChunksRequest { cred: Some(root_cred()), ino, first_index: current.index, count: 1 };
@@ -1477,7 +1551,7 @@ impl Core {
         let mut at = offset;
         while at < end {
             let n = (end - at).min(zeros.len() as u64);
-            self.write(cred.clone(), ino, at, &zeros[..n as usize]).await?;
+            self.write(cred.clone(), ino, at, &zeros[..n as usize], false).await?;
             at += n;
         }
         self.write_back(ino).await
@@ -1525,7 +1599,10 @@ impl Core {
         if data.is_empty() {
             return Ok(0);
         }
-        self.write(cred, ino_out, offset_out, &data).await
+        // Under FUSE_HANDLE_KILLPRIV_V2 the kernel leaves dropping setuid/setgid to the filesystem
+        // here too; the commit by a caller other than root drops them.
+        let kill_suid = cred.uid != 0;
+        self.write(cred, ino_out, offset_out, &data, kill_suid).await
     }
 
     // ---- locks -----------------------------------------------------------------------------
@@ -1605,8 +1682,11 @@ fn apply_refreshed(io: &mut FileIo, refreshed: Vec<(u64, Option<ChunkEntry>)>) {
 }
 
 /// Takes a write into the file's buffer (it reaches the chunkservers when the buffer is sent).
-fn buffer_write(inode: &Inode, io: &mut FileIo, cred: Credentials, offset: u64, data: &[u8]) {
+fn buffer_write(inode: &Inode, io: &mut FileIo, cred: Credentials, offset: u64, data: &[u8], kill_suid: bool) {
     io.buf.write(offset, data);
+    if kill_suid {
+        *lock(&inode.kill_suid) = Some(cred.clone());
+    }
     io.generation += 1;
     io.readahead = None;
     io.prefetch = None;

@@ -90,7 +90,7 @@ struct Ttls {
 
 impl Ttls {
     fn entry(self, core: &Core, reply: ReplyEntry, attr: &Attr) {
-        let fa = file_attr(attr, core.local_size(attr));
+        let fa = core.kernel_attr(attr);
         reply.entry_with_ttls(&self.attr, &self.entry, &fa, Generation(attr.generation));
     }
 }
@@ -116,6 +116,11 @@ impl Filesystem for CairnFs {
             InitFlags::FUSE_AUTO_INVAL_DATA,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_ASYNC_DIO,
+            // The superblock gets SB_NOSEC: the kernel asks for security.capability (a GETXATTR
+            // round trip) before the first write after the file's attributes were fetched, not
+            // before every write. The filesystem drops setuid/setgid itself: the metaserver
+            // does when it commits a write, truncate or chown by a caller other than root.
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ];
         for flag in wanted {
             if config.add_capabilities(flag).is_err() {
@@ -146,7 +151,7 @@ impl Filesystem for CairnFs {
         let (core, cred) = (self.core.clone(), cred_of(req));
         self.spawn(async move {
             match core.getattr_cached(cred, ino.0).await {
-                Ok((attr, ttl)) => reply.attr(&ttl, &file_attr(&attr, core.local_size(&attr))),
+                Ok((attr, ttl)) => reply.attr(&ttl, &core.kernel_attr(&attr)),
                 Err(e) => reply.error(e),
             }
         });
@@ -175,7 +180,7 @@ impl Filesystem for CairnFs {
         self.spawn(async move {
             let mode = mode.map(|m| m & 0o7777);
             match core.setattr(cred, ino.0, fh.map(|f| f.0), mode, uid, gid, size, atime, mtime).await {
-                Ok(attr) => reply.attr(&ttl, &file_attr(&attr, core.local_size(&attr))),
+                Ok(attr) => reply.attr(&ttl, &core.kernel_attr(&attr)),
                 Err(e) => reply.error(e),
             }
         });
@@ -313,18 +318,19 @@ impl Filesystem for CairnFs {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let cred = cred_of(req);
-        if let Some(n) = self.core.try_write_now(&cred, ino.0, offset, data) {
+        let kill_suid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        if let Some(n) = self.core.try_write_now(&cred, ino.0, offset, data, kill_suid) {
             return reply.written(n);
         }
         let (core, data) = (self.core.clone(), data.to_vec());
         self.spawn(async move {
-            match core.write(cred, ino.0, offset, &data).await {
+            match core.write(cred, ino.0, offset, &data, kill_suid).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(e),
             }
@@ -437,7 +443,7 @@ impl Filesystem for CairnFs {
                 };
                 for e in &r.entries {
                     let Some(attr) = &e.attr else { continue };
-                    let fa = file_attr(attr, core.local_size(attr));
+                    let fa = core.kernel_attr(attr);
                     let name = OsStr::from_bytes(&e.name);
                     if reply.add(INodeNo(e.ino), e.cookie, name, &ttls.entry, &fa, Generation(attr.generation)) {
                         return reply.ok();
@@ -563,7 +569,7 @@ impl Filesystem for CairnFs {
         self.spawn(async move {
             match core.create(cred, parent.0, name, mode, umask, flags).await {
                 Ok((fh, attr)) => {
-                    let fa = file_attr(&attr, core.local_size(&attr));
+                    let fa = core.kernel_attr(&attr);
                     reply.created(&ttl, &fa, Generation(attr.generation), FileHandle(fh), FopenFlags::empty());
                 }
                 Err(e) => reply.error(e),

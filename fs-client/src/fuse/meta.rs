@@ -33,7 +33,10 @@ macro_rules! has_errno {
 
 has_errno!(
     AttrResponse,
+    EntryResponse,
     ErrnoResponse,
+    RemoveResponse,
+    RenameResponse,
     CreateResponse,
     ReadlinkResponse,
     GetXattrResponse,

@@ -147,6 +147,32 @@ impl MetaApi {
         }
     }
 
+    /// Directory `dir`'s attributes read after a change of it succeeded, for the answer (the
+    /// client then needs no GetAttr for the kernel's next look at the directory); none when
+    /// the change failed or the read does.
+    async fn dir_attr_after(&self, outcome: &Outcome, dir: u64) -> Option<pb::Attr> {
+        if outcome.is_err() {
+            return None;
+        }
+        match self.node.read("getattr", |s| read::getattr(s, InodeId(dir))).await {
+            Ok(Ok(inode)) => Some(attr(&inode)),
+            _ => None,
+        }
+    }
+
+    /// The answer to a call that added an entry to `parent`.
+    async fn entry_response(&self, outcome: Outcome, parent: u64) -> Answer<pb::EntryResponse> {
+        let parent_attr = self.dir_attr_after(&outcome, parent).await;
+        let r = attr_response(outcome)?.into_inner();
+        Ok(Response::new(pb::EntryResponse { errno: r.errno, attr: r.attr, parent_attr }))
+    }
+
+    /// The answer to a call that removed an entry from `parent`.
+    async fn remove_response(&self, outcome: Outcome, parent: u64) -> Answer<pb::RemoveResponse> {
+        let parent_attr = self.dir_attr_after(&outcome, parent).await;
+        Ok(Response::new(pb::RemoveResponse { errno: outcome.err().map_or(0, Errno::code), parent_attr }))
+    }
+
     /// Proposes `op`, applied once per client request when the call carries a request id.
     async fn change(
         &self,
@@ -206,18 +232,18 @@ impl MetaService for MetaApi {
         errno_response(result.map(|()| Reply::Done))
     }
 
-    async fn mknod(&self, request: Request<pb::MknodRequest>) -> Answer<pb::AttrResponse> {
+    async fn mknod(&self, request: Request<pb::MknodRequest>) -> Answer<pb::EntryResponse> {
         let (once, r) = (request_id(request.metadata()), request.into_inner());
         let kind = convert::file_kind(r.r#type)?;
         let op =
             Op::Mknod { parent: InodeId(r.parent), name: r.name, kind, mode: r.mode, umask: r.umask, rdev: r.rdev };
-        attr_response(self.change(once, r.cred, r.time, op).await?)
+        self.entry_response(self.change(once, r.cred, r.time, op).await?, r.parent).await
     }
 
-    async fn mkdir(&self, request: Request<pb::MkdirRequest>) -> Answer<pb::AttrResponse> {
+    async fn mkdir(&self, request: Request<pb::MkdirRequest>) -> Answer<pb::EntryResponse> {
         let (once, r) = (request_id(request.metadata()), request.into_inner());
         let op = Op::Mkdir { parent: InodeId(r.parent), name: r.name, mode: r.mode, umask: r.umask };
-        attr_response(self.change(once, r.cred, r.time, op).await?)
+        self.entry_response(self.change(once, r.cred, r.time, op).await?, r.parent).await
     }
 
     async fn create(&self, request: Request<pb::CreateRequest>) -> Answer<pb::CreateResponse> {
@@ -310,28 +336,28 @@ impl MetaService for MetaApi {
         errno_response(self.change(once, r.cred, r.time, op).await?)
     }
 
-    async fn unlink(&self, request: Request<pb::RemoveRequest>) -> Answer<pb::ErrnoResponse> {
+    async fn unlink(&self, request: Request<pb::RemoveRequest>) -> Answer<pb::RemoveResponse> {
         let (once, r) = (request_id(request.metadata()), request.into_inner());
         let op = Op::Unlink { parent: InodeId(r.parent), name: r.name };
-        errno_response(self.change(once, r.cred, r.time, op).await?)
+        self.remove_response(self.change(once, r.cred, r.time, op).await?, r.parent).await
     }
 
-    async fn rmdir(&self, request: Request<pb::RemoveRequest>) -> Answer<pb::ErrnoResponse> {
+    async fn rmdir(&self, request: Request<pb::RemoveRequest>) -> Answer<pb::RemoveResponse> {
         let (once, r) = (request_id(request.metadata()), request.into_inner());
         let op = Op::Rmdir { parent: InodeId(r.parent), name: r.name };
-        errno_response(self.change(once, r.cred, r.time, op).await?)
+        self.remove_response(self.change(once, r.cred, r.time, op).await?, r.parent).await
     }
 
-    async fn link(&self, request: Request<pb::LinkRequest>) -> Answer<pb::AttrResponse> {
+    async fn link(&self, request: Request<pb::LinkRequest>) -> Answer<pb::EntryResponse> {
         let (once, r) = (request_id(request.metadata()), request.into_inner());
         let op = Op::Link { ino: InodeId(r.ino), new_parent: InodeId(r.new_parent), new_name: r.new_name };
-        attr_response(self.change(once, r.cred, r.time, op).await?)
+        self.entry_response(self.change(once, r.cred, r.time, op).await?, r.new_parent).await
     }
 
-    async fn symlink(&self, request: Request<pb::SymlinkRequest>) -> Answer<pb::AttrResponse> {
+    async fn symlink(&self, request: Request<pb::SymlinkRequest>) -> Answer<pb::EntryResponse> {
         let (once, r) = (request_id(request.metadata()), request.into_inner());
         let op = Op::Symlink { parent: InodeId(r.parent), name: r.name, target: r.target };
-        attr_response(self.change(once, r.cred, r.time, op).await?)
+        self.entry_response(self.change(once, r.cred, r.time, op).await?, r.parent).await
     }
 
     async fn readlink(&self, request: Request<pb::ReadlinkRequest>) -> Answer<pb::ReadlinkResponse> {
@@ -344,7 +370,7 @@ impl MetaService for MetaApi {
         }))
     }
 
-    async fn rename(&self, request: Request<pb::RenameRequest>) -> Answer<pb::ErrnoResponse> {
+    async fn rename(&self, request: Request<pb::RenameRequest>) -> Answer<pb::RenameResponse> {
         let (once, r) = (request_id(request.metadata()), request.into_inner());
         let op = Op::Rename {
             parent: InodeId(r.parent),
@@ -353,7 +379,15 @@ impl MetaService for MetaApi {
             new_name: r.new_name,
             flags: convert::rename_flags(r.flags),
         };
-        errno_response(self.change(once, r.cred, r.time, op).await?)
+        let outcome = self.change(once, r.cred, r.time, op).await?;
+        let parent_attr = self.dir_attr_after(&outcome, r.parent).await;
+        let new_parent_attr =
+            if r.new_parent == r.parent { None } else { self.dir_attr_after(&outcome, r.new_parent).await };
+        Ok(Response::new(pb::RenameResponse {
+            errno: outcome.err().map_or(0, Errno::code),
+            parent_attr,
+            new_parent_attr,
+        }))
     }
 
     async fn set_attr(&self, request: Request<pb::SetAttrRequest>) -> Answer<pb::AttrResponse> {

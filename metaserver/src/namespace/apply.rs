@@ -789,7 +789,7 @@ impl<'a> Apply<'a> {
             self.truncate_chunks(ino, old_size, size)?;
             inode.mtime = self.now;
             if !caller.is_root() {
-                kill_suid(&mut inode);
+                kill_suid_on_write(&mut inode, caller);
             }
             changed = true;
         }
@@ -873,6 +873,17 @@ impl<'a> Apply<'a> {
 pub(super) fn kill_suid(inode: &mut Inode) {
     inode.mode &= !S_ISUID;
     if inode.mode & S_IXGRP != 0 {
+        inode.mode &= !S_ISGID;
+    }
+}
+
+/// What a write or truncate by `caller`, who lacks CAP_FSETID, drops (Linux's
+/// setattr_should_drop_suidgid): setuid, and setgid when the group may execute or the caller
+/// is not in the file's group.
+pub(super) fn kill_suid_on_write(inode: &mut Inode, caller: &Caller) {
+    let outsider = !caller.in_group(inode.gid);
+    kill_suid(inode);
+    if outsider {
         inode.mode &= !S_ISGID;
     }
 }

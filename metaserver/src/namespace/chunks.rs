@@ -18,7 +18,7 @@
 
 use cairn_coordinator::rsm::store::StateRead;
 
-use super::apply::{kill_suid, Apply};
+use super::apply::{kill_suid_on_write, Apply};
 use super::command::Reply;
 use super::errno::Errno;
 use super::keys::{self, CHUNKS, CHUNK_IDS, GC, META, OPEN_WRITE, RECLAIM, TRUNCATES};
@@ -272,10 +272,11 @@ impl Apply<'_> {
         }
         inode.mtime = self.now();
         inode.ctime = self.now();
-        // A write by anyone without CAP_FSETID drops setuid (and setgid of group-executable
-        // files), as Linux's file_remove_privs.
-        if !self.caller().is_root() {
-            kill_suid(&mut inode);
+        // A write by anyone without CAP_FSETID drops setuid and setgid, as Linux's
+        // file_remove_privs.
+        let caller = self.caller();
+        if !caller.is_root() {
+            kill_suid_on_write(&mut inode, caller);
         }
         self.put_inode(&inode);
         Ok(Reply::Attr(inode))

@@ -202,9 +202,12 @@ fn commit_write_clears_setuid_for_non_root() {
     fs.setattr(&root(), f, SetAttr { mode: Some(sgid_x), ..Default::default() }).expect("chmod");
     assert_eq!(fs.commit(&root(), f, 1, &[]).expect("root").mode, sgid_x, "root keeps them (CAP_FSETID)");
     assert_eq!(fs.commit(&alice(), f, 2, &[]).expect("alice").mode, 0o777);
-    // setgid without group execute (mandatory locking) stays.
+    // setgid without group execute stays for a writer in the file's group, and goes for others.
     fs.setattr(&root(), f, SetAttr { mode: Some(S_ISGID | 0o666), ..Default::default() }).expect("chmod");
-    assert_eq!(fs.commit(&alice(), f, 3, &[]).expect("alice").mode, S_ISGID | 0o666);
+    assert_eq!(fs.commit(&alice(), f, 3, &[]).expect("alice").mode, 0o666, "alice is not in group 0");
+    fs.setattr(&root(), f, SetAttr { gid: Some(alice().gid), ..Default::default() }).expect("chgrp");
+    fs.setattr(&root(), f, SetAttr { mode: Some(S_ISGID | 0o666), ..Default::default() }).expect("chmod");
+    assert_eq!(fs.commit(&alice(), f, 4, &[]).expect("alice").mode, S_ISGID | 0o666, "alice is in her group");
 }
 
 #[test]
