@@ -910,9 +910,9 @@ impl Core {
     // ---- data path -------------------------------------------------------------------------
 
     /// A write(2) of `data` at `offset`; `kill_suid`: the kernel flagged it
-    /// FUSE_WRITE_KILL_SUIDGID (its caller lacks CAP_FSETID; with FUSE_HANDLE_KILLPRIV_V2 the kernel leaves dropping
-    /// setuid/setgid to the filesystem, and the metaserver drops them when it commits a write by
-    /// a caller other than root).
+    /// FUSE_WRITE_KILL_SUIDGID (its caller lacks CAP_FSETID; with FUSE_HANDLE_KILLPRIV_V2 the
+    /// kernel leaves dropping setuid/setgid to the filesystem, and the metaserver drops them
+    /// when it commits a write by a caller other than root).
     pub async fn write(
         self: &Arc<Self>,
         cred: Credentials,
@@ -931,9 +931,9 @@ impl Core {
     }
 
     /// [`Core::write`] done on the caller's thread when it needs no waiting: the file's I/O
-    /// state is free and the buffer stays below the size that sends it. `None` otherwise (the caller then runs `write`). A FUSE write
-    /// answered here skips the hand-off to the async runtime, whose thread wake-up was most of
-    /// a buffered write's 180 µs on this VM.
+    /// state is free and the buffer stays below the size that sends it. `None` otherwise (the
+    /// caller then runs `write`). A FUSE write answered here skips the hand-off to the async
+    /// runtime, whose thread wake-up was most of a buffered write's 180 µs on this VM.
     pub fn try_write_now(
         &self,
         cred: &Credentials,

@@ -154,7 +154,8 @@ impl MetaApi {
         if outcome.is_err() {
             return None;
         }
-        match self.node.read("getattr", |s| read::getattr(s, InodeId(dir))).await {
+        // Counted apart from clients' GetAttr calls, which this replaces.
+        match self.node.read("parent_attr", |s| read::getattr(s, InodeId(dir))).await {
             Ok(Ok(inode)) => Some(attr(&inode)),
             _ => None,
         }
