@@ -10,7 +10,7 @@ use cairn_chunkserver::client::failed_replica;
 use cairn_chunkserver::client::write_messages;
 use cairn_fs_client::dev::Signal;
 use cairn_proto::chunk::WriteHeader;
-use chunkserver_common::{cs, random_bytes, ChunkCluster, MIB};
+use chunkserver_common::{assert_truthful_prefix, cs, random_bytes, ChunkCluster, MIB};
 use tokio_stream_shim::ReceiverStream;
 use tonic::Code;
 
@@ -31,32 +31,6 @@ mod tokio_stream_shim {
 
 fn header(chunk_id: u64, chain: Vec<String>) -> WriteHeader {
     WriteHeader { chunk_id, version: 1, create: true, chunk_size_bytes: 0, chain, sync: true }
-}
-
-/// Every replica in `replicas` that has `chunk` holds a prefix of `source` and says so
-/// truthfully: its reported length is readable (checksums pass) and matches `source`.
-async fn assert_truthful_prefix(
-    cluster: &ChunkCluster,
-    replicas: &[u64],
-    chunk: u64,
-    source: &[u8],
-) -> anyhow::Result<()> {
-    for &n in replicas {
-        let client = cluster.client(n);
-        let stat = match client.stat(chunk, true).await {
-            Ok(stat) => stat,
-            Err(e) if e.status().map(|s| s.code()) == Some(Code::NotFound) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let length = stat.length_bytes as usize;
-        eprintln!("chunkserver-{n} holds {length} bytes of chunk {chunk} ({} sent)", source.len());
-        assert!(length <= source.len(), "chunkserver-{n} reports {length} bytes, more than was sent");
-        let back = client.read(chunk, 1, 0, stat.length_bytes).await?;
-        assert_eq!(back.len(), length, "chunkserver-{n} reports {length} bytes but returns {}", back.len());
-        assert!(back == source[..length], "chunkserver-{n} returns bytes that were never written");
-        assert_eq!(stat.blake3, blake3::hash(&source[..length]).as_bytes().to_vec(), "digest of chunkserver-{n}");
-    }
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@ use tonic::{Code, Status};
 
 use crate::client::{BLOCK_INDEX_KEY, CHUNK_ID_KEY, FAILED_REPLICA_KEY};
 use crate::error::ChunkError;
+use crate::storage::StorageError;
 
 /// The status code of each error.
 pub fn code(error: &ChunkError) -> Code {
@@ -17,7 +18,9 @@ pub fn code(error: &ChunkError) -> Code {
         ChunkError::TooLarge { .. } | ChunkError::InvalidArgument(_) | ChunkError::Geometry(_) => Code::InvalidArgument,
         ChunkError::WireChecksum { .. } => Code::InvalidArgument,
         ChunkError::Corrupt { .. } | ChunkError::DigestMismatch { .. } => Code::DataLoss,
-        ChunkError::NoSpace { .. } | ChunkError::ReplicaNoSpace { .. } => Code::ResourceExhausted,
+        ChunkError::NoSpace { .. }
+        | ChunkError::ReplicaNoSpace { .. }
+        | ChunkError::Storage(StorageError::DiskFull(_)) => Code::ResourceExhausted,
         ChunkError::ReplicaFailed { .. } | ChunkError::Peer { .. } => Code::Unavailable,
         ChunkError::UpstreamFailed(_) => Code::Cancelled,
         ChunkError::Timeout { .. } => Code::DeadlineExceeded,
@@ -98,5 +101,7 @@ mod tests {
             Code::OutOfRange
         );
         assert_eq!(code(&ChunkError::NoSpace { needed_bytes: 1, free_bytes: 0 }), Code::ResourceExhausted);
+        assert_eq!(code(&ChunkError::Storage(StorageError::DiskFull("ENOSPC".into()))), Code::ResourceExhausted);
+        assert_eq!(code(&ChunkError::Storage(StorageError::Engine("EIO".into()))), Code::Internal);
     }
 }

@@ -24,6 +24,14 @@ pub enum StorageError {
     Open { path: String, message: String },
     #[error("storage engine: {0}")]
     Engine(String),
+    /// The disk filled under RocksDB (ENOSPC from a WAL append, a flush or a compaction).
+    /// RocksDB then refuses every write, and resumes by itself, without a restart, once the
+    /// disk has room for a memtable flush again.
+    #[error(
+        "disk full: {0}; writes resume by themselves once the disk has {free_needed_mib} MiB free",
+        free_needed_mib = crate::limits::BLOCK_MEMTABLE_BYTES >> 20
+    )]
+    DiskFull(String),
     #[error("chunk {chunk} has unreadable metadata: {message}")]
     BadMeta { chunk: ChunkId, message: String },
 }

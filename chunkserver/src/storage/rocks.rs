@@ -109,7 +109,19 @@ fn supports_direct_io(dir: &Path) -> bool {
 }
 
 fn engine(e: rocksdb::Error) -> StorageError {
-    StorageError::Engine(e.into_string())
+    engine_error(e.into_string())
+}
+
+/// RocksDB reports ENOSPC as an IO error with the NoSpace subcode; the binding exposes only the
+/// code, so the subcode is read from the text (the C library's message, which RocksDB quotes).
+/// Once a write failed that way, RocksDB answers every later write with the same background
+/// error until it recovers, so those are recognised too.
+fn engine_error(message: String) -> StorageError {
+    if message.contains("No space left on device") {
+        StorageError::DiskFull(message)
+    } else {
+        StorageError::Engine(message)
+    }
 }
 
 impl RocksStore {
@@ -289,6 +301,16 @@ mod tests {
     use super::*;
 
     const BLOCK_CACHE_TEST_BYTES: usize = 1 << 20;
+
+    #[test]
+    fn enospc_from_rocksdb_is_a_full_disk() {
+        let wal = "IO error: No space left on device: While appending to file: /d/000008.log: No space left on device";
+        assert!(matches!(engine_error(wal.into()), StorageError::DiskFull(m) if m == wal));
+        let error = engine_error(wal.into()).to_string();
+        assert!(error.starts_with("disk full: IO error"), "{error}");
+        assert!(error.ends_with("once the disk has 64 MiB free"), "{error}");
+        assert!(matches!(engine_error("IO error: Input/output error".into()), StorageError::Engine(_)));
+    }
 
     #[test]
     fn rocks_store_conformance() {

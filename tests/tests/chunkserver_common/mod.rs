@@ -17,6 +17,7 @@ use cairn_fs_client::dev::{Cluster, ClusterSpec, NodeId, NodeRef};
 use cairn_tests::keep_for_diagnosis;
 use rand::{Rng, SeedableRng};
 use tempfile::TempDir;
+use tonic::Code;
 
 pub const READY_TIMEOUT: Duration = Duration::from_secs(90);
 pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -177,4 +178,30 @@ impl Drop for ChunkCluster {
             }
         }
     }
+}
+
+/// Every replica in `replicas` that has `chunk` holds a prefix of `source` and says so
+/// truthfully: its reported length is readable (checksums pass) and matches `source`.
+pub async fn assert_truthful_prefix(
+    cluster: &ChunkCluster,
+    replicas: &[u64],
+    chunk: u64,
+    source: &[u8],
+) -> anyhow::Result<()> {
+    for &n in replicas {
+        let client = cluster.client(n);
+        let stat = match client.stat(chunk, true).await {
+            Ok(stat) => stat,
+            Err(e) if e.status().map(|s| s.code()) == Some(Code::NotFound) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let length = stat.length_bytes as usize;
+        eprintln!("chunkserver-{n} holds {length} bytes of chunk {chunk} ({} sent)", source.len());
+        assert!(length <= source.len(), "chunkserver-{n} reports {length} bytes, more than was sent");
+        let back = client.read(chunk, 1, 0, stat.length_bytes).await?;
+        assert_eq!(back.len(), length, "chunkserver-{n} reports {length} bytes but returns {}", back.len());
+        assert!(back == source[..length], "chunkserver-{n} returns bytes that were never written");
+        assert_eq!(stat.blake3, blake3::hash(&source[..length]).as_bytes().to_vec(), "digest of chunkserver-{n}");
+    }
+    Ok(())
 }
