@@ -1,8 +1,9 @@
 //! Two mounts of one cluster (two `cairn mount` processes, as on two machines): a file closed
 //! on one is read correctly on the other (close-to-open, including overwrites, truncation,
 //! appends, renames and deletes); flock(2) locks (util-linux `flock`) and POSIX fcntl locks
-//! (python3) conflict across the mounts; SIGKILL of the process holding a lock frees it; a
-//! blocked waiter ends on a signal (a handler's exception, SIGKILL).
+//! (python3) conflict across the mounts, each kind only with its own kind, as on Linux; SIGKILL
+//! of the process holding a lock frees it; a blocked waiter ends on a signal (a handler's
+//! exception, SIGKILL).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -21,17 +22,22 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a blocking waiter is left to queue its request before it is killed.
 const WAITER_SETTLE: Duration = Duration::from_secs(1);
 
-/// A python3 process on `path` holding a lock (`kind`: `flock` or `fcntl`) until killed; it
-/// prints `locked` once it holds the lock.
+/// A python3 process on `path` holding a lock (`kind`: `flock`, `fcntl`, or `both`: an flock
+/// and then, without waiting, an fcntl lock) until killed; it prints `locked` once it holds
+/// the lock.
 fn spawn_holder(path: &Path, kind: &str) -> anyhow::Result<Child> {
     let script = r#"
 import fcntl, os, sys, time
 kind, path = sys.argv[1], sys.argv[2]
 f = open(path, "r+")
-if kind == "flock":
+if kind in ("flock", "both"):
     fcntl.flock(f, fcntl.LOCK_EX)
-else:
-    fcntl.lockf(f, fcntl.LOCK_EX, 100, 0)  # bytes 0..99 only
+if kind in ("fcntl", "both"):
+    try:
+        fcntl.lockf(f, fcntl.LOCK_EX | (fcntl.LOCK_NB if kind == "both" else 0), 100, 0)  # bytes 0..99
+    except OSError as e:
+        print("fcntl lock refused:", e, flush=True)
+        sys.exit(1)
 print("locked", flush=True)
 time.sleep(3600)
 "#;
@@ -251,6 +257,29 @@ async fn two_mounts_share_files_and_locks() -> anyhow::Result<()> {
                         }
                     },
                 ))?;
+                Ok(())
+            }),
+        ),
+        (
+            "flock and fcntl locks are independent of each other, as on Linux",
+            Box::new(|| {
+                std::fs::write(a.join("mixed-file"), vec![0u8; 4096]).context("create mixed-file")?;
+                // One process takes both kinds on one file: its own flock must not block its
+                // fcntl lock (procmail and dovecot lock mailboxes that way).
+                let holder = spawn_holder(&a.join("mixed-file"), "both")?;
+                let flock_b = flock_try(&b.join("mixed-file"));
+                let overlapping = fcntl_try(&b.join("mixed-file"), 50, 10);
+                let outside = fcntl_try(&b.join("mixed-file"), 200, 10);
+                kill_holder(holder)?;
+                if flock_b? {
+                    bail!("an flock on mount 2 was granted while mount 1 held one");
+                }
+                if overlapping? {
+                    bail!("an overlapping fcntl lock on mount 2 was granted");
+                }
+                if !outside? {
+                    bail!("an fcntl lock outside the held range was refused: the flock counted as a POSIX lock");
+                }
                 Ok(())
             }),
         ),

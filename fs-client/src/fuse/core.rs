@@ -1643,37 +1643,93 @@ impl Core {
         wait: bool,
     ) -> OpResult<()> {
         let kind = lock_type(typ)?;
+        let request = SetLockRequest {
+            cred: Some(cred),
+            time: None,
+            ino,
+            session: 0,
+            owner,
+            pid,
+            r#type: kind as i32,
+            start,
+            len: lock_len(start, end),
+            wait,
+        };
+        self.lock_call(ino, owner, kind, wait, request).await
+    }
+
+    /// flock(2): the open file's lock, independent of the POSIX locks of the same file (as on
+    /// Linux). `owner` is the open file's, the same the kernel gives `release`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn flock(&self, cred: Credentials, ino: u64, owner: u64, typ: i32, pid: u32, wait: bool) -> OpResult<()> {
+        let kind = lock_type(typ)?;
+        let request =
+            FlockRequest { cred: Some(cred), time: None, ino, session: 0, owner, pid, r#type: kind as i32, wait };
+        self.lock_call(ino, owner, kind, wait, request).await
+    }
+
+    /// Sends a lock request (F_SETLK[W] or flock) until it has an answer: a blocking wait that
+    /// the server ended (leader change, shutdown) is asked again.
+    async fn lock_call<R: LockCall>(
+        &self,
+        ino: u64,
+        owner: u64,
+        kind: LockType,
+        wait: bool,
+        mut request: R,
+    ) -> OpResult<()> {
         if kind != LockType::Unlock {
+            // So that the close of this owner's last handle releases what it holds.
             lock(&self.lock_owners).insert((ino, owner));
         }
         loop {
-            let request = SetLockRequest {
-                cred: Some(cred.clone()),
-                time: Some(now()),
-                ino,
-                session: self.session(),
-                owner,
-                pid,
-                r#type: kind as i32,
-                start,
-                len: lock_len(start, end),
-                wait,
-            };
-            let call = |mut c: Client, r: tonic::Request<SetLockRequest>| async move { c.set_lock(r).await };
+            request.stamp(self.session());
             let r = if wait {
-                self.meta.rpc_unbounded("setlkw", request, call).await
+                self.meta.rpc_unbounded(R::WAIT_OP, request.clone(), R::send).await
             } else {
-                self.meta.rpc("setlk", request, call).await
+                self.meta.rpc(R::OP, request.clone(), R::send).await
             };
             match r {
                 Ok(_) => return Ok(()),
-                // The server ended a blocking wait (leader change, shutdown): ask again.
                 Err(e) if e == Errno::EINTR && wait => continue,
                 Err(e) => return Err(e),
             }
         }
     }
 }
+
+/// A lock request the metaserver answers with a `LockResponse`.
+trait LockCall: Clone + Send + Sync + 'static {
+    const OP: &'static str;
+    const WAIT_OP: &'static str;
+    /// Sets the session and the time of this attempt.
+    fn stamp(&mut self, session: u64);
+    fn send(
+        client: Client,
+        request: tonic::Request<Self>,
+    ) -> impl std::future::Future<Output = Result<tonic::Response<LockResponse>, tonic::Status>> + Send;
+}
+
+/// `impl LockCall` for a request type: its op names (metrics, logs) and its RPC method.
+macro_rules! lock_call {
+    ($request:ty, $op:literal, $wait_op:literal, $method:ident) => {
+        impl LockCall for $request {
+            const OP: &'static str = $op;
+            const WAIT_OP: &'static str = $wait_op;
+            fn stamp(&mut self, session: u64) {
+                (self.session, self.time) = (session, Some(now()));
+            }
+            async fn send(
+                mut client: Client,
+                request: tonic::Request<Self>,
+            ) -> Result<tonic::Response<LockResponse>, tonic::Status> {
+                client.$method(request).await
+            }
+        }
+    };
+}
+lock_call!(SetLockRequest, "setlk", "setlkw", set_lock);
+lock_call!(FlockRequest, "flock", "flockw", flock);
 
 fn apply_refreshed(io: &mut FileIo, refreshed: Vec<(u64, Option<ChunkEntry>)>) {
     for (index, entry) in refreshed {

@@ -62,6 +62,32 @@ impl CairnFs {
     {
         self.rt.spawn(f);
     }
+
+    /// Runs a lock request (`set`) and answers it. A blocking wait may last for ever, so its
+    /// caller must stay killable: a signal pending for it ends the wait with EINTR (see
+    /// signals.rs).
+    fn spawn_lock<F>(&self, req: &Request, sleep: bool, reply: ReplyEmpty, set: F)
+    where
+        F: std::future::Future<Output = Result<(), Errno>> + Send + 'static,
+    {
+        let caller = req.pid();
+        self.spawn(async move {
+            let result = if sleep {
+                tokio::select! {
+                    // A grant that is ready wins over a signal seen in the same poll.
+                    biased;
+                    r = set => r,
+                    () = signals::interrupted(caller, FUSE_LOCK_SIGNAL_POLL) => Err(Errno::EINTR),
+                }
+            } else {
+                set.await
+            };
+            match result {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
 }
 
 fn name_bytes(name: &OsStr) -> Vec<u8> {
@@ -619,25 +645,25 @@ impl Filesystem for CairnFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        let (core, cred, caller) = (self.core.clone(), cred_of(req), req.pid());
-        self.spawn(async move {
-            let set = core.setlk(cred, ino.0, lock_owner.0, start, end, typ, pid, sleep);
-            let result = if sleep {
-                // A wait may last for ever; its caller must stay killable (see signals.rs).
-                tokio::select! {
-                    // A grant that is ready wins over a signal seen in the same poll.
-                    biased;
-                    r = set => r,
-                    () = signals::interrupted(caller, FUSE_LOCK_SIGNAL_POLL) => Err(Errno::EINTR),
-                }
-            } else {
-                set.await
-            };
-            match result {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
-            }
+        let (core, cred) = (self.core.clone(), cred_of(req));
+        self.spawn_lock(req, sleep, reply, async move {
+            core.setlk(cred, ino.0, lock_owner.0, start, end, typ, pid, sleep).await
         });
+    }
+
+    fn flock(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let (core, cred) = (self.core.clone(), cred_of(req));
+        self.spawn_lock(req, sleep, reply, async move { core.flock(cred, ino.0, lock_owner.0, typ, pid, sleep).await });
     }
 
     fn fallocate(
