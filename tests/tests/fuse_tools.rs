@@ -1,8 +1,9 @@
 //! Ordinary tools on a real Cairn mount (dev launcher: 3 coordinators, 3 chunkservers,
 //! 3 metaservers, `cairn mount` at DIR/mnt): cp -r of this repository's source tree in and out
-//! (byte-identical by sha256sum), ls -l/stat output, mv/ln/ln -s/chmod/chown/touch -d, tar create
-//! and extract, git init + commit (+ gc, fsck, clone), and sqlite3 databases (rollback journal
-//! and WAL, which maps its -shm file shared and writable).
+//! (byte-identical by sha256sum), ls -l/stat output, sparse files (st_blocks, du, cp --sparse),
+//! mv/ln/ln -s/chmod/chown/touch -d, tar create and extract, git init + commit (+ gc, fsck,
+//! clone), and sqlite3 databases (rollback journal and WAL, which maps its -shm file shared and
+//! writable).
 //!
 //! Where output is compared, the same script runs on the local disk and on the mount, and the
 //! outputs must be equal: the local filesystem is the reference for what POSIX tools print.
@@ -95,6 +96,29 @@ async fn tools_work_on_the_mount() -> anyhow::Result<()> {
                      [ \"$c1\" -gt \"$c0\" ] && echo ctime advances on chmod\n\
                      stat -c '%n %A %s' f",
                 )?;
+                Ok(())
+            }),
+        ),
+        (
+            "sparse files: st_blocks, du, cp --sparse",
+            Box::new(|| {
+                // A chunk (64 MiB in a dev cluster) is the unit of allocation: a hole the size
+                // of whole chunks takes no blocks; a chunk a write reached counts up to the end.
+                let out = sh(
+                    &mnt,
+                    "mkdir sparse && cd sparse\n\
+                     truncate -s 256M hole; stat -c 'hole %s %b' hole; du -k hole\n\
+                     cp --sparse=always hole copy; stat -c 'copy %s %b' copy; cmp hole copy && echo copy same\n\
+                     printf data | dd of=hole bs=1 seek=100000000 conv=notrunc status=none\n\
+                     stat -c 'written %s %b' hole\n\
+                     cp hole copy2; stat -c 'copy2 %s %b' copy2; cmp hole copy2 && echo copy2 same\n\
+                     head -c 5000 /dev/urandom > small; stat -c 'small %s %b' small",
+                )?;
+                let expected = "hole 268435456 0\n0\thole\ncopy 268435456 0\ncopy same\n\
+                                written 268435456 131072\ncopy2 268435456 131072\ncopy2 same\nsmall 5000 10\n";
+                if out.stdout != expected {
+                    bail!("printed:\n{}\nexpected:\n{expected}", out.stdout);
+                }
                 Ok(())
             }),
         ),

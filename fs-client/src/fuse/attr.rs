@@ -76,11 +76,22 @@ pub fn suid_killed(mode: u32, in_group: bool) -> u32 {
     mode
 }
 
+/// `st_blocks` (512-byte units) of `a` when its size here is `size`: the bytes the server
+/// reports allocated plus what local writes added past the server's size. Without the server's
+/// figure (older servers, some answers), the size.
+fn blocks(a: &meta::Attr, size: u64) -> u64 {
+    let bytes = match a.allocated_bytes {
+        Some(allocated) => allocated.saturating_add(size.saturating_sub(a.size)),
+        None => size,
+    };
+    bytes.div_ceil(512)
+}
+
 pub fn file_attr(a: &meta::Attr, size: u64) -> FileAttr {
     FileAttr {
         ino: INodeNo(a.ino),
         size,
-        blocks: size.div_ceil(512),
+        blocks: blocks(a, size),
         atime: system_time(a.atime.as_ref()),
         mtime: system_time(a.mtime.as_ref()),
         ctime: system_time(a.ctime.as_ref()),
@@ -188,6 +199,16 @@ mod tests {
         assert_eq!((f.uid, f.gid, f.nlink, f.size, f.blocks), (7, 8, 3, 5000, 10));
         assert_eq!(f.mtime, UNIX_EPOCH + Duration::new(10, 5));
         assert_eq!(f.blksize, FUSE_BLKSIZE_BYTES);
+    }
+
+    #[test]
+    fn blocks_follow_the_allocation_plus_local_growth() {
+        let sparse = meta::Attr { size: 1 << 30, allocated_bytes: Some(4096), ..Default::default() };
+        assert_eq!(file_attr(&sparse, 1 << 30).blocks, 8);
+        // 1 000 bytes written past the server's end, still buffered here.
+        assert_eq!(file_attr(&sparse, (1 << 30) + 1000).blocks, 10);
+        let unknown = meta::Attr { size: 1 << 30, allocated_bytes: None, ..Default::default() };
+        assert_eq!(file_attr(&unknown, 1 << 30).blocks, 1 << 21);
     }
 
     #[test]

@@ -1547,17 +1547,38 @@ impl Core {
         }
         let attr = self.getattr(cred.clone(), ino).await?;
         let end = end.min(self.local_size(&attr));
+        if end <= offset {
+            return Ok(());
+        }
+        // Zeros go only into chunks that hold data: a hole stays a hole (and takes no blocks),
+        // which is what `cp --sparse=always` asks for with every run of zeros it skips. Buffered
+        // writes are committed first, so the map says which chunks hold data.
+        self.write_back(ino).await?;
+        let spans = split_range(offset, end - offset, self.chunk_size());
+        let mut with_data = Vec::with_capacity(spans.len());
+        {
+            let inode = self.inode(ino);
+            let mut io = inode.io.lock().await;
+            for span in spans {
+                if self.chunk_entry(&mut io, ino, span.index).await?.is_some_and(|e| !e.fresh) {
+                    with_data.push(span);
+                }
+            }
+        }
         let zeros = vec![0u8; 1024 * 1024];
-        let mut at = offset;
-        while at < end {
-            let n = (end - at).min(zeros.len() as u64);
-            self.write(cred.clone(), ino, at, &zeros[..n as usize], false).await?;
-            at += n;
+        for span in with_data {
+            let (mut at, span_end) = (offset + span.offset_in_range, offset + span.offset_in_range + span.len);
+            while at < span_end {
+                let n = (span_end - at).min(zeros.len() as u64);
+                self.write(cred.clone(), ino, at, &zeros[..n as usize], false).await?;
+                at += n;
+            }
         }
         self.write_back(ino).await
     }
 
-    /// SEEK_DATA / SEEK_HOLE over the chunk map (a chunk never written is a hole).
+    /// SEEK_DATA / SEEK_HOLE over the chunk map: a chunk that is not in the map, or that no
+    /// committed write reached (`fresh`; this file's own writes are committed first), is a hole.
     pub async fn lseek(&self, ino: u64, offset: u64, whence: i32) -> OpResult<u64> {
         let inode = self.inode(ino);
         let mut io = inode.io.lock().await;
@@ -1570,7 +1591,7 @@ impl Core {
         let last_index = (size - 1) / chunk_size;
         let mut index = offset / chunk_size;
         while index <= last_index {
-            let data = self.chunk_entry(&mut io, ino, index).await?.is_some();
+            let data = self.chunk_entry(&mut io, ino, index).await?.is_some_and(|e| !e.fresh);
             match (whence, data) {
                 (libc::SEEK_DATA, true) | (libc::SEEK_HOLE, false) => {
                     return Ok(offset.max(index * chunk_size).min(size))

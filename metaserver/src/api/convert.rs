@@ -71,7 +71,13 @@ pub fn attr(inode: &Inode) -> pb::Attr {
         ctime: Some(timespec(inode.ctime)),
         generation: inode.generation,
         open_handles: inode.open_handles,
+        allocated_bytes: None,
     }
+}
+
+/// [`attr`] with the allocated bytes that `st_blocks` reports.
+pub fn attr_allocated(inode: &Inode, allocated_bytes: u64) -> pb::Attr {
+    pb::Attr { allocated_bytes: Some(allocated_bytes), ..attr(inode) }
 }
 
 pub fn open_flags(mode: Option<pb::OpenMode>) -> OpenFlags {

@@ -21,8 +21,8 @@ use crate::chunks::{ChunkManager, FailureReport};
 use crate::limits::{CLOSE_MANY_HANDLES_MAX, GRPC_MESSAGE_BYTES_MAX, REQUEST_TIMEOUT, SPACE_WARN_INTERVAL};
 use crate::namespace::command::{decode_outcome, RequestId};
 use crate::namespace::{
-    chunks as chunk_map, locks, read, ChunkId, Errno, InodeId, LockKind, LockOwner, Op, Outcome, Replica, Reply,
-    SessionId, SetAttr, Timespec,
+    chunks as chunk_map, locks, read, ChunkId, Errno, FileKind, Inode, InodeId, LockKind, LockOwner, Op, Outcome,
+    Replica, Reply, SessionId, SetAttr, Timespec,
 };
 use crate::node::namespace::NamespaceNode;
 use convert::{attr, caller, time};
@@ -56,12 +56,12 @@ fn request_id(metadata: &MetadataMap) -> Option<RequestId> {
     (session != 0).then_some(RequestId { session: SessionId(session), seq, done_below })
 }
 
-fn attr_response(outcome: Outcome) -> Answer<pb::AttrResponse> {
-    Ok(Response::new(match outcome {
-        Ok(Reply::Attr(i)) | Ok(Reply::Created { attr: i, .. }) => pb::AttrResponse { errno: 0, attr: Some(attr(&i)) },
-        Ok(other) => return Err(Status::internal(format!("unexpected reply {other:?}"))),
+/// The answer to a read of an inode's attributes with its allocated bytes.
+fn read_attr_response(result: Result<(Inode, u64), Errno>) -> pb::AttrResponse {
+    match result {
+        Ok((inode, allocated)) => pb::AttrResponse { errno: 0, attr: Some(convert::attr_allocated(&inode, allocated)) },
         Err(e) => pb::AttrResponse { errno: e.code(), attr: None },
-    }))
+    }
 }
 
 fn errno_response(outcome: Outcome) -> Answer<pb::ErrnoResponse> {
@@ -161,10 +161,34 @@ impl MetaApi {
         }
     }
 
+    /// `inode`'s attributes with its allocated bytes (for `st_blocks`), read after a change.
+    /// Only non-empty regular files need the read; without it (or when it fails) the answer
+    /// leaves the figure out and the client estimates it from the size.
+    async fn attr_after(&self, inode: &Inode) -> pb::Attr {
+        if inode.kind != FileKind::Regular || inode.size == 0 {
+            return convert::attr_allocated(inode, 0);
+        }
+        match self.node.read("allocation", |s| chunk_map::allocated_bytes(s, inode)).await {
+            Ok(Ok(bytes)) => convert::attr_allocated(inode, bytes),
+            _ => attr(inode),
+        }
+    }
+
+    /// The answer to a change that returns the changed inode's attributes.
+    async fn attr_response(&self, outcome: Outcome) -> Answer<pb::AttrResponse> {
+        Ok(Response::new(match outcome {
+            Ok(Reply::Attr(i)) | Ok(Reply::Created { attr: i, .. }) => {
+                pb::AttrResponse { errno: 0, attr: Some(self.attr_after(&i).await) }
+            }
+            Ok(other) => return Err(Status::internal(format!("unexpected reply {other:?}"))),
+            Err(e) => pb::AttrResponse { errno: e.code(), attr: None },
+        }))
+    }
+
     /// The answer to a call that added an entry to `parent`.
     async fn entry_response(&self, outcome: Outcome, parent: u64) -> Answer<pb::EntryResponse> {
         let parent_attr = self.dir_attr_after(&outcome, parent).await;
-        let r = attr_response(outcome)?.into_inner();
+        let r = self.attr_response(outcome).await?.into_inner();
         Ok(Response::new(pb::EntryResponse { errno: r.errno, attr: r.attr, parent_attr }))
     }
 
@@ -214,16 +238,25 @@ impl MetaService for MetaApi {
     async fn get_attr(&self, request: Request<pb::GetAttrRequest>) -> Answer<pb::AttrResponse> {
         let r = request.into_inner();
         caller(r.cred)?;
-        let result = self.node.read("getattr", |s| read::getattr(s, InodeId(r.ino))).await.map_err(status)?;
-        attr_response(result.map(Reply::Attr))
+        let result = self
+            .node
+            .read("getattr", |s| read::getattr(s, InodeId(r.ino)).and_then(|i| read::with_allocation(s, i)))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(read_attr_response(result)))
     }
 
     async fn lookup(&self, request: Request<pb::LookupRequest>) -> Answer<pb::AttrResponse> {
         let r = request.into_inner();
         let c = caller(r.cred)?;
-        let result =
-            self.node.read("lookup", |s| read::lookup(s, &c, InodeId(r.parent), &r.name)).await.map_err(status)?;
-        attr_response(result.map(Reply::Attr))
+        let result = self
+            .node
+            .read("lookup", |s| {
+                read::lookup(s, &c, InodeId(r.parent), &r.name).and_then(|i| read::with_allocation(s, i))
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(read_attr_response(result)))
     }
 
     async fn access(&self, request: Request<pb::AccessRequest>) -> Answer<pb::ErrnoResponse> {
@@ -295,7 +328,8 @@ impl MetaService for MetaApi {
         };
         Ok(Response::new(pb::CreateResponse {
             errno: 0,
-            attr: Some(attr(&a)),
+            // Not created (O_CREAT of an existing file): it may hold data.
+            attr: Some(self.attr_after(&a).await),
             created,
             first_chunk: first_chunk.map(|c| convert::chunk_entry(0, &c, live)),
             parent_attr: parent.map(|p| attr(&p)),
@@ -310,7 +344,7 @@ impl MetaService for MetaApi {
         if flags.truncate && outcome.is_ok() {
             self.flush_truncates(r.ino).await;
         }
-        attr_response(outcome)
+        self.attr_response(outcome).await
     }
 
     async fn close(&self, request: Request<pb::CloseRequest>) -> Answer<pb::ErrnoResponse> {
@@ -407,7 +441,7 @@ impl MetaService for MetaApi {
         if resizes && outcome.is_ok() {
             self.flush_truncates(r.ino).await;
         }
-        attr_response(outcome)
+        self.attr_response(outcome).await
     }
 
     async fn set_xattr(&self, request: Request<pb::SetXattrRequest>) -> Answer<pb::ErrnoResponse> {
@@ -465,7 +499,7 @@ impl MetaService for MetaApi {
                         ino: e.ino.0,
                         r#type: convert::file_type(e.kind) as i32,
                         cookie: e.cookie,
-                        attr: e.attr.as_ref().map(attr),
+                        attr: e.attr.as_ref().map(|(i, allocated)| convert::attr_allocated(i, *allocated)),
                     })
                     .collect(),
                 eof: page.eof,
@@ -645,7 +679,7 @@ impl MetaService for MetaApi {
                 Op::CommitWriteSetAttr { ino, session, size: r.size, chunk_indexes: r.chunk_indexes, attr }
             }
         };
-        attr_response(self.change(once, r.cred, r.time, op).await?)
+        self.attr_response(self.change(once, r.cred, r.time, op).await?).await
     }
 
     async fn fsck(&self, request: Request<pb::FsckRequest>) -> Answer<pb::FsckResponse> {

@@ -97,6 +97,35 @@ pub fn chunk_map(state: &dyn StateRead, ino: InodeId, first: u64, count: u32) ->
     Ok(ChunkMap { chunk_size_bytes: params.chunk_size_bytes, size: inode.size, chunks })
 }
 
+/// The bytes of `inode`'s size that lie in written chunks (for `st_blocks`): each chunk in the
+/// map that a committed write reached counts up to the file's end; a missing chunk (a hole of a
+/// whole chunk) and a `fresh` one (allocated, nothing committed to it yet) count nothing. Zero
+/// for anything but a non-empty regular file.
+pub fn allocated_bytes(state: &dyn StateRead, inode: &Inode) -> Res<u64> {
+    if inode.kind != FileKind::Regular || inode.size == 0 {
+        return Ok(0);
+    }
+    let chunk_size = rows::fs_params(state)?.ok_or(Fail::Errno(Errno::NotConn))?.chunk_size_bytes;
+    let start = keys::chunk_key(inode.ino, 0);
+    let end = keys::chunk_key(inode.ino, inode.size.div_ceil(chunk_size));
+    let mut written = Vec::new();
+    state.scan(CHUNKS, &start, Some(&end), false, &mut |k, v| {
+        if let Some((_, index)) = keys::split_chunk_key(k) {
+            written.push((index, v.to_vec()));
+        }
+        true
+    })?;
+    let mut total = 0u64;
+    for (index, value) in written {
+        let c: Chunk = decode("chunk", &value)?;
+        if !c.fresh {
+            let offset = index.saturating_mul(chunk_size);
+            total = total.saturating_add(chunk_size.min(inode.size.saturating_sub(offset)));
+        }
+    }
+    Ok(total)
+}
+
 /// One row of the whole map, for the leader's scans.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapEntry {

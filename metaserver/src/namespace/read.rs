@@ -3,6 +3,7 @@
 
 use cairn_coordinator::rsm::store::StateRead;
 
+use super::chunks;
 use super::errno::Errno;
 use super::keys::{self, DENTRIES, XATTRS};
 use super::perm::{self, MAY_EXEC, MAY_READ};
@@ -13,6 +14,13 @@ use crate::limits::{NAME_BYTES_MAX, READDIR_ENTRIES_DEFAULT, READDIR_ENTRIES_MAX
 
 pub fn getattr(state: &dyn StateRead, ino: InodeId) -> Res<Inode> {
     rows::existing(state, ino)
+}
+
+/// `inode` with its allocated bytes (`chunks::allocated_bytes`), for answers that carry
+/// `st_blocks`.
+pub fn with_allocation(state: &dyn StateRead, inode: Inode) -> Res<(Inode, u64)> {
+    let allocated = chunks::allocated_bytes(state, &inode)?;
+    Ok((inode, allocated))
 }
 
 /// The inode `name` names in `parent` (`.` and `..` included). Needs search permission on
@@ -45,8 +53,8 @@ pub struct DirEntry {
     pub kind: FileKind,
     /// Resume a listing after this entry by passing this cookie.
     pub cookie: u64,
-    /// The attributes, for readdirplus.
-    pub attr: Option<Inode>,
+    /// The attributes and the allocated bytes (see `chunks::allocated_bytes`), for readdirplus.
+    pub attr: Option<(Inode, u64)>,
 }
 
 /// A page of a directory listing.
@@ -93,7 +101,7 @@ pub fn readdir(
     let mut entries = Vec::with_capacity(raw.len());
     for (cookie, name, value) in raw {
         let dentry: Dentry = decode("dentry", &value)?;
-        let attr = if plus { Some(rows::existing(state, dentry.ino)?) } else { None };
+        let attr = if plus { Some(with_allocation(state, rows::existing(state, dentry.ino)?)?) } else { None };
         entries.push(DirEntry { name, ino: dentry.ino, kind: dentry.kind, cookie, attr });
     }
     Ok(DirPage { entries, eof })

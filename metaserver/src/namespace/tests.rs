@@ -757,7 +757,7 @@ fn readdir_pages_and_plus() {
     assert!(page.eof);
     assert_eq!(page.entries.len(), 50);
     assert!(page.entries.windows(2).all(|w| w[0].cookie < w[1].cookie));
-    assert!(page.entries.iter().all(|e| e.attr.as_ref().is_some_and(|a| a.ino == e.ino)));
+    assert!(page.entries.iter().all(|e| e.attr.as_ref().is_some_and(|(a, _)| a.ino == e.ino)));
     let f = fs.mknod(&root(), ROOT, "f", 0o644).expect("f").ino;
     assert_eq!(errno(read::readdir(&fs.store, &root(), f, 0, 10, false)), Errno::NotDir);
     let last = page.entries.last().expect("entries").cookie;

@@ -211,6 +211,39 @@ fn commit_write_clears_setuid_for_non_root() {
 }
 
 #[test]
+fn allocated_bytes_count_chunks_in_the_map_up_to_the_end() {
+    let mut fs = Fs::new();
+    let f = fs.writable("f");
+    let allocated = |fs: &Fs| {
+        let inode = crate::namespace::read::getattr(&fs.store, f).expect("getattr");
+        map::allocated_bytes(&fs.store, &inode).expect("allocated")
+    };
+    assert_eq!(allocated(&fs), 0, "empty");
+    // Extended by truncate: all hole.
+    fs.setattr(&root(), f, SetAttr { size: Some(3 * MIB64 + 100), ..Default::default() }).expect("grow");
+    assert_eq!(allocated(&fs), 0);
+    // Allocated, nothing committed: still nothing.
+    fs.allocate(f, S1, 1, &[1, 2, 3]).expect("allocate");
+    fs.allocate(f, S1, 3, &[1, 2, 3]).expect("allocate");
+    assert_eq!(allocated(&fs), 0);
+    // Chunk 1 written: a whole chunk; then the last, partial chunk: up to the end.
+    fs.commit(&root(), f, 0, &[1]).expect("commit");
+    assert_eq!(allocated(&fs), MIB64);
+    fs.commit(&root(), f, 0, &[3]).expect("commit");
+    assert_eq!(allocated(&fs), MIB64 + 100);
+    // A chunk past the end (written, the size not yet committed) counts nothing.
+    fs.allocate(f, S1, 5, &[1, 2, 3]).expect("allocate");
+    fs.commit(&root(), f, 0, &[5]).expect("commit");
+    assert_eq!(allocated(&fs), MIB64 + 100);
+    // Cut inside chunk 1: only its head is left.
+    fs.setattr(&root(), f, SetAttr { size: Some(MIB64 + 10), ..Default::default() }).expect("truncate");
+    assert_eq!(allocated(&fs), 10);
+    // Directories have none.
+    let d = fs.mkdir(&root(), ROOT, "d", 0o755).expect("mkdir");
+    assert_eq!(map::allocated_bytes(&fs.store, &d).expect("allocated"), 0);
+}
+
+#[test]
 fn truncation_queues_whole_chunks_and_cuts_the_last() {
     let mut fs = Fs::new();
     let f = fs.writable("f");
