@@ -1681,7 +1681,6 @@ impl Core {
 
     /// flock(2): the open file's lock, independent of the POSIX locks of the same file (as on
     /// Linux). `owner` is the open file's, the same the kernel gives `release`.
-    #[allow(clippy::too_many_arguments)]
     pub async fn flock(&self, cred: Credentials, ino: u64, owner: u64, typ: i32, pid: u32, wait: bool) -> OpResult<()> {
         let kind = lock_type(typ)?;
         let request =

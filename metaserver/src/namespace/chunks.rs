@@ -102,10 +102,17 @@ pub fn chunk_map(state: &dyn StateRead, ino: InodeId, first: u64, count: u32) ->
 /// whole chunk) and a `fresh` one (allocated, nothing committed to it yet) count nothing. Zero
 /// for anything but a non-empty regular file.
 pub fn allocated_bytes(state: &dyn StateRead, inode: &Inode) -> Res<u64> {
-    if inode.kind != FileKind::Regular || inode.size == 0 {
+    if !has_allocation(inode) {
         return Ok(0);
     }
-    let chunk_size = rows::fs_params(state)?.ok_or(Fail::Errno(Errno::NotConn))?.chunk_size_bytes;
+    allocated_bytes_in(state, inode, chunk_size_bytes(state)?)
+}
+
+/// [`allocated_bytes`] with the file system's chunk size already read (a listing reads it once).
+pub fn allocated_bytes_in(state: &dyn StateRead, inode: &Inode, chunk_size: u64) -> Res<u64> {
+    if !has_allocation(inode) {
+        return Ok(0);
+    }
     let start = keys::chunk_key(inode.ino, 0);
     let end = keys::chunk_key(inode.ino, inode.size.div_ceil(chunk_size));
     let mut written = Vec::new();
@@ -124,6 +131,16 @@ pub fn allocated_bytes(state: &dyn StateRead, inode: &Inode) -> Res<u64> {
         }
     }
     Ok(total)
+}
+
+/// Only a non-empty regular file can have chunks below its end.
+fn has_allocation(inode: &Inode) -> bool {
+    inode.kind == FileKind::Regular && inode.size > 0
+}
+
+/// The file system's chunk size (ENOTCONN before Format).
+pub fn chunk_size_bytes(state: &dyn StateRead) -> Res<u64> {
+    Ok(rows::fs_params(state)?.ok_or(Fail::Errno(Errno::NotConn))?.chunk_size_bytes)
 }
 
 /// One row of the whole map, for the leader's scans.
@@ -230,7 +247,7 @@ fn distinct_servers(replicas: &[Replica]) -> bool {
 
 impl Apply<'_> {
     fn chunk_size_bytes(&self) -> Res<u64> {
-        Ok(rows::fs_params(&self.tx)?.ok_or(Fail::Errno(Errno::NotConn))?.chunk_size_bytes)
+        chunk_size_bytes(&self.tx)
     }
 
     /// The regular file `ino`, which `session` has open for writing (EBADF otherwise).

@@ -98,10 +98,19 @@ pub fn readdir(
         raw.push((cookie, name.to_vec(), v.to_vec()));
         true
     })?;
+    // readdirplus: the chunk size for every entry's allocation, read once for the page.
+    let chunk_size = if plus && !raw.is_empty() { Some(chunks::chunk_size_bytes(state)?) } else { None };
     let mut entries = Vec::with_capacity(raw.len());
     for (cookie, name, value) in raw {
         let dentry: Dentry = decode("dentry", &value)?;
-        let attr = if plus { Some(with_allocation(state, rows::existing(state, dentry.ino)?)?) } else { None };
+        let attr = match chunk_size {
+            Some(chunk_size) => {
+                let inode = rows::existing(state, dentry.ino)?;
+                let allocated = chunks::allocated_bytes_in(state, &inode, chunk_size)?;
+                Some((inode, allocated))
+            }
+            None => None,
+        };
         entries.push(DirEntry { name, ino: dentry.ino, kind: dentry.kind, cookie, attr });
     }
     Ok(DirPage { entries, eof })
