@@ -140,6 +140,17 @@ pub struct BenchArgs {
     /// reads come from the disk like a raw `dd iflag=direct` does.
     #[arg(long)]
     pub drop_caches: bool,
+    /// Then time this many small synced writes one after another, each creating a chunk of
+    /// its own, as a small file's close does (0: skip).
+    #[arg(long, default_value_t = 0)]
+    pub small_writes: usize,
+    /// Bytes per small write.
+    #[arg(long, default_value = "4KiB")]
+    pub small_size: String,
+    /// Send each small write to every replica at once (an empty chain each), as the FUSE
+    /// client does for writes of up to 256 KiB, instead of through the chain.
+    #[arg(long)]
+    pub small_fanout: bool,
 }
 
 /// `sync` then drop clean page-cache pages (Linux, root only).
@@ -200,6 +211,62 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         total / MIB,
         message / 1024,
         if args.drop_caches { ", page cache dropped" } else { "" }
+    );
+    if args.small_writes > 0 {
+        small_writes(args, &primary, &chain, args.first_chunk_id + chunks).await?;
+    }
+    Ok(())
+}
+
+/// Synced writes of `--small-size` bytes one after another, each to a new chunk, through the
+/// chain or (`--small-fanout`) to every replica at once; prints the latency percentiles and
+/// deletes the chunks.
+async fn small_writes(args: &BenchArgs, primary: &ChunkClient, chain: &[String], first_id: u64) -> anyhow::Result<()> {
+    let size = parse_size(&args.small_size).map_err(anyhow::Error::msg)? as usize;
+    let data = pseudo_random(size, 11);
+    let replicas: Vec<ChunkClient> = if args.small_fanout {
+        args.replicas.iter().map(|r| ChunkClient::connect_lazy(r)).collect::<Result<_, _>>()?
+    } else {
+        vec![primary.clone()]
+    };
+    let chain = if args.small_fanout { Vec::new() } else { chain.to_vec() };
+    let mut latencies_us = Vec::with_capacity(args.small_writes);
+    for i in 0..args.small_writes as u64 {
+        let header = WriteHeader {
+            chunk_id: first_id + i,
+            version: 1,
+            create: true,
+            chunk_size_bytes: 0,
+            chain: chain.clone(),
+            sync: true,
+        };
+        let started = Instant::now();
+        let writes = replicas.iter().map(|replica| replica.write(header.clone(), 0, &data, size.max(1)));
+        let acknowledged: u32 = futures::future::try_join_all(writes).await?.iter().map(|r| r.replicas).sum();
+        latencies_us.push(started.elapsed().as_micros() as u64);
+        anyhow::ensure!(acknowledged as usize == args.replicas.len(), "only {acknowledged} replicas acknowledged");
+    }
+    for i in 0..args.small_writes as u64 {
+        for replica in &replicas {
+            let request = DeleteChunkRequest { chunk_id: first_id + i, version: 0, chain: chain.clone(), sync: false };
+            replica.delete(request).await?;
+        }
+    }
+    latencies_us.sort_unstable();
+    let pct =
+        |q: f64| latencies_us[((latencies_us.len() as f64 * q) as usize).min(latencies_us.len() - 1)] as f64 / 1000.0;
+    println!(
+        "replicas={} small writes ({}): {} x {size} B, each a new chunk, synced: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms",
+        args.replicas.len(),
+        match (args.small_fanout, args.replicas.len()) {
+            (_, 1) => "one replica",
+            (true, _) => "to every replica at once",
+            (false, _) => "through the chain",
+        },
+        args.small_writes,
+        pct(0.5),
+        pct(0.9),
+        pct(0.99)
     );
     Ok(())
 }
