@@ -169,6 +169,11 @@ pub const WRITE_BUFFER_BYTES_MAX: u64 = 16 * MIB;
 pub const WRITE_FLUSHES_IN_FLIGHT: usize = 3;
 /// Bytes in one WriteChunk message (the chunkserver recommends 1 MiB, accepts up to 4 MiB).
 pub const WRITE_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Writes of at most this many bytes in all go from the client to every replica at once
+/// instead of through the chain: one network hop before the replicas write and sync instead
+/// of one per replica (a small file's close). Larger writes take the chain, which sends each
+/// byte out of the client once.
+pub const FANOUT_WRITE_BYTES_MAX: usize = 256 * 1024;
 /// Reads of at least twice this are striped over the chunk's replicas, stripes a multiple of
 /// it (one chunkserver read message).
 pub const READ_STRIPE_BYTES_MIN: u64 = 1024 * 1024;

@@ -15,7 +15,8 @@ use cairn_proto::meta::ChunkEntry;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::limits::{
-    CHUNK_GRPC_MESSAGE_BYTES_MAX, CHUNK_RPC_TIMEOUT, MOUNT_CONNECT_TIMEOUT, READ_STRIPE_BYTES_MIN, WRITE_MESSAGE_BYTES,
+    CHUNK_GRPC_MESSAGE_BYTES_MAX, CHUNK_RPC_TIMEOUT, FANOUT_WRITE_BYTES_MAX, MOUNT_CONNECT_TIMEOUT,
+    READ_STRIPE_BYTES_MIN, WRITE_MESSAGE_BYTES,
 };
 
 /// Status metadata naming the replica that failed in a chain write.
@@ -72,9 +73,11 @@ impl ChunkIo {
         Ok(client)
     }
 
-    /// Writes `pieces` (offset in chunk, bytes) into the chunk through its chain and waits
+    /// Writes `pieces` (offset in chunk, bytes) into the chunk on every replica and waits
     /// until every replica has applied them (durably with `sync`). No pieces with `sync` is a
-    /// sync of the chain: one header-only message, and every replica fsyncs its store.
+    /// sync of the chain: one header-only message, and every replica fsyncs its store. Small
+    /// writes go to every replica at once ([`FANOUT_WRITE_BYTES_MAX`]), larger ones through
+    /// the chain from the primary; the outcome and its errors are the same either way.
     pub async fn write(
         &self,
         entry: &ChunkEntry,
@@ -113,34 +116,56 @@ impl ChunkIo {
                 crc32: crc32fast::hash(&[]),
             });
         }
+        let total_bytes: usize = pieces.iter().map(|(_, data)| data.len()).sum();
+        if entry.replicas.len() > 1 && total_bytes <= FANOUT_WRITE_BYTES_MAX {
+            return self.write_fanout(entry, header, messages).await;
+        }
         messages[0].header = Some(header);
         let mut client = self.client(&primary.address)?;
         let call = tokio::time::timeout(CHUNK_RPC_TIMEOUT, client.write_chunk(futures::stream::iter(messages)));
         match call.await.unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("chunk write timed out"))) {
             Ok(_) => Ok(()),
-            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
-                Err(ChunkIoError::Stale { message: status.message().to_owned() })
-            }
             Err(status) => {
+                // A replica further down the chain is named in the status metadata.
                 let failed = status
                     .metadata()
                     .get(FAILED_REPLICA_KEY)
                     .and_then(|v| v.to_str().ok())
                     .map_or_else(|| primary.address.clone(), str::to_owned);
-                if status.code() == tonic::Code::ResourceExhausted {
-                    return Err(ChunkIoError::NoSpace {
-                        primary: primary.address.clone(),
-                        replica: failed,
-                        message: status.message().to_owned(),
-                    });
-                }
-                Err(ChunkIoError::Chain {
-                    primary: primary.address.clone(),
-                    failed,
-                    message: format!("{:?}: {}", status.code(), status.message()),
-                })
+                write_outcome(&primary.address, vec![(failed, status)])
             }
         }
+    }
+
+    /// The same write sent to each replica on its own (an empty chain), all at once. The
+    /// answers are judged as the chain's would be: a replica ahead of the entry's version
+    /// means the entry is stale; else the first replica (in chain order) out of space, then
+    /// the first that failed, is the one named.
+    async fn write_fanout(
+        &self,
+        entry: &ChunkEntry,
+        header: WriteHeader,
+        messages: Vec<WriteChunkRequest>,
+    ) -> Result<(), ChunkIoError> {
+        let writes = entry.replicas.iter().map(|replica| {
+            let mut messages = messages.clone();
+            messages[0].header = Some(WriteHeader { chain: Vec::new(), ..header.clone() });
+            async move {
+                let mut client = self.client(&replica.address)?;
+                let call = tokio::time::timeout(CHUNK_RPC_TIMEOUT, client.write_chunk(futures::stream::iter(messages)));
+                Ok::<_, ChunkIoError>(
+                    call.await.unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("chunk write timed out"))),
+                )
+            }
+        });
+        let outcomes = futures::future::join_all(writes).await;
+        let mut failures = Vec::new();
+        for (replica, outcome) in entry.replicas.iter().zip(outcomes) {
+            if let Err(status) = outcome? {
+                failures.push((replica.address.clone(), status));
+            }
+        }
+        write_outcome(&entry.replicas[0].address, failures)
     }
 
     /// Reads `[offset, offset + len)` of the chunk. A large read is split into stripes read
@@ -245,6 +270,31 @@ impl ChunkIo {
     }
 }
 
+/// The outcome of a write from the replicas that refused it (in chain order; through the
+/// chain, the one its status names): a replica ahead of the writer's version makes the entry
+/// stale (nothing failed); else the first replica out of space is ENOSPC; else the first that
+/// failed is named.
+fn write_outcome(primary: &str, failures: Vec<(String, tonic::Status)>) -> Result<(), ChunkIoError> {
+    let writer_is_stale = |status: &tonic::Status| {
+        // The chunkserver's StaleVersion; its StaleReplica ("stale replica: ...") means the
+        // replica missed a version bump, a failed replica as in the chain.
+        status.code() == tonic::Code::FailedPrecondition && !status.message().starts_with("stale replica")
+    };
+    if let Some((_, status)) = failures.iter().find(|(_, status)| writer_is_stale(status)) {
+        return Err(ChunkIoError::Stale { message: status.message().to_owned() });
+    }
+    let primary = primary.to_owned();
+    if let Some((replica, status)) = failures.iter().find(|(_, s)| s.code() == tonic::Code::ResourceExhausted) {
+        return Err(ChunkIoError::NoSpace { primary, replica: replica.clone(), message: status.message().to_owned() });
+    }
+    match failures.into_iter().next() {
+        None => Ok(()),
+        Some((failed, status)) => {
+            Err(ChunkIoError::Chain { primary, failed, message: format!("{:?}: {}", status.code(), status.message()) })
+        }
+    }
+}
+
 /// `[offset, offset + len)` cut into at most `replicas` stripes of whole read stripes
 /// (READ_STRIPE_BYTES_MIN at least), in order; one stripe when the read is small.
 fn stripes(offset: u64, len: u64, replicas: usize) -> Vec<(u64, u64)> {
@@ -270,6 +320,34 @@ mod tests {
     use super::*;
 
     const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn write_failures_name_the_replica_to_report() {
+        use tonic::Status;
+        let failed = |list: &[(&str, Status)]| {
+            write_outcome("p:1", list.iter().map(|(r, s)| (r.to_string(), s.clone())).collect())
+        };
+        assert!(failed(&[]).is_ok());
+        // The writer's entry is behind a replica: refetch, nothing failed.
+        let stale_writer =
+            Status::failed_precondition("stale version: chunk 7 is at version 3 here, the request has 2");
+        let down = Status::unavailable("connection refused");
+        assert!(matches!(failed(&[("s:2", down.clone()), ("s:3", stale_writer)]), Err(ChunkIoError::Stale { .. })));
+        // A replica behind the entry missed a version bump: it is the failed one.
+        let stale_replica =
+            Status::failed_precondition("stale replica: chunk 7 is at version 1 here, the request has 2");
+        let e = failed(&[("s:3", stale_replica)]).expect_err("stale replica");
+        assert!(
+            matches!(&e, ChunkIoError::Chain { primary, failed, .. } if primary == "p:1" && failed == "s:3"),
+            "{e}"
+        );
+        // Out of space wins over a failure, whatever the order; else the first failure is named.
+        let full = Status::resource_exhausted("disk full");
+        let e = failed(&[("p:1", down.clone()), ("s:2", full)]).expect_err("no space");
+        assert!(matches!(&e, ChunkIoError::NoSpace { replica, .. } if replica == "s:2"), "{e}");
+        let e = failed(&[("s:2", down.clone()), ("s:3", down)]).expect_err("failed");
+        assert!(matches!(&e, ChunkIoError::Chain { failed, .. } if failed == "s:2"), "{e}");
+    }
 
     #[test]
     fn large_reads_are_striped_over_the_replicas_in_order() {
