@@ -29,7 +29,7 @@ use crate::error::ChunkError;
 use crate::ids::{ChunkId, ChunkVersion};
 use crate::limits::{CHUNK_SIZE_DEFAULT_BYTES, LIST_CHUNKS_MAX, READ_MESSAGE_BYTES, WRITE_MESSAGE_BYTES_MAX};
 use crate::space::Space;
-use crate::storage::{ChunkMeta, ChunkStore, StoreBatch};
+use crate::storage::{ChunkMeta, ChunkStore, ReadTier, StorageError, StoreBatch};
 
 /// Chunks hashed onto this many locks; two chunks sharing a stripe merely serialise.
 const LOCK_STRIPES: usize = 256;
@@ -310,7 +310,37 @@ impl ChunkEngine {
         len: u64,
     ) -> Result<ReadPiece, ChunkError> {
         let _guard = self.read_guard(chunk);
-        let meta = self.existing(chunk)?;
+        self.read_from(chunk, version, offset, len, ReadTier::Any)
+    }
+
+    /// [`ChunkEngine::read_with_crc`] if it can be answered from memory without waiting (no
+    /// disk read, no writer of the chunk holding it), else `None`: a small read of cached
+    /// blocks then runs on the async worker that received it, without a hand-off to a
+    /// blocking thread and back.
+    pub fn read_from_memory(
+        &self,
+        chunk: ChunkId,
+        version: Option<ChunkVersion>,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<ReadPiece>, ChunkError> {
+        let Ok(_guard) = self.lock(chunk).try_read() else { return Ok(None) };
+        match self.read_from(chunk, version, offset, len, ReadTier::Memory) {
+            Err(ChunkError::Storage(StorageError::NotInMemory)) => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
+    fn read_from(
+        &self,
+        chunk: ChunkId,
+        version: Option<ChunkVersion>,
+        offset: u64,
+        len: u64,
+        tier: ReadTier,
+    ) -> Result<ReadPiece, ChunkError> {
+        let meta =
+            self.store.meta_from(chunk, tier)?.filter(|m| !m.installing).ok_or(ChunkError::NotFound { chunk })?;
         if let Some(version) = version {
             check_version(chunk, meta.version, version)?;
         }
@@ -331,7 +361,7 @@ impl ChunkEngine {
         let last = geometry.block_of(end - 1);
         let mut spans = geometry.spans(offset, end - offset);
         let mut failure = None;
-        self.store.visit_blocks(chunk, first, last - first + 1, &mut |index, value| {
+        self.store.visit_blocks_from(chunk, first, last - first + 1, tier, &mut |index, value| {
             let Some(span) = spans.next() else { return ControlFlow::Break(()) };
             let mut stored = 0;
             if let Some(value) = value {

@@ -32,6 +32,9 @@ pub const BLOCK_MEMTABLE_BYTES: usize = 64 * MIB as usize;
 pub const BLOCK_CACHE_DEFAULT_BYTES: u64 = 256 * MIB;
 /// Reads of at most this many blocks fill the block cache; longer (streaming) reads do not.
 pub const CACHED_READ_BLOCKS_MAX: u32 = 2;
+/// Reads of at most this many bytes are first tried from memory on the async worker that
+/// received them (the blocks such reads cache), before a blocking thread reads the disk.
+pub const MEMORY_READ_BYTES_MAX: u64 = CACHED_READ_BLOCKS_MAX as u64 * BLOCK_SIZE_DEFAULT_BYTES as u64;
 
 // Every block size is a power of two between the bounds, so it divides both chunk sizes.
 const _: () = assert!(BLOCK_SIZE_DEFAULT_BYTES.is_power_of_two());

@@ -426,3 +426,25 @@ fn read_crc_matches_the_bytes_for_every_shape_of_range() {
     assert!(empty.data.is_empty());
     assert_eq!(empty.crc32, crc32fast::hash(&[]));
 }
+
+/// A read from memory answers what a read from the store would (data, CRC, refusals), and
+/// steps aside (None) while a writer holds the chunk instead of waiting for it.
+#[test]
+fn memory_reads_match_store_reads_and_never_wait_for_a_writer() {
+    let (_, engine) = engine();
+    let data = pattern(3 * BLOCK as usize + 11, 5);
+    engine.write(&target(4, 2), 100, &data).expect("write");
+    for (offset, len) in [(0, 2 * u64::from(BLOCK)), (100, 4096), (3 * u64::from(BLOCK), MIB)] {
+        let from_memory = engine.read_from_memory(ChunkId(4), Some(ChunkVersion(2)), offset, len).expect("read");
+        let piece = from_memory.expect("a memory store holds everything");
+        let stored = engine.read_with_crc(ChunkId(4), Some(ChunkVersion(2)), offset, len).expect("read");
+        assert_eq!((piece.data, piece.crc32, piece.meta), (stored.data, stored.crc32, stored.meta));
+    }
+    let stale = engine.read_from_memory(ChunkId(4), Some(ChunkVersion(1)), 0, 10).expect_err("stale version");
+    assert!(matches!(stale, ChunkError::StaleVersion { .. }), "{stale}");
+    let missing = engine.read_from_memory(ChunkId(8), None, 0, 10).expect_err("no such chunk");
+    assert!(matches!(missing, ChunkError::NotFound { .. }), "{missing}");
+
+    let _writer = engine.write_guard(ChunkId(4));
+    assert!(engine.read_from_memory(ChunkId(4), None, 0, 10).expect("no error").is_none());
+}

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
-use super::{BlockVisitor, ChunkMeta, ChunkStore, StorageError, StoreBatch, StoreOp};
+use super::{BlockVisitor, ChunkMeta, ChunkStore, ReadTier, StorageError, StoreBatch, StoreOp};
 use crate::ids::ChunkId;
 
 #[derive(Debug, Default)]
@@ -36,7 +36,7 @@ impl MemoryStore {
 }
 
 impl ChunkStore for MemoryStore {
-    fn meta(&self, chunk: ChunkId) -> Result<Option<ChunkMeta>, StorageError> {
+    fn meta_from(&self, chunk: ChunkId, _tier: ReadTier) -> Result<Option<ChunkMeta>, StorageError> {
         Ok(self.lock().metas.get(&chunk).copied())
     }
 
@@ -54,11 +54,12 @@ impl ChunkStore for MemoryStore {
         Ok(self.lock().blocks.get(&(chunk, index)).cloned())
     }
 
-    fn visit_blocks(
+    fn visit_blocks_from(
         &self,
         chunk: ChunkId,
         first: u32,
         count: u32,
+        _tier: ReadTier,
         visit: &mut BlockVisitor<'_>,
     ) -> Result<(), StorageError> {
         let tables = self.lock();

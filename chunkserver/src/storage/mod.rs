@@ -34,6 +34,19 @@ pub enum StorageError {
     DiskFull(String),
     #[error("chunk {chunk} has unreadable metadata: {message}")]
     BadMeta { chunk: ChunkId, message: String },
+    /// A read restricted to memory (`ReadTier::Memory`) needed the disk.
+    #[error("not in memory")]
+    NotInMemory,
+}
+
+/// Where a read may look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadTier {
+    /// Memory, then the disk.
+    Any,
+    /// Memory only (memtables and caches); anything else is [`StorageError::NotInMemory`].
+    /// Such a read never blocks on the disk, so it may run on an async worker.
+    Memory,
 }
 
 /// What the store records about a chunk besides its blocks.
@@ -151,7 +164,12 @@ pub type BlockVisitor<'a> = dyn FnMut(u32, Option<&[u8]>) -> ControlFlow<()> + '
 /// The chunk tables. Implementations are synchronous; async callers use `spawn_blocking`.
 pub trait ChunkStore: Send + Sync + 'static {
     /// A chunk's metadata, if the chunk exists.
-    fn meta(&self, chunk: ChunkId) -> Result<Option<ChunkMeta>, StorageError>;
+    fn meta(&self, chunk: ChunkId) -> Result<Option<ChunkMeta>, StorageError> {
+        self.meta_from(chunk, ReadTier::Any)
+    }
+
+    /// A chunk's metadata, read from `tier`.
+    fn meta_from(&self, chunk: ChunkId, tier: ReadTier) -> Result<Option<ChunkMeta>, StorageError>;
 
     /// Up to `limit` chunks with ids greater than `start_after`, in id order.
     fn metas(&self, start_after: ChunkId, limit: usize) -> Result<Vec<(ChunkId, ChunkMeta)>, StorageError>;
@@ -170,6 +188,19 @@ pub trait ChunkStore: Send + Sync + 'static {
         chunk: ChunkId,
         first: u32,
         count: u32,
+        visit: &mut BlockVisitor<'_>,
+    ) -> Result<(), StorageError> {
+        self.visit_blocks_from(chunk, first, count, ReadTier::Any, visit)
+    }
+
+    /// [`ChunkStore::visit_blocks`], read from `tier`; with `ReadTier::Memory` nothing is
+    /// visited unless every block is in memory.
+    fn visit_blocks_from(
+        &self,
+        chunk: ChunkId,
+        first: u32,
+        count: u32,
+        tier: ReadTier,
         visit: &mut BlockVisitor<'_>,
     ) -> Result<(), StorageError>;
 

@@ -16,7 +16,7 @@ use rocksdb::{
     Cache, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, ReadOptions, WriteBatch, DB,
 };
 
-use super::{BlockVisitor, ChunkMeta, ChunkStore, StorageError, StoreBatch, StoreOp};
+use super::{BlockVisitor, ChunkMeta, ChunkStore, ReadTier, StorageError, StoreBatch, StoreOp};
 use crate::ids::ChunkId;
 use crate::limits::{BLOB_FILE_BYTES, BLOB_MIN_BYTES, BLOCK_MEMTABLE_BYTES, CACHED_READ_BLOCKS_MAX};
 
@@ -73,10 +73,19 @@ fn parse_block_key(key: &[u8]) -> Option<(ChunkId, u32)> {
 /// engine verifies end to end on every read, so RocksDB's would be a second pass over the data.
 /// Only reads of a few blocks (`CACHED_READ_BLOCKS_MAX`: small random reads) fill the block
 /// value cache; a streaming read would evict them and gain nothing.
-fn block_read_options(blocks: u32) -> ReadOptions {
-    let mut opts = ReadOptions::default();
+fn block_read_options(blocks: u32, tier: ReadTier) -> ReadOptions {
+    let mut opts = tier_read_options(tier);
     opts.set_verify_checksums(false);
     opts.fill_cache(blocks <= CACHED_READ_BLOCKS_MAX);
+    opts
+}
+
+/// Memory only is RocksDB's block-cache tier: memtables, the block cache and the blob cache.
+fn tier_read_options(tier: ReadTier) -> ReadOptions {
+    let mut opts = ReadOptions::default();
+    if tier == ReadTier::Memory {
+        opts.set_read_tier(rocksdb::ReadTier::BlockCache);
+    }
     opts
 }
 
@@ -109,6 +118,10 @@ fn supports_direct_io(dir: &Path) -> bool {
 }
 
 fn engine(e: rocksdb::Error) -> StorageError {
+    if e.kind() == rocksdb::ErrorKind::Incomplete {
+        // Only a read limited to the block cache answers this (RocksDB's kBlockCacheTier).
+        return StorageError::NotInMemory;
+    }
     engine_error(e.into_string())
 }
 
@@ -193,9 +206,9 @@ impl RocksStore {
 }
 
 impl ChunkStore for RocksStore {
-    fn meta(&self, chunk: ChunkId) -> Result<Option<ChunkMeta>, StorageError> {
+    fn meta_from(&self, chunk: ChunkId, tier: ReadTier) -> Result<Option<ChunkMeta>, StorageError> {
         let cf = self.cf(CF_META)?;
-        match self.db.get_pinned_cf(cf, meta_key(chunk)).map_err(engine)? {
+        match self.db.get_pinned_cf_opt(cf, meta_key(chunk), &tier_read_options(tier)).map_err(engine)? {
             Some(bytes) => ChunkMeta::decode(chunk, &bytes).map(Some),
             None => Ok(None),
         }
@@ -223,20 +236,28 @@ impl ChunkStore for RocksStore {
 
     fn block(&self, chunk: ChunkId, index: u32) -> Result<Option<Vec<u8>>, StorageError> {
         let cf = self.cf(CF_BLOCKS)?;
-        self.db.get_cf_opt(cf, block_key(chunk, index), &block_read_options(1)).map_err(engine)
+        self.db.get_cf_opt(cf, block_key(chunk, index), &block_read_options(1, ReadTier::Any)).map_err(engine)
     }
 
-    fn visit_blocks(
+    fn visit_blocks_from(
         &self,
         chunk: ChunkId,
         first: u32,
         count: u32,
+        tier: ReadTier,
         visit: &mut BlockVisitor<'_>,
     ) -> Result<(), StorageError> {
         let cf = self.cf(CF_BLOCKS)?;
         let indices: Vec<u32> = (0..count).filter_map(|i| first.checked_add(i)).collect();
         let keys: Vec<[u8; 12]> = indices.iter().map(|&index| block_key(chunk, index)).collect();
-        let values = self.db.batched_multi_get_cf_opt(cf, &keys, true, &block_read_options(count));
+        let values = self.db.batched_multi_get_cf_opt(cf, &keys, true, &block_read_options(count, tier));
+        if tier == ReadTier::Memory && values.iter().any(Result::is_err) {
+            // Visit all or nothing: the caller reads the whole range again from the disk.
+            for value in values {
+                value.map_err(engine)?;
+            }
+            return Err(StorageError::NotInMemory);
+        }
         for (index, value) in indices.into_iter().zip(values) {
             if visit(index, value.map_err(engine)?.as_deref()).is_break() {
                 break;
@@ -302,6 +323,17 @@ mod tests {
 
     const BLOCK_CACHE_TEST_BYTES: usize = 1 << 20;
 
+    fn meta() -> ChunkMeta {
+        ChunkMeta {
+            version: crate::ids::ChunkVersion(3),
+            length_bytes: 4 * 65_536,
+            chunk_size_bytes: 64 << 20,
+            block_size_bytes: 65_536,
+            corrupt: false,
+            installing: false,
+        }
+    }
+
     #[test]
     fn enospc_from_rocksdb_is_a_full_disk() {
         let wal = "IO error: No space left on device: While appending to file: /d/000008.log: No space left on device";
@@ -325,6 +357,52 @@ mod tests {
         let store = RocksStore::open(dir.path(), IoMode::Buffered, 0).expect("open");
         assert!(!store.direct_io());
         super::super::tests::conformance(&store);
+    }
+
+    /// A memory-only read answers from the memtable and from blocks a small read cached, and
+    /// refuses (NotInMemory, visiting nothing) what only the blob files on disk hold.
+    #[test]
+    fn memory_reads_answer_only_what_memory_holds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RocksStore::open(dir.path(), IoMode::Direct, BLOCK_CACHE_TEST_BYTES).expect("open");
+        let value = |index: u32| vec![index as u8 ^ 0x3c; 65_540];
+        let visit_from = |first: u32, count: u32| {
+            let mut seen = Vec::new();
+            let result = store.visit_blocks_from(ChunkId(5), first, count, ReadTier::Memory, &mut |index, v| {
+                seen.push((index, v.map(<[u8]>::to_vec)));
+                std::ops::ControlFlow::Continue(())
+            });
+            (result, seen)
+        };
+        let mut batch = StoreBatch::default();
+        for index in 0..4 {
+            batch.put_block(ChunkId(5), index, value(index));
+        }
+        batch.put_meta(ChunkId(5), meta());
+        store.commit(batch).expect("commit");
+        // In the memtable.
+        let (result, seen) = visit_from(1, 2);
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(seen, vec![(1, Some(value(1))), (2, Some(value(2)))]);
+        assert_eq!(store.meta_from(ChunkId(5), ReadTier::Memory).expect("meta"), Some(meta()));
+
+        for cf in [CF_BLOCKS, CF_META] {
+            store.db.flush_cf(store.cf(cf).expect("cf")).expect("flush");
+        }
+        // Flushed to a blob file and never read: only on disk.
+        let (result, seen) = visit_from(1, 2);
+        assert!(matches!(result, Err(StorageError::NotInMemory)), "{result:?}");
+        assert!(seen.is_empty(), "visited {} blocks of a refused read", seen.len());
+        // A small read from the disk caches its block; the other stays on disk.
+        assert_eq!(store.blocks(ChunkId(5), 1, 1).expect("blocks"), vec![Some(value(1))]);
+        let (result, seen) = visit_from(1, 1);
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(seen, vec![(1, Some(value(1)))]);
+        assert!(matches!(visit_from(1, 2).0, Err(StorageError::NotInMemory)));
+        // A block never stored is known absent from memory (the filters and index are cached).
+        let (result, seen) = visit_from(9, 1);
+        assert!(result.is_ok() || matches!(result, Err(StorageError::NotInMemory)), "{result:?}");
+        assert!(seen.is_empty() || seen == vec![(9, None)], "{seen:?}");
     }
 
     /// Blocks flushed to blob files (written with O_DIRECT where allowed) read back the same
