@@ -211,9 +211,12 @@ impl TestCluster {
     }
 
     /// Ends the test: fails if a server logged an ERROR line (or panicked) that matches none of
-    /// `allowed`. On success the directory is deleted when the cluster is dropped.
+    /// `allowed`, [`PEER_UNREACHABLE`] and [`PEER_RPC_TIMEOUT`] (openraft's reports of peers that
+    /// were not up yet or answered late on 2 loaded cores, which every test allows). On success
+    /// the directory is deleted when the cluster is dropped.
     pub fn finish(mut self, allowed: &[AllowedError]) -> anyhow::Result<()> {
-        let patterns: Vec<&str> = allowed.iter().map(|a| a.pattern.as_ref()).collect();
+        let always = [PEER_UNREACHABLE, PEER_RPC_TIMEOUT];
+        let patterns: Vec<&str> = allowed.iter().chain(&always).map(|a| a.pattern.as_ref()).collect();
         let found = self.cluster.unexpected_errors(&patterns).context("scan the server logs")?;
         if !found.is_empty() {
             let quoted: Vec<String> = found.iter().take(LOG_LINES_QUOTED_MAX).map(ToString::to_string).collect();
