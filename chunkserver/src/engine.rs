@@ -165,7 +165,11 @@ impl ChunkEngine {
 
     /// The chunk's metadata, hiding chunks still being installed.
     fn live_meta(&self, chunk: ChunkId) -> Result<Option<ChunkMeta>, ChunkError> {
-        Ok(self.store.meta(chunk)?.filter(|m| !m.installing))
+        self.live_meta_from(chunk, ReadTier::Any)
+    }
+
+    fn live_meta_from(&self, chunk: ChunkId, tier: ReadTier) -> Result<Option<ChunkMeta>, ChunkError> {
+        Ok(self.store.meta_from(chunk, tier)?.filter(|m| !m.installing))
     }
 
     fn existing(&self, chunk: ChunkId) -> Result<ChunkMeta, ChunkError> {
@@ -339,8 +343,7 @@ impl ChunkEngine {
         len: u64,
         tier: ReadTier,
     ) -> Result<ReadPiece, ChunkError> {
-        let meta =
-            self.store.meta_from(chunk, tier)?.filter(|m| !m.installing).ok_or(ChunkError::NotFound { chunk })?;
+        let meta = self.live_meta_from(chunk, tier)?.ok_or(ChunkError::NotFound { chunk })?;
         if let Some(version) = version {
             check_version(chunk, meta.version, version)?;
         }

@@ -252,10 +252,8 @@ impl ChunkStore for RocksStore {
         let keys: Vec<[u8; 12]> = indices.iter().map(|&index| block_key(chunk, index)).collect();
         let values = self.db.batched_multi_get_cf_opt(cf, &keys, true, &block_read_options(count, tier));
         if tier == ReadTier::Memory && values.iter().any(Result::is_err) {
-            // Visit all or nothing: the caller reads the whole range again from the disk.
-            for value in values {
-                value.map_err(engine)?;
-            }
+            // Visit all or nothing: the caller reads the whole range again from the disk, which
+            // also reports any other error.
             return Err(StorageError::NotInMemory);
         }
         for (index, value) in indices.into_iter().zip(values) {

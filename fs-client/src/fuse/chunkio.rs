@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use cairn_proto::chunk::chunk_service_client::ChunkServiceClient;
-use cairn_proto::chunk::{ReadChunkRequest, WriteChunkRequest, WriteHeader};
+use cairn_proto::chunk::{ReadChunkRequest, WriteChunkRequest, WriteChunkResponse, WriteHeader};
 use cairn_proto::meta::ChunkEntry;
 use tonic::transport::{Channel, Endpoint};
 
@@ -121,9 +121,7 @@ impl ChunkIo {
             return self.write_fanout(entry, header, messages).await;
         }
         messages[0].header = Some(header);
-        let mut client = self.client(&primary.address)?;
-        let call = tokio::time::timeout(CHUNK_RPC_TIMEOUT, client.write_chunk(futures::stream::iter(messages)));
-        match call.await.unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("chunk write timed out"))) {
+        match self.send_write(&primary.address, messages).await? {
             Ok(_) => Ok(()),
             Err(status) => {
                 // A replica further down the chain is named in the status metadata.
@@ -150,13 +148,7 @@ impl ChunkIo {
         let writes = entry.replicas.iter().map(|replica| {
             let mut messages = messages.clone();
             messages[0].header = Some(WriteHeader { chain: Vec::new(), ..header.clone() });
-            async move {
-                let mut client = self.client(&replica.address)?;
-                let call = tokio::time::timeout(CHUNK_RPC_TIMEOUT, client.write_chunk(futures::stream::iter(messages)));
-                Ok::<_, ChunkIoError>(
-                    call.await.unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("chunk write timed out"))),
-                )
-            }
+            self.send_write(&replica.address, messages)
         });
         let outcomes = futures::future::join_all(writes).await;
         let mut failures = Vec::new();
@@ -166,6 +158,21 @@ impl ChunkIo {
             }
         }
         write_outcome(&entry.replicas[0].address, failures)
+    }
+
+    /// One write stream to the chunkserver at `addr`, bounded by the chunk RPC timeout; the
+    /// inner result is the chunkserver's answer.
+    async fn send_write(
+        &self,
+        addr: &str,
+        messages: Vec<WriteChunkRequest>,
+    ) -> Result<Result<WriteChunkResponse, tonic::Status>, ChunkIoError> {
+        let mut client = self.client(addr)?;
+        let call = tokio::time::timeout(CHUNK_RPC_TIMEOUT, client.write_chunk(futures::stream::iter(messages)));
+        Ok(call.await.map_or_else(
+            |_| Err(tonic::Status::deadline_exceeded("chunk write timed out")),
+            |answer| answer.map(tonic::Response::into_inner),
+        ))
     }
 
     /// Reads `[offset, offset + len)` of the chunk. A large read is split into stripes read
