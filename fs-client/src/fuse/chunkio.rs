@@ -14,6 +14,7 @@ use cairn_proto::chunk::{ReadChunkRequest, WriteChunkRequest, WriteChunkResponse
 use cairn_proto::meta::ChunkEntry;
 use tonic::transport::{Channel, Endpoint};
 
+use super::rope::Rope;
 use crate::limits::{
     CHUNK_GRPC_MESSAGE_BYTES_MAX, CHUNK_RPC_TIMEOUT, FANOUT_WRITE_BYTES_MAX, MOUNT_CONNECT_TIMEOUT,
     READ_STRIPE_BYTES_MIN, WRITE_MESSAGE_BYTES,
@@ -178,49 +179,40 @@ impl ChunkIo {
     /// Reads `[offset, offset + len)` of the chunk. A large read is split into stripes read
     /// from different replicas at once (each replica's disk and CPU serve a part, like a RAID-1
     /// read), each stripe failing over to the other replicas on its own. The result may be
-    /// shorter than `len` (the chunk's length cuts it).
-    pub async fn read(&self, entry: &ChunkEntry, offset: u64, len: u64) -> Result<Vec<u8>, ChunkIoError> {
+    /// shorter than `len` (the chunk's length cuts it); it holds the received messages
+    /// themselves, not a copy.
+    pub async fn read(&self, entry: &ChunkEntry, offset: u64, len: u64) -> Result<Rope, ChunkIoError> {
         let stripes = stripes(offset, len, entry.replicas.len());
-        // Every stripe is received straight into its part of the answer (no copy per stripe).
-        let mut out = vec![0u8; len as usize];
-        let mut bufs = Vec::with_capacity(stripes.len());
-        let mut rest = out.as_mut_slice();
-        for &(_, n) in &stripes {
-            let (head, tail) = std::mem::take(&mut rest).split_at_mut(n as usize);
-            bufs.push(head);
-            rest = tail;
-        }
-        let reads =
-            stripes.iter().zip(bufs).enumerate().map(|(i, (&(at, _), buf))| self.read_failover(entry, at, buf, i));
+        let reads = stripes.iter().enumerate().map(|(i, &(at, n))| self.read_failover(entry, at, n, i));
         let got = futures::future::try_join_all(reads).await?;
-        let mut total = 0;
-        for ((_, asked), n) in stripes.iter().zip(got) {
-            total += n;
+        let mut out = Rope::new();
+        for ((_, asked), stripe) in stripes.iter().zip(got) {
+            let short = (stripe.len() as u64) < *asked;
+            out.append(stripe);
             // The chunk ends inside this stripe: whatever a later stripe saw was written after
             // this one was read, so the read ends here, as one sequential read would have.
-            if (n as u64) < *asked {
+            if short {
                 break;
             }
         }
-        out.truncate(total);
         Ok(out)
     }
 
-    /// Reads `buf.len()` bytes at `offset` into `buf` from the first replica that answers with
-    /// correct data, starting with replica `first` (modulo their number); answers the bytes read.
+    /// Reads `len` bytes at `offset` from the first replica that answers with correct data,
+    /// starting with replica `first` (modulo their number).
     async fn read_failover(
         &self,
         entry: &ChunkEntry,
         offset: u64,
-        buf: &mut [u8],
+        len: u64,
         first: usize,
-    ) -> Result<usize, ChunkIoError> {
+    ) -> Result<Rope, ChunkIoError> {
         let mut errors = Vec::new();
         let mut corrupt = Vec::new();
         let mut missing = 0;
         let n = entry.replicas.len();
         for replica in entry.replicas.iter().cycle().skip(first % n.max(1)).take(n) {
-            let attempt = tokio::time::timeout(CHUNK_RPC_TIMEOUT, self.read_one(&replica.address, entry, offset, buf));
+            let attempt = tokio::time::timeout(CHUNK_RPC_TIMEOUT, self.read_one(&replica.address, entry, offset, len));
             match attempt.await.unwrap_or_else(|_| Err(("read timed out".to_owned(), false, false))) {
                 Ok(read) => return Ok(read),
                 Err((message, bad_data, not_found)) => {
@@ -243,37 +235,34 @@ impl ChunkIo {
         Err(ChunkIoError::Read { chunk_id: entry.chunk_id, message: errors.join("; "), corrupt })
     }
 
-    /// One replica's read into `buf` (only messages whose CRC verified are copied); answers the
-    /// bytes read. The error says whether the replica sent bad data, and whether it does not
-    /// have the chunk.
+    /// One replica's read of `len` bytes at `offset` (only messages whose CRC verified are
+    /// kept). The error says whether the replica sent bad data, and whether it does not have
+    /// the chunk.
     async fn read_one(
         &self,
         addr: &str,
         entry: &ChunkEntry,
         offset: u64,
-        buf: &mut [u8],
-    ) -> Result<usize, (String, bool, bool)> {
+        len: u64,
+    ) -> Result<Rope, (String, bool, bool)> {
         let client = self.client(addr).map_err(|e| (e.to_string(), false, false))?;
-        let request =
-            ReadChunkRequest { chunk_id: entry.chunk_id, version: entry.version, offset, length: buf.len() as u64 };
+        let request = ReadChunkRequest { chunk_id: entry.chunk_id, version: entry.version, offset, length: len };
         let failed = |s: tonic::Status| (s.to_string(), is_corrupt(&s), s.code() == tonic::Code::NotFound);
         let mut stream = client.clone().read_chunk(request).await.map_err(failed)?.into_inner();
-        let mut filled = 0;
+        let mut out = Rope::new();
         while let Some(message) = stream.message().await.map_err(failed)? {
-            if message.offset != offset + filled as u64 {
+            if message.offset != offset + out.len() as u64 {
                 return Err((format!("message at offset {} out of order", message.offset), true, false));
             }
             if crc32fast::hash(&message.data) != message.crc32 {
                 return Err((format!("CRC mismatch at offset {}", message.offset), true, false));
             }
-            let end = filled + message.data.len();
-            if end > buf.len() {
+            if (out.len() + message.data.len()) as u64 > len {
                 return Err(("more data than asked for".to_owned(), true, false));
             }
-            buf[filled..end].copy_from_slice(&message.data);
-            filled = end;
+            out.push(message.data);
         }
-        Ok(filled)
+        Ok(out)
     }
 }
 

@@ -25,6 +25,7 @@ use super::chunkio::{ChunkIo, ChunkIoError};
 use super::closer::Closer;
 use super::layout::{split_range, ChunkSpan, WriteBuffer};
 use super::meta::{Client, MetaClient};
+use super::rope::Rope;
 use crate::limits::{
     CHUNK_MAP_BATCH, CHUNK_READ_RETRY_BACKOFF_MAX, CHUNK_READ_RETRY_BACKOFF_MIN, CHUNK_STALE_BACKOFF_MAX,
     CHUNK_STALE_BACKOFF_MIN, CHUNK_WRITE_ATTEMPTS, CLOSE_BATCH_WINDOW, READAHEAD_BYTES, READDIR_BATCH, SESSION_TTL_MS,
@@ -68,7 +69,7 @@ struct Flushed {
 
 /// Data read for a window, and chunk entries found stale on the way (index → new entry).
 struct Fetched {
-    data: Vec<u8>,
+    data: Rope,
     refreshed: Vec<(u64, Option<ChunkEntry>)>,
 }
 
@@ -94,7 +95,7 @@ struct FileIo {
     chunks: HashMap<u64, Option<ChunkEntry>>,
     /// The file size as committed on the metaserver, as far as this client knows.
     size: u64,
-    readahead: Option<(u64, Bytes)>,
+    readahead: Option<(u64, Rope)>,
     /// The next readahead window, being fetched.
     prefetch: Option<Prefetch>,
     last_read_end: u64,
@@ -1352,7 +1353,7 @@ impl Core {
             if let Some(mut p) = io.prefetch.take() {
                 if let Ok(Ok(fetched)) = (&mut p.task).await {
                     apply_refreshed(&mut io, fetched.refreshed);
-                    io.readahead = Some((p.start, Bytes::from(fetched.data)));
+                    io.readahead = Some((p.start, fetched.data));
                 }
             }
         }
@@ -1378,7 +1379,6 @@ impl Core {
             None
         };
         let Fetched { data, refreshed } = self.fetch(ino, fetch, pieces).await?;
-        let mut data = Bytes::from(data);
         let mut io = match guard {
             Some(io) => io,
             None => inode.io.lock().await,
@@ -1387,14 +1387,13 @@ impl Core {
         if io.generation == generation {
             io.last_read_end = offset + want;
             if fetch > want {
-                let out = data.slice(..want as usize);
+                let out = data.slice(0..want as usize);
                 io.readahead = Some((offset, data));
                 self.maybe_prefetch(ino, &mut io).await;
                 return Ok(out);
             }
         }
-        data.truncate(want as usize);
-        Ok(data)
+        Ok(data.slice(0..want as usize))
     }
 
     /// The chunk pieces of `[offset, offset + len)` with their entries (None: a hole).
@@ -1412,32 +1411,33 @@ impl Core {
         Ok(out)
     }
 
-    /// Reads the pieces in parallel into one buffer of `len` bytes (holes and bytes past a
-    /// chunk's length are zeros).
+    /// Reads the pieces in parallel, `len` bytes in all (holes and bytes past a chunk's length
+    /// are zeros).
     async fn fetch(&self, ino: u64, len: u64, pieces: Vec<(ChunkSpan, Option<ChunkEntry>)>) -> OpResult<Fetched> {
         if let [(span, Some(entry))] = pieces.as_slice() {
             // The whole range inside one chunk (the usual readahead window): its read is the
-            // answer, zero-filled past the chunk's length, without a copy.
+            // answer, zero-filled past the chunk's length.
             let (mut data, fresh) = self.read_span(ino, entry, span.offset_in_chunk, span.len).await?;
-            data.resize(len as usize, 0);
+            data.resize_zeros(len as usize);
             return Ok(Fetched { data, refreshed: fresh.map(|e| (span.index, e)).into_iter().collect() });
         }
-        let mut data = vec![0u8; len as usize];
         let reads = pieces.iter().map(|(span, entry)| async move {
             match entry {
-                None => Ok((span, Vec::new(), None)),
+                None => Ok((span, Rope::new(), None)),
                 Some(entry) => {
                     self.read_span(ino, entry, span.offset_in_chunk, span.len).await.map(|(d, fresh)| (span, d, fresh))
                 }
             }
         });
-        let mut refreshed = Vec::new();
-        for (span, piece, fresh) in futures::future::try_join_all(reads).await? {
-            let at = span.offset_in_range as usize;
-            let n = piece.len().min(span.len as usize);
-            data[at..at + n].copy_from_slice(&piece[..n]);
+        let (mut data, mut refreshed) = (Rope::new(), Vec::new());
+        for (span, mut piece, fresh) in futures::future::try_join_all(reads).await? {
+            // The pieces are in order and adjacent; a short one is padded with zeros.
+            data.resize_zeros(span.offset_in_range as usize);
+            piece.resize_zeros(span.len as usize);
+            data.append(piece);
             refreshed.extend(fresh.map(|e| (span.index, e)));
         }
+        data.resize_zeros(len as usize);
         Ok(Fetched { data, refreshed })
     }
 
@@ -1471,7 +1471,7 @@ impl Core {
         entry: &ChunkEntry,
         offset: u64,
         len: u64,
-    ) -> OpResult<(Vec<u8>, Option<Option<ChunkEntry>>)> {
+    ) -> OpResult<(Rope, Option<Option<ChunkEntry>>)> {
         let deadline = Instant::now() + self.meta.timeout();
         let mut backoff = Backoff::new(CHUNK_READ_RETRY_BACKOFF_MIN, CHUNK_READ_RETRY_BACKOFF_MAX);
         let mut current = entry.clone();
@@ -1497,14 +1497,14 @@ impl Core {
             let request = GetChunksRequest { cred: Some(root_cred()), ino, first_index: current.index, count: 1 };
             let r = self.meta.rpc("get_chunks", request, |mut c, r| async move { c.get_chunks(r).await }).await?;
             let Some(latest) = r.chunks.into_iter().find(|c| c.index == current.index) else {
-                return Ok((Vec::new(), Some(None)));
+                return Ok((Rope::new(), Some(None)));
             };
             if latest.chunk_id == current.chunk_id && latest.version == current.version {
                 if missing && latest.fresh {
                     // Allocated ahead of its first write (a create allocates the first chunk)
                     // and no write committed yet: no replica has it, and its bytes are zeros.
                     // A committed chunk that no replica has is a failure, handled below.
-                    return Ok((Vec::new(), (changed || latest != current).then_some(Some(latest))));
+                    return Ok((Rope::new(), (changed || latest != current).then_some(Some(latest))));
                 }
                 // Same entry, and it did not read: ask for the catch-up; its answer is the
                 // entry to read with (ESTALE: the version moved on meanwhile, fetch again).

@@ -5,6 +5,7 @@
 //! * `chunkio.rs`: chain writes and verified, failing-over reads on chunkservers.
 //! * `closer.rs`: released handles, closed on the metaserver in batches.
 //! * `layout.rs`: chunk arithmetic and the per-file write buffer (pure).
+//! * `rope.rs`: read data kept in the messages it arrived in (readahead windows, replies).
 //! * `attr.rs`: protobuf ↔ FUSE conversions and caller credentials.
 //! * `cache.rs`: what the client answers itself within the attribute TTL (directory attributes
 //!   after its own changes, the absence of file capabilities).
@@ -26,6 +27,7 @@ mod fs;
 mod layout;
 mod meta;
 mod options;
+mod rope;
 mod signals;
 
 use std::io::Read as _;
