@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use bytes::Bytes;
 use cairn_proto::chunk::chunk_service_client::ChunkServiceClient;
 use cairn_proto::chunk::{ReadChunkRequest, WriteChunkRequest, WriteChunkResponse, WriteHeader};
 use cairn_proto::meta::ChunkEntry;
@@ -83,7 +84,7 @@ impl ChunkIo {
         &self,
         entry: &ChunkEntry,
         chunk_size_bytes: u64,
-        pieces: &[(u64, Vec<u8>)],
+        pieces: &[(u64, Bytes)],
         sync: bool,
     ) -> Result<(), ChunkIoError> {
         let Some(primary) = entry.replicas.first() else {
@@ -100,12 +101,13 @@ impl ChunkIo {
         };
         let mut messages = Vec::new();
         for (offset, data) in pieces {
-            for (i, part) in data.chunks(WRITE_MESSAGE_BYTES).enumerate() {
+            for at in (0..data.len()).step_by(WRITE_MESSAGE_BYTES) {
+                let part = data.slice(at..(at + WRITE_MESSAGE_BYTES).min(data.len()));
                 messages.push(WriteChunkRequest {
                     header: None,
-                    offset: offset + (i * WRITE_MESSAGE_BYTES) as u64,
-                    data: bytes::Bytes::copy_from_slice(part),
-                    crc32: crc32fast::hash(part),
+                    offset: offset + at as u64,
+                    crc32: crc32fast::hash(&part),
+                    data: part,
                 });
             }
         }
@@ -113,7 +115,7 @@ impl ChunkIo {
             messages.push(WriteChunkRequest {
                 header: None,
                 offset: 0,
-                data: bytes::Bytes::new(),
+                data: Bytes::new(),
                 crc32: crc32fast::hash(&[]),
             });
         }

@@ -1159,7 +1159,7 @@ impl Core {
         &self,
         cred: Credentials,
         ino: u64,
-        pieces: BTreeMap<u64, Vec<(u64, Vec<u8>)>>,
+        pieces: BTreeMap<u64, Vec<(u64, Bytes)>>,
         end: u64,
         mut first: Option<ChunkEntry>,
         sync: bool,
@@ -1231,7 +1231,7 @@ impl Core {
         cred: Credentials,
         ino: u64,
         index: u64,
-        pieces: &[(u64, Vec<u8>)],
+        pieces: &[(u64, Bytes)],
         known: Option<ChunkEntry>,
         sync: bool,
     ) -> OpResult<ChunkEntry> {

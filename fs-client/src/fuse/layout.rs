@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
+
 /// One piece of a file byte range that falls inside a single chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkSpan {
@@ -63,43 +65,51 @@ impl WriteBuffer {
     }
 
     /// Adds `data` at `offset`, overwriting older buffered bytes in that range.
+    ///
+    /// The extent that `data` starts in (or touches) is extended in place, so a sequential
+    /// writer's appends cost a copy of the new bytes only, not of the whole extent again.
     pub fn write(&mut self, offset: u64, data: &[u8]) {
         if data.is_empty() {
             return;
         }
         let end = offset + data.len() as u64;
-        // Extents that overlap or touch [offset, end) merge into one.
         let first = self.extents.range(..=offset).next_back().filter(|(o, d)| *o + d.len() as u64 >= offset);
-        let start = first.map_or(offset, |(o, _)| *o);
-        let touched: Vec<u64> = self.extents.range(start..=end).map(|(o, _)| *o).collect();
-        let mut merged_start = offset;
-        let mut merged_end = end;
-        for o in &touched {
-            let len = self.extents[o].len() as u64;
-            merged_start = merged_start.min(*o);
-            merged_end = merged_end.max(o + len);
-        }
-        let mut merged = vec![0u8; (merged_end - merged_start) as usize];
-        for o in touched {
+        let (merged_start, mut merged) = match first.map(|(o, _)| *o) {
+            Some(o) => (o, self.extents.remove(&o).unwrap_or_default()),
+            None => (offset, Vec::with_capacity(data.len())),
+        };
+        self.bytes -= merged.len() as u64;
+        // `merged` reaches `offset` (it touches or contains it): overwrite what it holds of
+        // `data`'s range, append the rest.
+        let at = (offset - merged_start) as usize;
+        let overlap = (merged.len() - at).min(data.len());
+        merged[at..at + overlap].copy_from_slice(&data[..overlap]);
+        merged.extend_from_slice(&data[overlap..]);
+        // Later extents that `data` overlaps or touches: their bytes past `end` are kept.
+        let later: Vec<u64> = self.extents.range(offset..=end).map(|(o, _)| *o).collect();
+        for o in later {
             if let Some(old) = self.extents.remove(&o) {
                 self.bytes -= old.len() as u64;
-                let at = (o - merged_start) as usize;
-                merged[at..at + old.len()].copy_from_slice(&old);
+                let merged_end = merged_start + merged.len() as u64;
+                let old_end = o + old.len() as u64;
+                if old_end > merged_end {
+                    merged.extend_from_slice(&old[(merged_end - o) as usize..]);
+                }
             }
         }
-        let at = (offset - merged_start) as usize;
-        merged[at..at + data.len()].copy_from_slice(data);
         self.bytes += merged.len() as u64;
         self.extents.insert(merged_start, merged);
     }
 
     /// Takes everything, split into per-chunk pieces: chunk index → (offset in chunk, bytes).
-    pub fn take_by_chunk(&mut self, chunk_size: u64) -> BTreeMap<u64, Vec<(u64, Vec<u8>)>> {
-        let mut out: BTreeMap<u64, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+    /// The pieces share the extents' memory.
+    pub fn take_by_chunk(&mut self, chunk_size: u64) -> BTreeMap<u64, Vec<(u64, Bytes)>> {
+        let mut out: BTreeMap<u64, Vec<(u64, Bytes)>> = BTreeMap::new();
         for (offset, data) in std::mem::take(&mut self.extents) {
+            let data = Bytes::from(data);
             for span in split_range(offset, data.len() as u64, chunk_size) {
                 let from = span.offset_in_range as usize;
-                let piece = data[from..from + span.len as usize].to_vec();
+                let piece = data.slice(from..from + span.len as usize);
                 out.entry(span.index).or_default().push((span.offset_in_chunk, piece));
             }
         }
@@ -151,6 +161,45 @@ mod tests {
         assert_eq!(b.extents[&0], b"helLO Wo0123456789abcdef");
     }
 
+    /// Random overlapping writes against a flat model: same bytes, same byte count, extents
+    /// neither overlapping nor touching.
+    #[test]
+    fn buffer_matches_a_flat_model_under_random_writes() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |bound: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % bound
+        };
+        for round in 0..200u64 {
+            let (mut b, mut model) = (WriteBuffer::default(), vec![None::<u8>; 256]);
+            for i in 0..12u64 {
+                let (offset, len) = (next(200), 1 + next(56));
+                let data: Vec<u8> = (0..len).map(|k| (round + i * 7 + k) as u8).collect();
+                b.write(offset, &data);
+                for (k, &byte) in data.iter().enumerate() {
+                    model[offset as usize + k] = Some(byte);
+                }
+                let mut previous_end = None;
+                for (&o, d) in &b.extents {
+                    assert!(!d.is_empty());
+                    assert!(previous_end.is_none_or(|e| e < o), "extents overlap or touch at {o}");
+                    previous_end = Some(o + d.len() as u64);
+                    for (k, &byte) in d.iter().enumerate() {
+                        assert_eq!(
+                            Some(byte),
+                            model[o as usize + k],
+                            "round {round} write {i} byte {}",
+                            o as usize + k
+                        );
+                    }
+                }
+                assert_eq!(b.bytes(), model.iter().filter(|m| m.is_some()).count() as u64);
+            }
+        }
+    }
+
     #[test]
     fn take_by_chunk_splits_at_boundaries() {
         let mut b = WriteBuffer::default();
@@ -159,8 +208,8 @@ mod tests {
         let pieces = b.take_by_chunk(100);
         assert!(b.is_empty());
         assert_eq!(pieces.len(), 3);
-        assert_eq!(pieces[&0], vec![(95, vec![7u8; 5])]);
-        assert_eq!(pieces[&1], vec![(0, vec![7u8; 5])]);
-        assert_eq!(pieces[&2], vec![(50, vec![9u8; 5])]);
+        assert_eq!(pieces[&0], vec![(95, Bytes::from(vec![7u8; 5]))]);
+        assert_eq!(pieces[&1], vec![(0, Bytes::from(vec![7u8; 5]))]);
+        assert_eq!(pieces[&2], vec![(50, Bytes::from(vec![9u8; 5]))]);
     }
 }
