@@ -33,6 +33,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // forwarded down the replication chain by reference count instead of memcpy.
         .bytes(".cairn.chunk.v1.WriteChunkRequest.data")
         .bytes(".cairn.chunk.v1.ReadChunkResponse.data")
+        // Reserves each outgoing message whole before encoding it (see src/codec.rs).
+        .codec_path("crate::codec::ReservingCodec")
         .file_descriptor_set_path(out_dir.join("cairn_descriptor.bin"))
         .compile_with_config(config, PROTOS, &["proto"])?;
     Ok(())

@@ -10,6 +10,9 @@
 //!   replicas), [`coordinator`] (`cairn.coordinator.v1`, the coordinator's replicated command
 //!   log format) and [`chunk`] (`cairn.chunk.v1`, the chunkserver API).
 //!
+//! Every generated service encodes with [`codec::ReservingCodec`] (prost's codec, reserving each
+//! outgoing message's space whole first).
+//!
 //! The `.proto` sources live in this crate's `proto/` directory; [`FILE_DESCRIPTOR_SET`] holds
 //! their encoded descriptors (e.g. for gRPC server reflection).
 
@@ -82,6 +85,8 @@ pub mod cairn {
         }
     }
 }
+
+pub mod codec;
 
 pub use cairn::chunk::v1 as chunk;
 pub use cairn::coordinator::v1 as coordinator;
