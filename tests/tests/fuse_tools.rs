@@ -100,6 +100,28 @@ async fn tools_work_on_the_mount() -> anyhow::Result<()> {
             }),
         ),
         (
+            "a directory listed to its end, then rewound, shows entries added since",
+            Box::new(|| {
+                // The mount answers the READDIR after a listing's end itself; a rewind must
+                // still reach the metaserver (POSIX: rewinddir shows the current state).
+                let out = same_output(
+                    &local.join("rewind"),
+                    &mnt.join("rewind"),
+                    r#"mkdir d && touch d/a d/b
+                       perl -e 'opendir(my $d, "d") or die "opendir: $!";
+                                my @first = grep { !/^\.\.?$/ } readdir($d);
+                                open(my $f, ">", "d/c") or die "create: $!"; close $f;
+                                my @rest = readdir($d); rewinddir($d);
+                                my @again = sort grep { !/^\.\.?$/ } readdir($d);
+                                print scalar(@first), " @again\n"'"#,
+                )?;
+                if out.trim() != "2 a b c" {
+                    bail!("unexpected listing: {out}");
+                }
+                Ok(())
+            }),
+        ),
+        (
             "sparse files: st_blocks, du, cp --sparse",
             Box::new(|| {
                 // A chunk (64 MiB in a dev cluster) is the unit of allocation: a hole the size

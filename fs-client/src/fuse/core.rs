@@ -47,6 +47,8 @@ pub struct Handle {
     pub read: bool,
     pub write: bool,
     pub dir: bool,
+    /// For a directory handle: the offset at which its listing ended, if it did.
+    pub listing_end: Option<u64>,
 }
 
 struct InFlight {
@@ -683,12 +685,24 @@ impl Core {
 
     pub fn opendir(&self, ino: u64) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.handles).insert(fh, Handle { ino, read: true, write: false, dir: true });
+        lock(&self.handles).insert(fh, Handle { ino, read: true, write: false, dir: true, listing_end: None });
         fh
     }
 
     pub fn releasedir(&self, fh: u64) {
         lock(&self.handles).remove(&fh);
+    }
+
+    /// The offset at which directory handle `fh`'s listing ended, if it did since its open or
+    /// last rewind.
+    pub fn listing_end(&self, fh: u64) -> Option<u64> {
+        lock(&self.handles).get(&fh).and_then(|h| h.listing_end)
+    }
+
+    pub fn set_listing_end(&self, fh: u64, end: Option<u64>) {
+        if let Some(h) = lock(&self.handles).get_mut(&fh) {
+            h.listing_end = end;
+        }
     }
 
     /// Entries after `cookie` (0: from the start; the server's cookies are above 2).
@@ -708,7 +722,7 @@ impl Core {
     fn add_handle(&self, ino: u64, flags: i32) -> u64 {
         let (read, write) = access_mode(flags);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.handles).insert(fh, Handle { ino, read, write, dir: false });
+        lock(&self.handles).insert(fh, Handle { ino, read, write, dir: false, listing_end: None });
         fh
     }
 

@@ -16,7 +16,7 @@ use fuser::{
 };
 use tokio::runtime::Handle as Runtime;
 
-use super::attr::{credentials, file_attr, timespec, type_from_mode};
+use super::attr::{credentials, timespec, type_from_mode};
 use super::core::{lock_end, Core};
 use super::signals;
 use crate::limits::{
@@ -96,6 +96,40 @@ fn name_bytes(name: &OsStr) -> Vec<u8> {
 
 fn cred_of(req: &Request) -> cairn_proto::meta::Credentials {
     credentials(req.uid(), req.gid(), req.pid())
+}
+
+/// Whether directory handle `fh`'s listing already ended at `offset`: then the kernel's READDIR
+/// there (the one after the last entries, which every listing ends with) is answered empty
+/// without asking the metaserver. POSIX leaves unspecified whether entries added after the
+/// open or the last rewind show up. Offset 0 is a rewind: it always asks, and forgets the end.
+fn listing_ended(core: &Core, fh: FileHandle, offset: u64) -> bool {
+    if offset == 0 {
+        core.set_listing_end(fh.0, None);
+        return false;
+    }
+    core.listing_end(fh.0) == Some(offset)
+}
+
+/// What a READDIRPLUS answer says about "." and "..": the inode number and the type are all the
+/// kernel uses of them.
+fn dot_attr(ino: INodeNo) -> fuser::FileAttr {
+    fuser::FileAttr {
+        ino,
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: fuser::FileType::Directory,
+        perm: 0o755,
+        nlink: 2,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: FUSE_BLKSIZE_BYTES,
+        flags: 0,
+    }
 }
 
 fn time_set(t: Option<TimeOrNow>) -> Option<TimeSet> {
@@ -414,7 +448,10 @@ impl Filesystem for CairnFs {
         });
     }
 
-    fn readdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        if listing_ended(&self.core, fh, offset) {
+            return reply.ok();
+        }
         let (core, cred) = (self.core.clone(), cred_of(req));
         self.spawn(async move {
             if offset == 0 && reply.add(ino, 1, fuser::FileType::Directory, ".") {
@@ -437,29 +474,28 @@ impl Filesystem for CairnFs {
                     cookie = e.cookie;
                 }
                 if r.eof || r.entries.is_empty() {
+                    core.set_listing_end(fh.0, Some(cookie.max(offset).max(2)));
                     return reply.ok();
                 }
             }
         });
     }
 
-    fn readdirplus(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        if listing_ended(&self.core, fh, offset) {
+            return reply.ok();
+        }
         let (core, cred, ttls) = (self.core.clone(), cred_of(req), self.ttls());
         self.spawn(async move {
-            if offset <= 1 {
-                let dir = match core.getattr(cred.clone(), ino.0).await {
-                    Ok(a) => a,
-                    Err(e) => return reply.error(e),
-                };
-                let fa = file_attr(&dir, dir.size);
-                if offset == 0 && reply.add(ino, 1, ".", &ttls.attr, &fa, Generation(dir.generation)) {
-                    return reply.ok();
-                }
-                let parent = INodeNo(core.parent_of(ino.0));
-                let pa = fuser::FileAttr { ino: parent, ..fa };
-                if reply.add(parent, 2, "..", &Duration::ZERO, &pa, Generation(0)) {
-                    return reply.ok();
-                }
+            // The kernel links neither "." nor ".." into its caches from a READDIRPLUS answer
+            // (fs/fuse/readdir.c, `fuse_direntplus_link`): only their inode numbers and types
+            // reach getdents, so their attributes cost no metaserver call.
+            if offset == 0 && reply.add(ino, 1, ".", &Duration::ZERO, &dot_attr(ino), Generation(0)) {
+                return reply.ok();
+            }
+            let parent = INodeNo(core.parent_of(ino.0));
+            if offset <= 1 && reply.add(parent, 2, "..", &Duration::ZERO, &dot_attr(parent), Generation(0)) {
+                return reply.ok();
             }
             let mut cookie = if offset <= 2 { 0 } else { offset };
             loop {
@@ -477,6 +513,7 @@ impl Filesystem for CairnFs {
                     cookie = e.cookie;
                 }
                 if r.eof || r.entries.is_empty() {
+                    core.set_listing_end(fh.0, Some(cookie.max(offset).max(2)));
                     return reply.ok();
                 }
             }
