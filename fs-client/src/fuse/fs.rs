@@ -110,6 +110,12 @@ fn listing_ended(core: &Core, fh: FileHandle, offset: u64) -> bool {
     core.listing_end(fh.0) == Some(offset)
 }
 
+/// The offset the kernel asks at after a READDIR that started at `offset` and last added the
+/// entry with `cookie` (0: none of the metaserver's): past ".." (2) at least.
+fn next_offset(offset: u64, cookie: u64) -> u64 {
+    cookie.max(offset).max(2)
+}
+
 /// What a READDIRPLUS answer says about "." and "..": the inode number and the type are all the
 /// kernel uses of them.
 fn dot_attr(ino: INodeNo) -> fuser::FileAttr {
@@ -474,7 +480,7 @@ impl Filesystem for CairnFs {
                     cookie = e.cookie;
                 }
                 if r.eof || r.entries.is_empty() {
-                    core.set_listing_end(fh.0, Some(cookie.max(offset).max(2)));
+                    core.set_listing_end(fh.0, Some(next_offset(offset, cookie)));
                     return reply.ok();
                 }
             }
@@ -513,7 +519,7 @@ impl Filesystem for CairnFs {
                     cookie = e.cookie;
                 }
                 if r.eof || r.entries.is_empty() {
-                    core.set_listing_end(fh.0, Some(cookie.max(offset).max(2)));
+                    core.set_listing_end(fh.0, Some(next_offset(offset, cookie)));
                     return reply.ok();
                 }
             }
