@@ -175,7 +175,8 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     run_parallel(&ids, streams, |id| {
         let (primary, chain, data) = (primary.clone(), chain.clone(), data.clone());
         async move {
-            let header = WriteHeader { chunk_id: id, version: 1, create: true, chunk_size_bytes: 0, chain, sync: true };
+            let header =
+                WriteHeader { chunk_id: id, version: 1, create: true, chain, sync: true, ..Default::default() };
             let response = primary.write(header, 0, &data, message).await?;
             anyhow::ensure!(
                 response.replicas as usize == args.replicas.len(),
@@ -239,6 +240,7 @@ async fn small_writes(args: &BenchArgs, primary: &ChunkClient, chain: &[String],
             chunk_size_bytes: 0,
             chain: chain.clone(),
             sync: true,
+            stream_bytes: 0,
         };
         let started = Instant::now();
         let writes = replicas.iter().map(|replica| replica.write(header.clone(), 0, &data, size.max(1)));

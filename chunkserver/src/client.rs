@@ -203,7 +203,8 @@ pub fn raw_client(channel: Channel) -> ChunkServiceClient<Channel> {
         .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX)
 }
 
-/// The messages of a write stream: the header rides on the first; each carries its CRC.
+/// The messages of a write stream: the header rides on the first, with `stream_bytes` set to
+/// the length of `data`; each carries its CRC.
 pub fn write_messages(header: WriteHeader, offset: u64, data: &[u8], message_bytes: usize) -> Vec<WriteChunkRequest> {
     let mut messages: Vec<WriteChunkRequest> = data
         .chunks(message_bytes.max(1))
@@ -218,7 +219,9 @@ pub fn write_messages(header: WriteHeader, offset: u64, data: &[u8], message_byt
     if messages.is_empty() {
         messages.push(WriteChunkRequest { header: None, offset, data: bytes::Bytes::new(), crc32: crc32(&[]) });
     }
-    messages[0].header = Some(header);
+    // The stream's size is known here: a replica stores a large stream without its write-ahead
+    // log (see `WriteHeader::stream_bytes`).
+    messages[0].header = Some(WriteHeader { stream_bytes: data.len() as u64, ..header });
     messages
 }
 

@@ -29,7 +29,7 @@ use crate::error::ChunkError;
 use crate::ids::{ChunkId, ChunkVersion};
 use crate::limits::{CHUNK_SIZE_DEFAULT_BYTES, LIST_CHUNKS_MAX, READ_MESSAGE_BYTES, WRITE_MESSAGE_BYTES_MAX};
 use crate::space::Space;
-use crate::storage::{ChunkMeta, ChunkStore, ReadTier, StorageError, StoreBatch};
+use crate::storage::{ChunkMeta, ChunkStore, Logging, ReadTier, StorageError, StoreBatch};
 
 /// Chunks hashed onto this many locks; two chunks sharing a stripe merely serialise.
 const LOCK_STRIPES: usize = 256;
@@ -206,13 +206,19 @@ impl ChunkEngine {
 
     /// Writes `data` at `offset` (one write message) and returns the chunk's new metadata.
     pub fn write(&self, target: &WriteTarget, offset: u64, data: &[u8]) -> Result<ChunkMeta, ChunkError> {
-        self.write_many(target, &[(offset, data)])
+        self.write_many(target, &[(offset, data)], Logging::Logged)
     }
 
     /// Writes several pieces (consecutive messages of one stream, in order) in one store commit:
     /// all of them or none. A block touched by several pieces is read and rewritten once, with
     /// the later pieces' bytes over the earlier ones'. Returns the chunk's new metadata.
-    pub fn write_many(&self, target: &WriteTarget, pieces: &[(u64, &[u8])]) -> Result<ChunkMeta, ChunkError> {
+    /// `Logging::Unlogged` writes are lost with the process until [`ChunkEngine::persist`].
+    pub fn write_many(
+        &self,
+        target: &WriteTarget,
+        pieces: &[(u64, &[u8])],
+        logging: Logging,
+    ) -> Result<ChunkMeta, ChunkError> {
         let chunk = target.chunk;
         if let Some((_, data)) = pieces.iter().find(|(_, data)| data.len() > WRITE_MESSAGE_BYTES_MAX) {
             return Err(ChunkError::TooLarge { len: data.len(), max: WRITE_MESSAGE_BYTES_MAX });
@@ -273,7 +279,7 @@ impl ChunkEngine {
                 block[span.start_in_block..span.end_in_block()].copy_from_slice(piece);
             }
         }
-        let mut batch = StoreBatch::default();
+        let mut batch = StoreBatch::with_logging(logging);
         for (index, block) in blocks {
             // A block that is now all zeros becomes a hole (reads give zeros up to the length):
             // zeros written over data — fallocate's PUNCH_HOLE, a zeroed region of an image —
@@ -552,6 +558,18 @@ impl ChunkEngine {
         Ok(self.store.sync()?)
     }
 
+    /// Makes every applied change durable, unlogged writes included (flushes the store's
+    /// memory tables to its files).
+    pub fn persist(&self) -> Result<(), ChunkError> {
+        Ok(self.store.persist()?)
+    }
+
+    /// Starts persisting what is applied so far without waiting (see
+    /// [`ChunkStore::start_persist`]).
+    pub fn start_persist(&self) -> Result<(), ChunkError> {
+        Ok(self.store.start_persist()?)
+    }
+
     /// Starts installing a copy of `chunk` received from a peer, replacing any local copy. The
     /// chunk is invisible (reads: not found; writes: busy) until [`Installer::finish`].
     pub fn begin_install(self: &Arc<Self>, chunk: ChunkId, chunk_size_bytes: u64) -> Result<Installer, ChunkError> {
@@ -647,10 +665,12 @@ impl Installer {
     }
 
     /// Stores the first `len` pending bytes as blocks (skipping all-zero blocks, which are
-    /// holes) together with the installing metadata, in one batch.
+    /// holes) together with the installing metadata, in one batch. Unlogged: a copy is bulk
+    /// data, persisted once at the end; a crash before that leaves an installing chunk, which
+    /// the next start removes.
     fn store_blocks(&mut self, len: usize) -> Result<(), ChunkError> {
         let block = self.geometry.block_size_bytes as usize;
-        let mut batch = StoreBatch::default();
+        let mut batch = StoreBatch::with_logging(Logging::Unlogged);
         for piece in self.pending[..len].chunks(block) {
             if !is_zero(piece) {
                 batch.put_block(self.chunk, self.next_block, encode_block(piece));
@@ -667,19 +687,19 @@ impl Installer {
         Ok(())
     }
 
-    /// Stores the rest, makes the chunk visible at `version` and syncs it to disk.
+    /// Stores the rest, makes the chunk visible at `version` and persists it to disk.
     pub fn finish(mut self, version: ChunkVersion) -> Result<ChunkMeta, ChunkError> {
         if !self.pending.is_empty() {
             self.store_blocks(self.pending.len())?;
         }
         let meta = self.meta(version, false);
-        let mut batch = StoreBatch::default();
+        let mut batch = StoreBatch::with_logging(Logging::Unlogged);
         batch.put_meta(self.chunk, meta);
         {
             let _guard = self.engine.write_guard(self.chunk);
             self.engine.store.commit(batch)?;
         }
-        self.engine.store.sync()?;
+        self.engine.store.persist()?;
         self.finished = true;
         Ok(meta)
     }

@@ -56,6 +56,14 @@ pub const READ_MESSAGE_BYTES: usize = MIB as usize;
 /// and (at least) this many bytes: small writes share a commit, large ones still pipeline.
 pub const APPLY_GROUP_MESSAGES_MAX: usize = 1024;
 pub const APPLY_GROUP_BYTES_MAX: usize = 4 * MIB as usize;
+/// A write stream announcing at least this many bytes (`WriteHeader::stream_bytes`) is stored
+/// without the write-ahead log and persisted (a memtable flush) before its answer. Below it, the
+/// flush's fixed cost (table files, manifest, fsyncs) outweighs writing the bytes twice. See
+/// docs/chunkserver.md ("Bulk streams").
+pub const BULK_STREAM_BYTES_MIN: u64 = 8 * MIB;
+/// A bulk stream starts a background flush each time it has applied this many more bytes, so
+/// its disk writes overlap its receiving and the flush before its answer has little left.
+pub const BULK_FLUSH_STEP_BYTES: u64 = 16 * MIB;
 /// gRPC message limit: the largest payload plus room for the header.
 pub const GRPC_MESSAGE_BYTES_MAX: usize = WRITE_MESSAGE_BYTES_MAX + 64 * KIB as usize;
 /// HTTP/2 flow-control window per stream: how much a sender may have in flight on one stream.

@@ -14,6 +14,7 @@ pub struct Metrics {
     registry: Registry,
     pub write_bytes: Counter,
     pub write_streams: Counter,
+    pub bulk_streams: Counter,
     pub write_failures: Counter,
     pub read_bytes: Counter,
     pub read_requests: Counter,
@@ -46,6 +47,10 @@ impl Metrics {
         };
         let write_bytes = counter("cairn_chunkserver_write_bytes", "Data bytes applied by write streams");
         let write_streams = counter("cairn_chunkserver_write_streams", "Write streams received");
+        let bulk_streams = counter(
+            "cairn_chunkserver_bulk_streams",
+            "Write streams stored without the write-ahead log and persisted before their answer",
+        );
         let write_failures = counter("cairn_chunkserver_write_failures", "Write streams that ended in an error");
         let read_bytes = counter("cairn_chunkserver_read_bytes", "Data bytes served by reads");
         let read_requests = counter("cairn_chunkserver_read_requests", "Read requests received");
@@ -73,6 +78,7 @@ impl Metrics {
             registry,
             write_bytes,
             write_streams,
+            bulk_streams,
             write_failures,
             read_bytes,
             read_requests,

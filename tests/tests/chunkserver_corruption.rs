@@ -23,7 +23,7 @@ async fn corrupt_replica_is_detected_reported_and_bypassed() -> anyhow::Result<(
         ChunkCluster::start("cs-corruption", &["--scrub-interval", "1s", "--scrub-rate", "256MiB"]).await?;
     let chain = vec![cluster.addr(2), cluster.addr(3)];
     let data = random_bytes(3 * MIB + 1234, 42);
-    let header = WriteHeader { chunk_id: CHUNK, version: 1, create: true, chunk_size_bytes: 0, chain, sync: true };
+    let header = WriteHeader { chunk_id: CHUNK, version: 1, create: true, chain, sync: true, ..Default::default() };
     assert_eq!(cluster.client(1).write(header, 0, &data, MIB).await?.replicas, 3);
 
     // Damage block 5 on chunkserver-2's disk.

@@ -64,7 +64,7 @@ fn run(command: &mut Command) -> anyhow::Result<()> {
 }
 
 fn header(chunk_id: u64, chain: Vec<String>) -> WriteHeader {
-    WriteHeader { chunk_id, version: 1, create: true, chunk_size_bytes: 0, chain, sync: true }
+    WriteHeader { chunk_id, version: 1, create: true, chunk_size_bytes: 0, chain, sync: true, stream_bytes: 0 }
 }
 
 async fn read_all(client: &ChunkClient, chunk: u64) -> anyhow::Result<Vec<u8>> {

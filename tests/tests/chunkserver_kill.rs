@@ -30,7 +30,7 @@ mod tokio_stream_shim {
 }
 
 fn header(chunk_id: u64, chain: Vec<String>) -> WriteHeader {
-    WriteHeader { chunk_id, version: 1, create: true, chunk_size_bytes: 0, chain, sync: true }
+    WriteHeader { chunk_id, version: 1, create: true, chunk_size_bytes: 0, chain, sync: true, stream_bytes: 0 }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,9 +39,15 @@ async fn sigkill_mid_stream_fails_cleanly_and_keeps_data() -> anyhow::Result<()>
     let chain = vec![cluster.addr(2), cluster.addr(3)];
     let primary = cluster.client(1);
 
-    // An acknowledged write first: it must survive the kill.
+    // Acknowledged writes first: they must survive the kill. Both are bulk streams (at least
+    // 8 MiB, announced in the header), stored without the write-ahead log and persisted before
+    // the answer, so even the one not asked to sync survives a killed process.
     let acknowledged = random_bytes(8 * MIB + 99, 7);
     assert_eq!(primary.write(header(1, chain.clone()), 0, &acknowledged, MIB).await?.replicas, 3);
+    let unsynced = random_bytes(12 * MIB + 5, 9);
+    let unsynced_header = WriteHeader { sync: false, ..header(4, chain.clone()) };
+    assert_eq!(primary.write(unsynced_header, 0, &unsynced, MIB).await?.replicas, 3);
+    assert_eq!(cluster.metric(3, "cairn_chunkserver_bulk_streams_total").await?, 2.0, "both went the bulk way");
 
     // A 48 MiB write, streamed slowly; chunkserver-3 (the tail) dies after 8 messages.
     let source = random_bytes(48 * MIB, 8);
@@ -79,6 +85,8 @@ async fn sigkill_mid_stream_fails_cleanly_and_keeps_data() -> anyhow::Result<()>
     cluster.wait_registered(&[1, 2, 3]).await?;
     let back = cluster.client(3).read(1, 1, 0, 64 * MIB as u64).await?;
     assert!(back == acknowledged, "chunkserver-3 lost acknowledged data");
+    let back = cluster.client(3).read(4, 1, 0, 64 * MIB as u64).await?;
+    assert!(back == unsynced, "chunkserver-3 lost an acknowledged bulk write");
     assert_truthful_prefix(&cluster, &[3], 2, &source).await?;
 
     // And the chain accepts writes again.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tonic::Code;
 
 fn header(chunk_id: u64, version: u64, chain: Vec<String>) -> WriteHeader {
-    WriteHeader { chunk_id, version, create: true, chunk_size_bytes: 0, chain, sync: true }
+    WriteHeader { chunk_id, version, create: true, chunk_size_bytes: 0, chain, sync: true, stream_bytes: 0 }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

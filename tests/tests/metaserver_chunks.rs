@@ -252,6 +252,7 @@ impl Fixture {
                 chunk_size_bytes: CHUNK,
                 chain: addrs[1..].to_vec(),
                 sync: true,
+                stream_bytes: 0,
             };
             let primary = ChunkClient::connect_lazy(&addrs[0])?;
             let ack = primary.write(header, within, &data[done..done + n], MIB).await?;
@@ -465,8 +466,15 @@ async fn chunk_map_gc_and_healing() -> anyhow::Result<()> {
     ensure!(r.get_ref().errno == 0, "unlink: errno {}", r.get_ref().errno);
     fx.wait_deleted(g_chunk).await?;
     let (_, addr) = fx.chunkserver_addrs()?[0].clone();
-    let plant =
-        WriteHeader { chunk_id: g_chunk, version: 1, create: true, chunk_size_bytes: CHUNK, chain: vec![], sync: true };
+    let plant = WriteHeader {
+        chunk_id: g_chunk,
+        version: 1,
+        create: true,
+        chunk_size_bytes: CHUNK,
+        chain: vec![],
+        sync: true,
+        stream_bytes: 0,
+    };
     ChunkClient::connect_lazy(&addr)?.write(plant, 0, b"orphan", MIB).await?;
     ensure!(!fx.holders(g_chunk).await?.is_empty(), "orphan planted");
     fx.wait_deleted(g_chunk).await?;
@@ -586,6 +594,7 @@ async fn chunk_map_gc_and_healing() -> anyhow::Result<()> {
         chunk_size_bytes: CHUNK,
         chain,
         sync: true,
+        stream_bytes: 0,
     };
     let patch = random_bytes(4096, 20);
     let failed = ChunkClient::connect_lazy(&addrs[0])?.write(header(&entry, addrs[1..].to_vec()), 0, &patch, MIB).await;
@@ -693,6 +702,7 @@ async fn chunk_map_gc_and_healing() -> anyhow::Result<()> {
                 chunk_size_bytes: CHUNK,
                 chain: addrs[1..].to_vec(),
                 sync: true,
+                stream_bytes: 0,
             };
             let client = ChunkClient::connect_lazy(&addrs[0]).map_err(|e| e.to_string())?;
             client.write(header, 300_000, &tail, MIB).await.map(|_| ()).map_err(|e| e.to_string())

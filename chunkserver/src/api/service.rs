@@ -22,12 +22,13 @@ use crate::error::ChunkError;
 use crate::ids::{ChunkId, ChunkVersion};
 use crate::integrity::Integrity;
 use crate::limits::{
-    APPLY_GROUP_BYTES_MAX, APPLY_GROUP_MESSAGES_MAX, CHAIN_REPLICAS_MAX, COPIES_MAX, COPY_TIMEOUT,
-    MEMORY_READ_BYTES_MAX, PEER_RPC_TIMEOUT, READ_AHEAD_PIECES, READ_MESSAGE_BYTES, READ_QUEUE_MESSAGES_MAX,
-    WRITE_IDLE_TIMEOUT, WRITE_MESSAGE_BYTES_MAX, WRITE_STREAMS_MAX,
+    APPLY_GROUP_BYTES_MAX, APPLY_GROUP_MESSAGES_MAX, BULK_FLUSH_STEP_BYTES, BULK_STREAM_BYTES_MIN, CHAIN_REPLICAS_MAX,
+    COPIES_MAX, COPY_TIMEOUT, MEMORY_READ_BYTES_MAX, PEER_RPC_TIMEOUT, READ_AHEAD_PIECES, READ_MESSAGE_BYTES,
+    READ_QUEUE_MESSAGES_MAX, WRITE_IDLE_TIMEOUT, WRITE_MESSAGE_BYTES_MAX, WRITE_STREAMS_MAX,
 };
 use crate::metrics::Metrics;
 use crate::replication::{replica_failure, Forwarder, PeerPool};
+use crate::storage::Logging;
 
 /// Runs a synchronous engine call on the blocking pool.
 async fn blocking<T: Send + 'static>(
@@ -138,6 +139,10 @@ impl ChunkApi {
         };
         let mut downstream_header =
             Some(WriteHeader { chain: header.chain.iter().skip(1).cloned().collect(), ..header.clone() });
+        // A bulk stream skips the write-ahead log and is persisted (flushed to the data files)
+        // before it is answered: each byte reaches the disk once, and the answer means durable.
+        let bulk = header.stream_bytes >= BULK_STREAM_BYTES_MIN;
+        let logging = if bulk { Logging::Unlogged } else { Logging::Logged };
         let mut next = Some(first);
         let mut bytes_written = 0u64;
         let mut length_bytes = 0;
@@ -172,9 +177,15 @@ impl ChunkApi {
             let (engine, integrity) = (self.engine.clone(), self.integrity.clone());
             let metrics = self.metrics.clone();
             let len = group_bytes as u64;
+            let flush_step =
+                bulk && (bytes_written + len) / BULK_FLUSH_STEP_BYTES > bytes_written / BULK_FLUSH_STEP_BYTES;
             applying = Some(tokio::task::spawn_blocking(move || {
                 let pieces: Vec<(u64, &[u8])> = group.iter().map(|(offset, data)| (*offset, &data[..])).collect();
-                let meta = engine.write_many(&target, &pieces).inspect_err(|e| integrity.observe(e, "write"))?;
+                let meta =
+                    engine.write_many(&target, &pieces, logging).inspect_err(|e| integrity.observe(e, "write"))?;
+                if flush_step {
+                    engine.start_persist()?;
+                }
                 metrics.write_bytes.inc_by(len);
                 Ok::<_, ChunkError>(meta.length_bytes)
             }));
@@ -187,10 +198,14 @@ impl ChunkApi {
             length_bytes = last.await.map_err(|e| ChunkError::Internal(format!("apply task: {e}")))??;
         }
 
-        // Durable here (if asked) and acknowledged downstream, concurrently.
+        // Durable here (if asked, or a bulk stream) and acknowledged downstream, concurrently.
         let engine = self.engine.clone();
+        let metrics = self.metrics.clone();
         let local = async move {
-            if header.sync {
+            if bulk {
+                metrics.bulk_streams.inc();
+                blocking(move || engine.persist()).await
+            } else if header.sync {
                 blocking(move || engine.sync()).await
             } else {
                 Ok(())

@@ -354,7 +354,7 @@ fn grouped_writes_apply_in_order_in_one_commit_or_not_at_all() {
     let (a, b, c) = (pattern(100, 5), pattern(50, 9), pattern(BLOCK as usize + 10, 11));
     // Overlapping pieces in one group: later bytes win, including over a whole block.
     let pieces: Vec<(u64, &[u8])> = vec![(0, &whole), (10, &a), (60, &b), (BLOCK as u64 - 5, &c)];
-    let meta = engine.write_many(&target(1, 1), &pieces).expect("write group");
+    let meta = engine.write_many(&target(1, 1), &pieces, Logging::Logged).expect("write group");
     let mut model = vec![0u8; BLOCK as usize - 5 + c.len()];
     for (offset, data) in &pieces {
         model[*offset as usize..*offset as usize + data.len()].copy_from_slice(data);
@@ -365,7 +365,7 @@ fn grouped_writes_apply_in_order_in_one_commit_or_not_at_all() {
     // One piece out of range: nothing of the group is written.
     let chunk_end = CHUNK_SIZE_DEFAULT_BYTES;
     let bad: Vec<(u64, &[u8])> = vec![(0, &b), (chunk_end - 10, &a)];
-    assert!(matches!(engine.write_many(&target(1, 1), &bad), Err(ChunkError::OutOfRange { .. })));
+    assert!(matches!(engine.write_many(&target(1, 1), &bad, Logging::Logged), Err(ChunkError::OutOfRange { .. })));
     assert_eq!(read_all(&engine, 1), model);
 }
 

@@ -101,6 +101,14 @@ impl ChunkStore for MemoryStore {
         Ok(())
     }
 
+    fn persist(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    fn start_persist(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
     fn disk_bytes(&self) -> u64 {
         0
     }

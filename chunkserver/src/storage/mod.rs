@@ -119,13 +119,32 @@ pub enum StoreOp {
     DeleteBlock(ChunkId, u32),
 }
 
+/// Whether a [`StoreBatch`] goes through the store's write-ahead log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Logging {
+    /// Written to the log at commit: it survives a killed process, and a machine crash once
+    /// [`ChunkStore::sync`] has run.
+    #[default]
+    Logged,
+    /// Kept in memory until the store writes its data files: each byte reaches the disk once,
+    /// not twice (log, then data file), but a killed process loses it unless
+    /// [`ChunkStore::persist`] ran after the commit. For bulk data that is persisted before
+    /// it is acknowledged.
+    Unlogged,
+}
+
 /// Changes applied atomically by [`ChunkStore::commit`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoreBatch {
     pub ops: Vec<StoreOp>,
+    pub logging: Logging,
 }
 
 impl StoreBatch {
+    /// An empty batch committed with `logging`.
+    pub fn with_logging(logging: Logging) -> StoreBatch {
+        StoreBatch { ops: Vec::new(), logging }
+    }
     pub fn put_meta(&mut self, chunk: ChunkId, meta: ChunkMeta) {
         self.ops.push(StoreOp::PutMeta(chunk, meta));
     }
@@ -218,8 +237,18 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// Applies `batch` atomically.
     fn commit(&self, batch: StoreBatch) -> Result<(), StorageError>;
 
-    /// Makes every committed batch durable against a machine crash.
+    /// Makes every committed logged batch durable against a machine crash.
     fn sync(&self) -> Result<(), StorageError>;
+
+    /// Writes every committed batch, logged or not, to the store's data files and syncs them:
+    /// from its return on, they survive a killed process and a machine crash. Costs a flush
+    /// of the store's memory tables, so it is for bulk writes, not for each small one.
+    fn persist(&self) -> Result<(), StorageError>;
+
+    /// Starts writing what is committed so far to the data files, without waiting: a later
+    /// [`ChunkStore::persist`] then has less left to write. Lets a long bulk stream's disk
+    /// writes overlap its receiving.
+    fn start_persist(&self) -> Result<(), StorageError>;
 
     /// Bytes the store occupies on disk (best effort; 0 if unknown).
     fn disk_bytes(&self) -> u64;

@@ -7,8 +7,12 @@
 //! index stays in the LSM tree, so compactions move keys, not 64 KiB values. Blob garbage
 //! collection reclaims overwritten blocks during compaction.
 //!
-//! Durability: every batch goes through the write-ahead log (written on commit, so it survives
-//! a killed process); `sync` fsyncs the WAL (survives a machine crash).
+//! Durability: a logged batch goes through the write-ahead log (written on commit, so it
+//! survives a killed process); `sync` fsyncs the WAL (survives a machine crash). An unlogged
+//! batch (bulk data) skips the WAL and lives in the memtables until `persist` flushes them to
+//! table and blob files: its bytes reach the disk once instead of twice. Flushes are atomic
+//! across both column families, so a crash never keeps a chunk's blocks without the metadata
+//! written with them, or the reverse.
 
 use std::path::{Path, PathBuf};
 
@@ -16,7 +20,7 @@ use rocksdb::{
     Cache, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, ReadOptions, WriteBatch, DB,
 };
 
-use super::{BlockVisitor, ChunkMeta, ChunkStore, ReadTier, StorageError, StoreBatch, StoreOp};
+use super::{BlockVisitor, ChunkMeta, ChunkStore, Logging, ReadTier, StorageError, StoreBatch, StoreOp};
 use crate::ids::ChunkId;
 use crate::limits::{BLOB_FILE_BYTES, BLOB_MIN_BYTES, BLOCK_MEMTABLE_BYTES, CACHED_READ_BLOCKS_MAX};
 
@@ -160,6 +164,9 @@ impl RocksStore {
         db_opts.set_use_direct_reads(direct);
         // Bounds the WAL (and recovery time): older memtables are flushed when exceeded.
         db_opts.set_max_total_wal_size(4 * BLOCK_MEMTABLE_BYTES as u64);
+        // Unlogged batches are recovered only from flushed files: every flush (the automatic
+        // ones included) must write a batch's blocks and its chunk metadata together.
+        db_opts.set_atomic_flush(true);
 
         let mut meta_opts = Options::default();
         meta_opts.set_compression_type(DBCompressionType::Lz4);
@@ -194,6 +201,14 @@ impl RocksStore {
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StorageError> {
         self.db.cf_handle(name).ok_or_else(|| StorageError::Engine(format!("column family {name} missing")))
+    }
+
+    /// Flushes both column families' memtables (atomically, see `open`), waiting for the
+    /// flush or only scheduling it.
+    fn flush(&self, wait: bool) -> Result<(), StorageError> {
+        let mut opts = rocksdb::FlushOptions::default();
+        opts.set_wait(wait);
+        self.db.flush_cfs_opt(&[self.cf(CF_META)?, self.cf(CF_BLOCKS)?], &opts).map_err(engine)
     }
 
     /// Overwrites a stored block value as-is, bypassing every check. For fault-injection tests
@@ -296,11 +311,21 @@ impl ChunkStore for RocksStore {
                 StoreOp::DeleteBlock(chunk, index) => wb.delete_cf(blocks, block_key(chunk, index)),
             }
         }
-        self.db.write(wb).map_err(engine)
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.disable_wal(batch.logging == Logging::Unlogged);
+        self.db.write_opt(wb, &opts).map_err(engine)
     }
 
     fn sync(&self) -> Result<(), StorageError> {
         self.db.flush_wal(true).map_err(engine)
+    }
+
+    fn persist(&self) -> Result<(), StorageError> {
+        self.flush(true)
+    }
+
+    fn start_persist(&self) -> Result<(), StorageError> {
+        self.flush(false)
     }
 
     fn disk_bytes(&self) -> u64 {
@@ -433,6 +458,57 @@ mod tests {
                 assert_eq!(store.block(ChunkId(9), 3).expect("block"), Some(value(3)));
                 assert_eq!(store.blocks(ChunkId(9), 40, 1).expect("blocks"), vec![Some(vec![7; 100])]);
             }
+        }
+    }
+
+    /// What a killed process leaves on disk: a copy of the store's files taken while it runs
+    /// (the WAL as written so far, the flushed files), without a close, which would flush.
+    fn crash_image(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("image dir");
+        for entry in std::fs::read_dir(from).expect("read dir") {
+            let entry = entry.expect("entry");
+            if entry.file_name() != "LOCK" {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+            }
+        }
+    }
+
+    /// A logged batch survives a killed process as soon as it is committed; an unlogged one
+    /// only once persisted, and then its blocks and metadata together.
+    #[test]
+    fn unlogged_batches_survive_a_kill_only_once_persisted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (live, before, after) = (dir.path().join("live"), dir.path().join("before"), dir.path().join("after"));
+        let value = |index: u32| vec![index as u8 ^ 0x77; 65_540];
+        let store = RocksStore::open(&live, IoMode::Direct, 0).expect("open");
+        let mut logged = StoreBatch::default();
+        logged.put_block(ChunkId(1), 0, value(0));
+        logged.put_meta(ChunkId(1), meta());
+        store.commit(logged).expect("commit logged");
+        let mut unlogged = StoreBatch::with_logging(Logging::Unlogged);
+        for index in 0..4 {
+            unlogged.put_block(ChunkId(2), index, value(index));
+        }
+        unlogged.put_meta(ChunkId(2), meta());
+        store.commit(unlogged).expect("commit unlogged");
+        assert_eq!(store.blocks(ChunkId(2), 0, 1).expect("read"), vec![Some(value(0))], "readable at once");
+        crash_image(&live, &before);
+        store.persist().expect("persist");
+        crash_image(&live, &after);
+
+        let image = RocksStore::open(&before, IoMode::Direct, 0).expect("open image before persist");
+        assert_eq!(image.meta(ChunkId(1)).expect("meta"), Some(meta()), "the logged batch is in the WAL");
+        assert_eq!(image.blocks(ChunkId(1), 0, 1).expect("read"), vec![Some(value(0))]);
+        assert_eq!(image.meta(ChunkId(2)).expect("meta"), None, "the unlogged batch died with the process");
+        assert_eq!(image.block_indices(ChunkId(2)).expect("indices"), Vec::<u32>::new());
+        drop(image);
+
+        let image = RocksStore::open(&after, IoMode::Direct, 0).expect("open image after persist");
+        assert_eq!(image.meta(ChunkId(1)).expect("meta"), Some(meta()));
+        assert_eq!(image.meta(ChunkId(2)).expect("meta"), Some(meta()), "persisted: metadata too");
+        let blocks = image.blocks(ChunkId(2), 0, 4).expect("read");
+        for (index, got) in blocks.iter().enumerate() {
+            assert_eq!(got.as_deref(), Some(&value(index as u32)[..]), "block {index}");
         }
     }
 }

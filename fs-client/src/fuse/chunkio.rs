@@ -90,6 +90,7 @@ impl ChunkIo {
         let Some(primary) = entry.replicas.first() else {
             return Err(ChunkIoError::NoReplica { chunk_id: entry.chunk_id });
         };
+        let total_bytes: usize = pieces.iter().map(|(_, data)| data.len()).sum();
         let header = WriteHeader {
             chunk_id: entry.chunk_id,
             version: entry.version,
@@ -98,6 +99,9 @@ impl ChunkIo {
             chunk_size_bytes,
             chain: entry.replicas[1..].iter().map(|r| r.address.clone()).collect(),
             sync,
+            // A large stream is stored around the replicas' write-ahead logs (and persisted
+            // before the answer): its bytes reach each disk once.
+            stream_bytes: total_bytes as u64,
         };
         let mut messages = Vec::new();
         for (offset, data) in pieces {
@@ -119,7 +123,6 @@ impl ChunkIo {
                 crc32: crc32fast::hash(&[]),
             });
         }
-        let total_bytes: usize = pieces.iter().map(|(_, data)| data.len()).sum();
         if entry.replicas.len() > 1 && total_bytes <= FANOUT_WRITE_BYTES_MAX {
             return self.write_fanout(entry, header, messages).await;
         }
