@@ -2,8 +2,9 @@
 # Chunkserver throughput next to the raw disk, in the same run on the same disk:
 #   raw sequential write/read (dd, 1 MiB blocks, O_DIRECT) of SIZE,
 #   chunk write/read with 1 MiB messages: single replica, then a 3-replica chain on loopback
-#   (three release chunkservers started by `cairn dev up`, WAL fsync per 64 MiB chunk; the page
-#   cache is dropped before each read phase so reads come from the disk, like dd's).
+#   (three release chunkservers started by `cairn dev up`; each 64 MiB chunk is one bulk
+#   stream, durable before its answer; the page cache is dropped before each read phase so
+#   reads come from the disk, like dd's).
 #   scripts/bench-chunkserver.sh [SIZE] [STREAMS]       (defaults: 1GiB 1; needs root)
 # Needs a release build: cargo build --release -p cairn-coordinator -p cairn-chunkserver -p cairn-fs-client
 set -euo pipefail

@@ -1,5 +1,6 @@
 //! The `cairn` command line (clap derive). Parsing only; `commands.rs` does the work.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -148,6 +149,13 @@ pub struct DevUpArgs {
     /// Start the servers only; do not mount the cluster at DIR/mnt.
     #[arg(long)]
     pub no_mount: bool,
+    /// An extra argument for every chunkserver's command line (repeat it for more), e.g.
+    /// `--chunkserver-arg=--block-size=32KiB`.
+    #[arg(long = "chunkserver-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub chunkserver_args: Vec<OsString>,
+    /// An extra argument for every metaserver's command line (repeat it for more).
+    #[arg(long = "metaserver-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub metaserver_args: Vec<OsString>,
 }
 
 #[derive(Debug, Args)]
@@ -337,6 +345,24 @@ mod tests {
             Command::Bench(BenchCommand::Kv(args)) => args,
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn dev_up_passes_server_flags_through() {
+        let parsed = parse(&[
+            "dev",
+            "up",
+            "--chunkserver-arg=--block-size=32KiB",
+            "--chunkserver-arg",
+            "--scrub-interval=1h",
+            "--metaserver-arg=--snapshot-every=100",
+        ])
+        .expect("parse");
+        let Command::Dev(DevCommand::Up(args)) = parsed.command else { panic!("not dev up: {parsed:?}") };
+        assert_eq!(args.chunkserver_args, ["--block-size=32KiB", "--scrub-interval=1h"]);
+        assert_eq!(args.metaserver_args, ["--snapshot-every=100"]);
+        let Command::Dev(DevCommand::Up(args)) = parse(&["dev", "up"]).expect("parse").command else { panic!() };
+        assert!(args.chunkserver_args.is_empty() && args.metaserver_args.is_empty());
     }
 
     #[test]

@@ -36,6 +36,8 @@ async fn dev_up(args: DevUpArgs) -> anyhow::Result<ExitCode> {
         metaservers: args.metaservers,
         ready_timeout: args.timeout,
         mount: !args.no_mount && args.metaservers > 0 && args.chunkservers > 0,
+        chunkserver_args: args.chunkserver_args,
+        metaserver_args: args.metaserver_args,
         ..ClusterSpec::new(args.dir.dir)
     };
     let outcome = dev::up(&spec).await.context("start the dev cluster")?;
